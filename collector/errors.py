@@ -1,0 +1,101 @@
+"""Every error dxkpi raises on purpose, sorted by what the caller should do.
+
+    DxkpiError
+    ├── ConfigError              the config file is wrong: fix it (lists every problem with file:line)
+    ├── UnknownConnectorError    a source names a connector that is not installed
+    └── SourceError              a source failed; carries the source id and the request or file
+        ├── RetryableSourceError     try again later (timeouts, 429, 5xx, connection resets)
+        └── FatalSourceError         retrying will not help; a person must act
+            ├── SourceAuthError          credentials refused or expired beyond refresh
+            └── SourceDataError          the source sent data we cannot parse (bad file, schema change)
+
+Messages never contain a secret: connectors build them from the request's method, path and
+status, never from headers, query strings with keys, or bodies that echo credentials.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class DxkpiError(Exception):
+    """Base class of every error dxkpi raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong in a config file, with where it is and what to do."""
+
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(DxkpiError):
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class UnknownConnectorError(DxkpiError):
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(
+            f"unknown connector {name!r}: did you spell that correctly? "
+            f"Known connectors: {', '.join(sorted(known)) or '(none)'}"
+        )
+
+
+class SourceError(DxkpiError):
+    """A source failed. `where` is the request (``GET /v2/report/daily -> 500``) or file:line."""
+
+    retryable = False
+
+    def __init__(self, source_id: str, message: str, *, where: str = "", hint: str = "") -> None:
+        self.source_id = source_id
+        self.message = message
+        self.where = where
+        self.hint = hint
+        parts = [f"source {source_id!r}"]
+        if where:
+            parts.append(where)
+        text = ": ".join([*parts, message])
+        if hint:
+            text += f" ({hint})"
+        super().__init__(text)
+
+
+class RetryableSourceError(SourceError):
+    """Transient: the same call may succeed later. `retry_after` is the source's own wait, if any."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        source_id: str,
+        message: str,
+        *,
+        where: str = "",
+        hint: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(source_id, message, where=where, hint=hint)
+        self.retry_after = retry_after
+
+
+class FatalSourceError(SourceError):
+    """Retrying will not help: bad config, refused credentials, unparseable data."""
+
+
+class SourceAuthError(FatalSourceError):
+    """The source refused our credentials (after one token refresh)."""
+
+
+class SourceDataError(FatalSourceError):
+    """The source's data cannot be parsed; nothing from it was stored."""

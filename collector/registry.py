@@ -1,0 +1,49 @@
+"""Finds connectors by name: built-in ones by folder under `connectors/`, others by entry point.
+
+Nothing is imported until a connector is asked for, so a broken connector only breaks the
+sources that use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from functools import cache
+from importlib.metadata import entry_points
+
+from collector.contract import Connector
+from collector.errors import UnknownConnectorError
+
+BUILTIN_PACKAGE = "connectors"
+ENTRY_POINT_GROUP = "dxkpi.connectors"
+
+
+def _builtin_names() -> list[str]:
+    try:
+        package = importlib.import_module(BUILTIN_PACKAGE)
+    except ImportError:
+        return []
+    return [m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg and m.name != "tests"]
+
+
+def known_connectors() -> list[str]:
+    names = set(_builtin_names())
+    names.update(ep.name for ep in entry_points(group=ENTRY_POINT_GROUP))
+    return sorted(names)
+
+
+@cache
+def load_connector(name: str) -> type[Connector]:  # type: ignore[type-arg]
+    """Return the connector class registered under `name`, or raise UnknownConnectorError."""
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name == name:
+            cls = ep.load()
+            break
+    else:
+        if name not in _builtin_names():
+            raise UnknownConnectorError(name, known_connectors())
+        module = importlib.import_module(f"{BUILTIN_PACKAGE}.{name}")
+        cls = module.CONNECTOR
+    if not (isinstance(cls, type) and issubclass(cls, Connector)):
+        raise TypeError(f"connector {name!r} does not subclass collector.contract.Connector")
+    return cls

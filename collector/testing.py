@@ -1,0 +1,206 @@
+"""Test helpers shared by every connector's tests: a real loopback HTTP server for vendor fakes,
+and the contract suite each connector's folder runs (`ConnectorContract`).
+
+Imported only by tests; it needs pytest at call time, not at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from collector.contract import Checkpoint, Connector, Observation, SourceContext, Window
+from collector.errors import FatalSourceError, RetryableSourceError, SourceError
+
+
+@dataclass
+class FakeRequest:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body or b"null")
+
+    def form(self) -> dict[str, list[str]]:
+        return parse_qs(self.body.decode())
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[0] if values else default
+
+
+@dataclass
+class FakeResponse:
+    status: int = 200
+    body: bytes | str | Any = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def encoded(self) -> bytes:
+        if isinstance(self.body, bytes):
+            return self.body
+        if isinstance(self.body, str):
+            return self.body.encode()
+        self.headers.setdefault("Content-Type", "application/json")
+        return json.dumps(self.body).encode()
+
+
+Handler = Callable[[FakeRequest], FakeResponse]
+
+
+@contextmanager
+def loopback_server(handler: Handler) -> Iterator[tuple[str, list[FakeRequest]]]:
+    """Serve `handler` on 127.0.0.1 on a free port; yield (base_url, requests seen)."""
+    seen: list[FakeRequest] = []
+
+    class _Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            request = FakeRequest(
+                method=self.command,
+                path=parts.path,
+                query=parse_qs(parts.query, keep_blank_values=True),
+                headers={k: v for k, v in self.headers.items()},
+                body=body,
+            )
+            seen.append(request)
+            response = handler(request)
+            payload = response.encoded()
+            self.send_response(response.status)
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def observations(items: Iterator[Observation | Checkpoint] | Any) -> list[Observation]:
+    return [item for item in items if isinstance(item, Observation)]
+
+
+class ConnectorContract:
+    """The standard suite every connector runs. Subclass it in `connectors/<name>/tests/`.
+
+    A subclass sets `connector_name` and implements the fixtures-as-methods below; pytest then
+    collects the `test_contract_*` methods for it. `make_case` returns a context manager giving
+    (connector, window) against a running fake; `secrets` lists every secret value in settings.
+    """
+
+    connector_name: str = ""
+    secrets: tuple[str, ...] = ()
+
+    def invalid_settings(self) -> list[dict[str, Any]]:
+        """Settings dicts that must be rejected by the settings model."""
+        raise NotImplementedError
+
+    def healthy_case(self) -> Any:
+        """Context manager yielding (connector, window) where collection succeeds."""
+        raise NotImplementedError
+
+    def retryable_case(self) -> Any:
+        """Context manager yielding (connector, window) where the source keeps failing with 5xx/429."""
+        raise NotImplementedError
+
+    def fatal_case(self) -> Any:
+        """Context manager yielding (connector, window) where auth is refused or data is bad."""
+        raise NotImplementedError
+
+    # -- the suite -------------------------------------------------------------------------
+
+    def _cls(self) -> type[Connector]:  # type: ignore[type-arg]
+        from collector.registry import load_connector
+
+        return load_connector(self.connector_name)
+
+    def test_contract_registered_with_metrics(self) -> None:
+        cls = self._cls()
+        assert cls.name == self.connector_name
+        assert cls.metrics, "a connector declares the metrics it yields"
+
+    def test_contract_invalid_settings_rejected(self) -> None:
+        import pydantic
+        import pytest
+
+        cls = self._cls()
+        for settings in self.invalid_settings():
+            with pytest.raises(pydantic.ValidationError):
+                cls.settings_model.model_validate(settings)
+
+    def test_contract_yields_declared_metrics(self) -> None:
+        cls = self._cls()
+        declared = {m.name: m for m in cls.metrics}
+        with self.healthy_case() as (connector, window):
+            got = observations(connector.collect(window))
+        assert got, "the healthy case yields observations"
+        for obs in got:
+            assert obs.metric in declared, f"{obs.metric} is not declared in {cls.__name__}.metrics"
+            assert set(obs.labels) <= set(declared[obs.metric].labels), obs
+            assert obs.start.tzinfo is not None
+
+    def test_contract_retryable_errors_classified(self, caplog: Any) -> None:
+        caplog.set_level(logging.DEBUG)
+        with self.retryable_case() as (connector, window):
+            try:
+                list(connector.collect(window))
+            except RetryableSourceError as exc:
+                self._assert_no_secret(str(exc), caplog.text)
+                assert exc.source_id == connector.context.source_id
+            else:
+                raise AssertionError("expected RetryableSourceError")
+
+    def test_contract_fatal_errors_classified(self, caplog: Any) -> None:
+        caplog.set_level(logging.DEBUG)
+        with self.fatal_case() as (connector, window):
+            try:
+                list(connector.collect(window))
+            except FatalSourceError as exc:
+                self._assert_no_secret(str(exc), caplog.text)
+                assert exc.source_id == connector.context.source_id
+            except SourceError as exc:  # pragma: no cover - wrong class is the failure
+                raise AssertionError(f"expected FatalSourceError, got {exc!r}") from exc
+            else:
+                raise AssertionError("expected FatalSourceError")
+
+    def _assert_no_secret(self, *texts: str) -> None:
+        for secret in self.secrets:
+            for text in texts:
+                assert secret not in text, "a secret leaked into an error or log line"
+
+
+def context_for(source_id: str, **kwargs: Any) -> SourceContext:
+    """A SourceContext whose sleep records waits instead of sleeping (tests stay fast)."""
+    sleeps: list[float] = kwargs.pop("sleeps", [])
+    return SourceContext(source_id=source_id, sleep=sleeps.append, **kwargs)
+
+
+def window(start: datetime, end: datetime, cursor: str | None = None) -> Window:
+    return Window(start=start, end=end, cursor=cursor)
