@@ -137,6 +137,10 @@ class Connector(abc.ABC, Generic[S]):
         self.settings = settings
         self.context = context
 
+    def declared_metrics(self) -> tuple[MetricSpec, ...]:
+        """The metrics this instance yields; generic connectors (csvfile) derive them from settings."""
+        return self.metrics
+
     @abc.abstractmethod
     def collect(self, window: Window) -> Iterable[Observation | Checkpoint]:
         """Yield every observation of the window. Raise Retryable/FatalSourceError on failure."""

@@ -1,5 +1,7 @@
 """Finds connectors by name: built-in ones by folder under `connectors/`, others by entry point.
 
+Folders starting with "_" hold code shared by several connectors and are not connectors.
+
 Nothing is imported until a connector is asked for, so a broken connector only breaks the
 sources that use it.
 """
@@ -23,7 +25,7 @@ def _builtin_names() -> list[str]:
         package = importlib.import_module(BUILTIN_PACKAGE)
     except ImportError:
         return []
-    return [m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg and m.name != "tests"]
+    return [m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg and not m.name.startswith("_")]
 
 
 def known_connectors() -> list[str]:
