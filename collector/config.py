@@ -1,0 +1,470 @@
+"""The YAML config: pydantic models, `${ENV}` secrets, and errors that point at file:line.
+
+`load_config(path)` returns a `LoadedConfig` or raises `ConfigError` listing *every* problem found
+(YAML syntax, schema, unknown connectors, connector settings, inline secrets, missing environment
+variables, references between KPIs and sources, aggregations a metric does not allow).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from collector.contract import ConnectorSettings, MetricSpec, SourceContext
+from collector.durations import Duration
+from collector.errors import ConfigError, ConfigProblem, DxkpiError
+from collector.fiscal import parse_fiscal_year
+from collector.registry import load_connector
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+WHOLE_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+IDENTIFIER = r"^[a-z][a-z0-9_]*$"
+
+
+def _fiscal_year(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return parse_fiscal_year(str(value))
+
+
+FiscalYear = Annotated[int, BeforeValidator(_fiscal_year)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Model):
+    # None: SQLite in the data directory (the embedded default).
+    url: str | None = None
+
+
+class BrokerConfig(_Model):
+    # None: kombu's SQLAlchemy transport on SQLite in the data directory (no Redis needed).
+    url: str | None = None
+
+
+class ExporterConfig(_Model):
+    listen: str = "127.0.0.1:9810"
+    # How often the exporter checks the store's change counter; scrapes never query history.
+    refresh_interval: Duration = timedelta(seconds=5)
+
+
+class Schedule(_Model):
+    every: Duration | None = None
+    cron: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Schedule:
+        if (self.every is None) == (self.cron is None):
+            raise ValueError("give exactly one of `every` (e.g. 15m) or `cron` (e.g. '0 6 * * *')")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"cron {self.cron!r} must have 5 fields: minute hour day month weekday")
+        if self.every is not None and self.every < timedelta(seconds=10):
+            raise ValueError("`every` must be at least 10s")
+        return self
+
+    def interval(self) -> timedelta:
+        """The schedule's period; for cron, the period implied by its coarsest fixed field."""
+        if self.every is not None:
+            return self.every
+        assert self.cron is not None
+        minute, hour, day, _month, weekday = self.cron.split()
+        if minute.startswith("*"):
+            return timedelta(minutes=1)
+        if hour.startswith("*"):
+            return timedelta(hours=1)
+        if day == "*" and weekday == "*":
+            return timedelta(days=1)
+        if weekday != "*":
+            return timedelta(weeks=1)
+        return timedelta(days=31)
+
+
+class SourceConfig(_Model):
+    id: str = Field(pattern=IDENTIFIER)
+    connector: str
+    schedule: Schedule = Schedule(every=timedelta(hours=1))
+    lookback: Duration = timedelta(days=3)
+    # Where the first collection starts when the source has no cursor yet (default: now - lookback).
+    start: date | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class PointConfig(_Model):
+    value: float
+    fiscal_year: FiscalYear
+
+
+class MetricRef(_Model):
+    metric: str = Field(pattern=IDENTIFIER)
+    source: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+FeedKind = Literal["latest", "fiscal_year_sum", "cumulative_sum", "ratio"]
+
+
+class FeedConfig(_Model):
+    """Where a KPI's value comes from.
+
+    latest: the newest stored value of one series; fiscal_year_sum: the sum over the current
+    fiscal year to date; cumulative_sum: `initial` + the sum since `since`; ratio: numerator over
+    denominator, each summed over the current fiscal year to date.
+    """
+
+    kind: FeedKind = "latest"
+    metric: str | None = Field(default=None, pattern=IDENTIFIER)
+    source: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    since: date | None = None
+    initial: float = 0.0
+    numerator: MetricRef | None = None
+    denominator: MetricRef | None = None
+
+    @model_validator(mode="after")
+    def _shape(self) -> FeedConfig:
+        if self.kind == "ratio":
+            if self.numerator is None or self.denominator is None or self.metric is not None:
+                raise ValueError("a ratio feed takes `numerator` and `denominator`, not `metric`")
+        elif self.metric is None:
+            raise ValueError(f"a {self.kind} feed needs `metric`")
+        elif self.numerator or self.denominator:
+            raise ValueError(f"a {self.kind} feed takes `metric`, not numerator/denominator")
+        if self.kind != "cumulative_sum" and (self.since is not None or self.initial):
+            raise ValueError("`since` and `initial` only apply to cumulative_sum feeds")
+        return self
+
+    def refs(self) -> list[MetricRef]:
+        if self.kind == "ratio":
+            assert self.numerator is not None and self.denominator is not None
+            return [self.numerator, self.denominator]
+        assert self.metric is not None
+        return [MetricRef(metric=self.metric, source=self.source, labels=self.labels)]
+
+
+class KpiConfig(_Model):
+    id: str = Field(pattern=IDENTIFIER)
+    name_ja: str
+    name_en: str
+    area: str
+    unit: str
+    direction: Literal["up", "down"] = "up"
+    baseline: PointConfig
+    target: PointConfig
+    feed: FeedConfig
+    # Per-FY values that override the straight line from baseline to target (non-linear path).
+    milestones: dict[FiscalYear, float] = Field(default_factory=dict)
+    # No movement in the good direction for this long counts as a stall (alert DxKpiStalled).
+    stall_after: Duration = timedelta(days=90)
+
+    @model_validator(mode="after")
+    def _years(self) -> KpiConfig:
+        if self.target.fiscal_year < self.baseline.fiscal_year:
+            raise ValueError("the target fiscal year is before the baseline fiscal year")
+        if self.baseline.value == self.target.value:
+            raise ValueError("baseline and target values are equal: progress is undefined")
+        going_up = self.target.value > self.baseline.value
+        if going_up != (self.direction == "up"):
+            raise ValueError(
+                f"direction is {self.direction!r} but the target ({self.target.value}) is "
+                f"{'above' if going_up else 'below'} the baseline ({self.baseline.value})"
+            )
+        return self
+
+
+class ForecastConfig(_Model):
+    # How much history the robust trend looks at.
+    window: Duration = timedelta(days=730)
+
+
+class Config(_Model):
+    timezone: str = "Asia/Tokyo"
+    fiscal_year_start: str = Field(default="04-01", pattern=r"^\d{2}-\d{2}$")
+    data_dir: str | None = None
+    storage: StorageConfig = StorageConfig()
+    broker: BrokerConfig = BrokerConfig()
+    exporter: ExporterConfig = ExporterConfig()
+    forecast: ForecastConfig = ForecastConfig()
+    sources: list[SourceConfig] = Field(default_factory=list)
+    kpis: list[KpiConfig] = Field(default_factory=list)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}; e.g. Asia/Tokyo") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def fiscal_start(self) -> tuple[int, int]:
+        month, day = (int(p) for p in self.fiscal_year_start.split("-"))
+        return month, day
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config plus what was derived from it while validating."""
+
+    config: Config
+    path: Path
+    settings: dict[str, ConnectorSettings] = field(default_factory=dict)
+    metric_specs: dict[str, dict[str, MetricSpec]] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def source(self, source_id: str) -> SourceConfig:
+        for source in self.config.sources:
+            if source.id == source_id:
+                return source
+        known = ", ".join(s.id for s in self.config.sources) or "(none)"
+        raise DxkpiError(f"unknown source {source_id!r} in {self.path}; known sources: {known}")
+
+    def context(self, source_id: str) -> SourceContext:
+        return SourceContext(source_id=source_id, timezone=self.config.tz, base_dir=self.base_dir)
+
+
+# -- YAML with line numbers ---------------------------------------------------------------
+
+
+def _compose(text: str, file: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML keeping the line of every node, keyed by its dotted path (`sources[2].id`)."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError([ConfigProblem(file, line, "", f"invalid YAML: {exc}")]) from exc
+    lines: dict[str, int] = {}
+    constructor = yaml.SafeLoader("")
+
+    def convert(node: yaml.Node | None, path: str) -> Any:
+        if node is None:
+            return None
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node)
+                child = f"{path}.{key}" if path else str(key)
+                lines[child] = key_node.start_mark.line + 1
+                out[key] = convert(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [convert(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        return constructor.construct_object(node)
+
+    return convert(root, ""), lines
+
+
+def _loc_path(prefix: str, loc: tuple[int | str, ...]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path = f"{path}.{part}" if path else part
+    return path
+
+
+def _line_for(lines: dict[str, int], path: str) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+    return lines.get("")
+
+
+def _secret_fields(model: type[BaseModel]) -> set[str]:
+    names = set()
+    for name, info in model.model_fields.items():
+        text = repr(info.annotation)
+        if "SecretStr" in text or info.annotation is SecretStr:
+            names.add(info.alias or name)
+    return names
+
+
+def _walk_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _walk_strings(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk_strings(item, f"{path}[{i}]")
+
+
+def _resolve_env(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """Replace `${VAR}` in every string; record a problem for each unset variable."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                problems.append((path, f"environment variable {name} is not set: export it"))
+                return ""
+            return os.environ[name]
+
+        return ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{path}.{k}", problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    path = Path(path).resolve()
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", "config file not found")]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(file, None, "", "config must be UTF-8 text")]) from exc
+    raw, lines = _compose(text, file)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError([ConfigProblem(file, 1, "", "the config must be a mapping")])
+    problems: list[ConfigProblem] = []
+
+    def problem(p: str, message: str) -> None:
+        problems.append(ConfigProblem(file, _line_for(lines, p), p, message))
+
+    # Resolve ${ENV} outside connector settings now (storage/broker URLs may carry passwords).
+    env_problems: list[tuple[str, str]] = []
+    resolved = {
+        key: (value if key == "sources" else _resolve_env(value, key, env_problems))
+        for key, value in raw.items()
+    }
+    try:
+        config = Config.model_validate(resolved)
+    except ValidationError as exc:
+        for error in exc.errors():
+            problem(_loc_path("", error["loc"]), error["msg"])
+        for p, message in env_problems:
+            problem(p, message)
+        raise ConfigError(problems) from None
+    for p, message in env_problems:
+        problem(p, message)
+
+    loaded = LoadedConfig(config=config, path=path)
+    _check_sources(loaded, raw, problem)
+    _check_kpis(loaded, problem)
+    if problems:
+        raise ConfigError(problems)
+    return loaded
+
+
+def _check_sources(loaded: LoadedConfig, raw: dict[str, Any], problem: Any) -> None:
+    seen: set[str] = set()
+    for i, source in enumerate(loaded.config.sources):
+        prefix = f"sources[{i}]"
+        if source.id in seen:
+            problem(f"{prefix}.id", f"duplicate source id {source.id!r}")
+        seen.add(source.id)
+        try:
+            cls = load_connector(source.connector)
+        except DxkpiError as exc:
+            problem(f"{prefix}.connector", str(exc))
+            continue
+        raw_settings = raw["sources"][i].get("settings") or {}
+        secret_names = _secret_fields(cls.settings_model)
+        for key in secret_names & set(raw_settings):
+            value = raw_settings[key]
+            if value is not None and not WHOLE_ENV_REF.match(str(value)):
+                problem(
+                    f"{prefix}.settings.{key}",
+                    "secrets are never written inline: put the value in an environment "
+                    "variable and write `${VAR_NAME}` here",
+                )
+        env_problems: list[tuple[str, str]] = []
+        settings_raw = _resolve_env(raw_settings, f"{prefix}.settings", env_problems)
+        for p, message in env_problems:
+            problem(p, message)
+        if env_problems:
+            continue
+        try:
+            settings = cls.settings_model.model_validate(settings_raw)
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = _loc_path(f"{prefix}.settings", error["loc"])
+                # Pydantic echoes the input in some messages; never for secrets.
+                problem(where, error["msg"])
+            continue
+        loaded.settings[source.id] = settings
+        try:
+            connector = cls(settings, loaded.context(source.id))
+            loaded.metric_specs[source.id] = {m.name: m for m in connector.declared_metrics()}
+        except (DxkpiError, ValueError) as exc:
+            problem(f"{prefix}.settings", str(exc))
+
+
+_KIND_NEEDS_SUM = {"fiscal_year_sum", "cumulative_sum", "ratio"}
+
+
+def _check_kpis(loaded: LoadedConfig, problem: Any) -> None:
+    seen: set[str] = set()
+    source_ids = {s.id for s in loaded.config.sources}
+    for i, kpi in enumerate(loaded.config.kpis):
+        prefix = f"kpis[{i}]"
+        if kpi.id in seen:
+            problem(f"{prefix}.id", f"duplicate KPI id {kpi.id!r}")
+        seen.add(kpi.id)
+        for j, ref in enumerate(kpi.feed.refs()):
+            where = f"{prefix}.feed" + (
+                "" if kpi.feed.kind != "ratio" else (".numerator", ".denominator")[j]
+            )
+            if ref.source is not None and ref.source not in source_ids:
+                problem(f"{where}.source", f"no source with id {ref.source!r}")
+                continue
+            candidates = [ref.source] if ref.source else sorted(loaded.metric_specs)
+            specs = [
+                loaded.metric_specs[s][ref.metric]
+                for s in candidates
+                if ref.metric in loaded.metric_specs.get(s, {})
+            ]
+            if not specs and (ref.source is None or ref.source in loaded.metric_specs):
+                problem(f"{where}.metric", f"no source declares metric {ref.metric!r}")
+                continue
+            if kpi.feed.kind in _KIND_NEEDS_SUM:
+                for spec in specs:
+                    if spec.aggregation != "sum":
+                        problem(
+                            f"{prefix}.feed.kind",
+                            f"{kpi.feed.kind} sums {ref.metric!r} over time, but that metric's "
+                            f"aggregation is {spec.aggregation!r} (ratios and unique counts must "
+                            "not be summed); use kind: latest or a summable metric",
+                        )

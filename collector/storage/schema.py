@@ -1,0 +1,141 @@
+"""The store's tables (SQLAlchemy Core). All timestamps are unix seconds (UTC) so that SQLite and
+PostgreSQL behave alike and bulk writes need no datetime conversion.
+
+series          one row per (source, metric, labels); keeps the latest period's value so the
+                exporter never scans history to find it.
+observations    one row per (series, period start, granularity): the idempotency key.
+revisions       filled by a database trigger whenever a stored value changes (old, new, when).
+collection_runs every run of a source: window, timing, status, error, observations written.
+source_state    per source: cursor, opaque checkpoint, lease, and a change counter the exporter
+                polls to know when to rebuild its snapshot.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+series = Table(
+    "series",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(128), nullable=False),
+    Column("metric", String(200), nullable=False),
+    # Canonical JSON of the labels (sorted keys), so equal label sets compare equal as text.
+    Column("labels", Text, nullable=False),
+    Column("last_start", BigInteger),
+    Column("last_value", Float),
+    UniqueConstraint("source", "metric", "labels", name="uq_series_identity"),
+)
+
+observations = Table(
+    "observations",
+    metadata,
+    Column("series_id", Id, ForeignKey("series.id"), primary_key=True),
+    Column("period_start", BigInteger, primary_key=True),
+    Column("granularity", String(16), primary_key=True),
+    Column("value", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("run_id", BigInteger),
+)
+
+revisions = Table(
+    "revisions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("series_id", Id, nullable=False),
+    Column("period_start", BigInteger, nullable=False),
+    Column("granularity", String(16), nullable=False),
+    Column("old_value", Float, nullable=False),
+    Column("new_value", Float, nullable=False),
+    Column("revised_at", Float, nullable=False),
+    Column("run_id", BigInteger),
+    Index("ix_revisions_series", "series_id", "period_start"),
+)
+
+collection_runs = Table(
+    "collection_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("source", String(128), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("window_start", Float, nullable=False),
+    Column("window_end", Float, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("status", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("error_class", String(200)),
+    Column("error_message", Text),
+    Column("observations_written", BigInteger, nullable=False, default=0),
+    Index("ix_runs_source_started", "source", "started_at"),
+)
+
+source_state = Table(
+    "source_state",
+    metadata,
+    Column("source", String(128), primary_key=True),
+    Column("cursor_end", Float),
+    Column("checkpoint", Text),
+    Column("lease_holder", String(200)),
+    Column("lease_expires", Float),
+    Column("generation", BigInteger, nullable=False, default=0),
+)
+
+# The revision log is kept by the database itself, so no writer can bypass it.
+REVISION_TRIGGERS = {
+    "postgresql": [
+        """
+        CREATE OR REPLACE FUNCTION dxkpi_log_revision() RETURNS trigger AS $$
+        BEGIN
+          IF NEW.value IS DISTINCT FROM OLD.value THEN
+            INSERT INTO revisions
+              (series_id, period_start, granularity, old_value, new_value, revised_at, run_id)
+            VALUES (OLD.series_id, OLD.period_start, OLD.granularity, OLD.value, NEW.value,
+                    NEW.updated_at, NEW.run_id);
+          END IF;
+          RETURN NEW;
+        END $$ LANGUAGE plpgsql
+        """,
+        """
+        CREATE TRIGGER observations_revision AFTER UPDATE OF value ON observations
+        FOR EACH ROW EXECUTE FUNCTION dxkpi_log_revision()
+        """,
+    ],
+    "sqlite": [
+        """
+        CREATE TRIGGER observations_revision AFTER UPDATE OF value ON observations
+        FOR EACH ROW WHEN NEW.value IS NOT OLD.value
+        BEGIN
+          INSERT INTO revisions
+            (series_id, period_start, granularity, old_value, new_value, revised_at, run_id)
+          VALUES (OLD.series_id, OLD.period_start, OLD.granularity, OLD.value, NEW.value,
+                  NEW.updated_at, NEW.run_id);
+        END
+        """,
+    ],
+}
+
+DROP_REVISION_TRIGGERS = {
+    "postgresql": [
+        "DROP TRIGGER IF EXISTS observations_revision ON observations",
+        "DROP FUNCTION IF EXISTS dxkpi_log_revision()",
+    ],
+    "sqlite": ["DROP TRIGGER IF EXISTS observations_revision"],
+}

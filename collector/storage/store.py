@@ -1,0 +1,512 @@
+"""The store: idempotent batched upserts of observations, runs, cursors, leases and reads.
+
+Writes go through `Store.write`, which groups observations into batches; each batch is one
+transaction (all or nothing) made of one multi-row upsert — PostgreSQL gets whole arrays through
+`unnest`, SQLite an `executemany` — so there is no per-row ORM round trip. A repeated or retried
+write of the same (series, period) replaces the value in place; a changed value is logged in
+`revisions` by a database trigger.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
+from sqlalchemy.engine import make_url
+
+from collector.contract import Observation
+from collector.storage.schema import collection_runs, series, source_state
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalise_url(url: str) -> str:
+    """Accept plain `postgresql://` and `postgres://` URLs and use psycopg 3 for them."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def make_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL lets the exporter read while a worker writes; the busy timeout makes
+            # concurrent writers wait instead of failing.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def labels_key(labels: Mapping[str, str]) -> str:
+    """Canonical JSON of a label set: equal sets give equal text."""
+    if not labels:
+        return "{}"
+    return json.dumps(dict(sorted(labels.items())), ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass
+class WriteStats:
+    observations: int = 0
+    changed: int = 0
+    batches: int = 0
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    id: int
+    source: str
+    metric: str
+    labels: dict[str, str]
+    last_start: int | None
+    last_value: float | None
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    source: str
+    last_status: str | None
+    last_started_at: float | None
+    last_finished_at: float | None
+    last_success_at: float | None
+    last_error: str | None
+    runs_by_status: dict[str, int]
+
+
+@dataclass(frozen=True)
+class RevisionRow:
+    series_id: int
+    period_start: int
+    granularity: str
+    old_value: float
+    new_value: float
+    revised_at: float
+
+
+BatchCallback = Callable[[WriteStats], None]
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.engine = make_engine(self.url)
+        self.dialect = self.engine.dialect.name
+        self._series_ids: dict[tuple[str, str, str], int] = {}
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- schema -------------------------------------------------------------------------
+
+    def migrate(self, revision: str = "head") -> None:
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as connection:
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+
+    def ping(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+
+    # -- writes -------------------------------------------------------------------------
+
+    def write(
+        self,
+        source: str,
+        items: Iterable[Observation],
+        *,
+        run_id: int | None = None,
+        batch_size: int = 5000,
+        on_batch: BatchCallback | None = None,
+    ) -> WriteStats:
+        """Upsert observations in batches of `batch_size`; each batch commits or rolls back whole."""
+        stats = WriteStats()
+        self._ensure_state(source)
+        for batch in _chunks(items, batch_size):
+            changed = self._write_batch(source, batch, run_id)
+            stats.observations += len(batch)
+            stats.changed += changed
+            stats.batches += 1
+            if on_batch is not None:
+                on_batch(stats)
+        return stats
+
+    def _write_batch(self, source: str, batch: Sequence[Observation], run_id: int | None) -> int:
+        # Last value wins for a key repeated within a batch: one statement may not touch a row twice.
+        rows: dict[tuple[int, int, str], float] = {}
+        latest: dict[int, tuple[int, float]] = {}
+        ids = self._resolve_series(source, batch)
+        for obs, series_id in zip(batch, ids, strict=True):
+            if obs.start.tzinfo is None:
+                raise ValueError(f"{source}: {obs.metric} has a naive period start {obs.start}")
+            value = float(obs.value)
+            if not math.isfinite(value):
+                raise ValueError(f"{source}: {obs.metric} at {obs.start} is not finite: {value}")
+            start = int(obs.start.timestamp())
+            rows[(series_id, start, obs.granularity.value)] = value
+            seen = latest.get(series_id)
+            if seen is None or start >= seen[0]:
+                latest[series_id] = (start, value)
+        now = time.time()
+        with self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                changed = _upsert_postgres(connection, rows, latest, now, run_id)
+            else:
+                changed = _upsert_generic(connection, rows, latest, now, run_id)
+            if changed:
+                self._bump(connection, source)
+        return changed
+
+    def _resolve_series(self, source: str, batch: Sequence[Observation]) -> list[int]:
+        keys = [(source, obs.metric, labels_key(obs.labels)) for obs in batch]
+        missing = {k for k in keys if k not in self._series_ids}
+        if missing:
+            with self.engine.begin() as connection:
+                rows = [{"source": s, "metric": m, "labels": lab} for s, m, lab in sorted(missing)]
+                connection.execute(
+                    text(
+                        "INSERT INTO series (source, metric, labels) "
+                        "VALUES (:source, :metric, :labels) ON CONFLICT DO NOTHING"
+                    ),
+                    rows,
+                )
+                found = connection.execute(
+                    select(series.c.id, series.c.metric, series.c.labels).where(
+                        series.c.source == source
+                    )
+                )
+                for series_id, metric, labels in found:
+                    self._series_ids[(source, metric, labels)] = series_id
+        return [self._series_ids[k] for k in keys]
+
+    def _ensure_state(self, source: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO source_state (source, generation) VALUES (:s, 0) "
+                    "ON CONFLICT DO NOTHING"
+                ),
+                {"s": source},
+            )
+
+    @staticmethod
+    def _bump(connection: Connection, source: str) -> None:
+        connection.execute(
+            update(source_state)
+            .where(source_state.c.source == source)
+            .values(generation=source_state.c.generation + 1)
+        )
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def start_run(
+        self, source: str, kind: str, window_start: float, window_end: float, attempt: int = 1
+    ) -> int:
+        self._ensure_state(source)
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                collection_runs.insert()
+                .values(
+                    source=source,
+                    kind=kind,
+                    window_start=window_start,
+                    window_end=window_end,
+                    started_at=time.time(),
+                    status="running",
+                    attempt=attempt,
+                    observations_written=0,
+                )
+                .returning(collection_runs.c.id)
+            )
+            return int(result.scalar_one())
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        written: int,
+        error: BaseException | None = None,
+    ) -> None:
+        with self.engine.begin() as connection:
+            source = connection.execute(
+                update(collection_runs)
+                .where(collection_runs.c.id == run_id)
+                .values(
+                    finished_at=time.time(),
+                    status=status,
+                    observations_written=written,
+                    error_class=type(error).__name__ if error else None,
+                    error_message=str(error)[:4000] if error else None,
+                )
+                .returning(collection_runs.c.source)
+            ).scalar_one()
+            self._bump(connection, source)
+
+    def source_health(self) -> list[SourceHealth]:
+        with self.engine.connect() as connection:
+            counts: dict[str, dict[str, int]] = {}
+            for source, status, count in connection.execute(
+                text("SELECT source, status, count(*) FROM collection_runs GROUP BY source, status")
+            ):
+                counts.setdefault(source, {})[status] = int(count)
+            last = {
+                row.source: row
+                for row in connection.execute(
+                    text(
+                        "SELECT r.source, r.status, r.started_at, r.finished_at, r.error_message "
+                        "FROM collection_runs r JOIN (SELECT source, max(id) AS id FROM "
+                        "collection_runs WHERE status <> 'running' GROUP BY source) x "
+                        "ON x.id = r.id"
+                    )
+                )
+            }
+            success = dict(
+                connection.execute(  # type: ignore[arg-type]
+                    text(
+                        "SELECT source, max(finished_at) FROM collection_runs "
+                        "WHERE status = 'success' GROUP BY source"
+                    )
+                ).all()
+            )
+        out = []
+        for source in sorted(set(counts) | set(last)):
+            row = last.get(source)
+            out.append(
+                SourceHealth(
+                    source=source,
+                    last_status=row.status if row else None,
+                    last_started_at=row.started_at if row else None,
+                    last_finished_at=row.finished_at if row else None,
+                    last_success_at=success.get(source),
+                    last_error=row.error_message if row else None,
+                    runs_by_status=counts.get(source, {}),
+                )
+            )
+        return out
+
+    def runs(self, source: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(collection_runs).order_by(collection_runs.c.id.desc()).limit(limit)
+        if source is not None:
+            query = query.where(collection_runs.c.source == source)
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+    # -- cursors and leases ------------------------------------------------------------------
+
+    def cursor(self, source: str) -> tuple[float | None, str | None]:
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(source_state.c.cursor_end, source_state.c.checkpoint).where(
+                    source_state.c.source == source
+                )
+            ).first()
+        return (row[0], row[1]) if row else (None, None)
+
+    def save_cursor(self, source: str, cursor_end: float, checkpoint: str | None) -> None:
+        self._ensure_state(source)
+        with self.engine.begin() as connection:
+            values: dict[str, Any] = {"cursor_end": cursor_end}
+            if checkpoint is not None:
+                values["checkpoint"] = checkpoint
+            connection.execute(
+                update(source_state).where(source_state.c.source == source).values(**values)
+            )
+
+    def acquire_lease(self, source: str, holder: str, ttl: float) -> bool:
+        """Take the source's lease unless someone else holds an unexpired one."""
+        self._ensure_state(source)
+        now = time.time()
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(source_state)
+                .where(source_state.c.source == source)
+                .where(
+                    (source_state.c.lease_holder.is_(None))
+                    | (source_state.c.lease_expires < now)
+                    | (source_state.c.lease_holder == holder)
+                )
+                .values(lease_holder=holder, lease_expires=now + ttl)
+            )
+            return result.rowcount == 1
+
+    def release_lease(self, source: str, holder: str) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(source_state)
+                .where(source_state.c.source == source, source_state.c.lease_holder == holder)
+                .values(lease_holder=None, lease_expires=None)
+            )
+
+    # -- reads --------------------------------------------------------------------------------
+
+    def generations(self) -> dict[str, int]:
+        """Each source's change counter: the exporter rebuilds when any of them moves."""
+        with self.engine.connect() as connection:
+            return {
+                source: int(gen)
+                for source, gen in connection.execute(
+                    select(source_state.c.source, source_state.c.generation)
+                )
+            }
+
+    def series_rows(self) -> list[SeriesRow]:
+        with self.engine.connect() as connection:
+            return [
+                SeriesRow(
+                    id=row.id,
+                    source=row.source,
+                    metric=row.metric,
+                    labels=json.loads(row.labels),
+                    last_start=row.last_start,
+                    last_value=row.last_value,
+                )
+                for row in connection.execute(select(series).order_by(series.c.id))
+            ]
+
+    def points(
+        self, series_ids: Sequence[int], start: int | None = None, end: int | None = None
+    ) -> list[tuple[int, float]]:
+        """(period_start, value) of the given series in [start, end), summed across series."""
+        if not series_ids:
+            return []
+        clauses = ["series_id IN :ids"]
+        params: dict[str, Any] = {"ids": list(series_ids)}
+        if start is not None:
+            clauses.append("period_start >= :start")
+            params["start"] = start
+        if end is not None:
+            clauses.append("period_start < :end")
+            params["end"] = end
+        sql = text(
+            "SELECT period_start, sum(value) FROM observations WHERE "
+            + " AND ".join(clauses)
+            + " GROUP BY period_start ORDER BY period_start"
+        ).bindparams(_expanding("ids"))
+        with self.engine.connect() as connection:
+            return [(int(p), float(v)) for p, v in connection.execute(sql, params)]
+
+    def revisions(self, series_id: int | None = None) -> list[RevisionRow]:
+        sql = "SELECT series_id, period_start, granularity, old_value, new_value, revised_at FROM revisions"
+        params: dict[str, Any] = {}
+        if series_id is not None:
+            sql += " WHERE series_id = :sid"
+            params["sid"] = series_id
+        with self.engine.connect() as connection:
+            return [RevisionRow(*row) for row in connection.execute(text(sql + " ORDER BY id"), params)]
+
+    def count_observations(self) -> int:
+        with self.engine.connect() as connection:
+            return int(connection.execute(text("SELECT count(*) FROM observations")).scalar_one())
+
+
+def _expanding(name: str) -> Any:
+    from sqlalchemy import bindparam
+
+    return bindparam(name, expanding=True)
+
+
+def _chunks(items: Iterable[Observation], size: int) -> Iterator[list[Observation]]:
+    batch: list[Observation] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+_PG_UPSERT = """
+INSERT INTO observations (series_id, period_start, granularity, value, updated_at, run_id)
+SELECT s, p, g, v, %(now)s, %(run)s
+FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(g)s::text[], %(v)s::float8[]) AS t(s, p, g, v)
+ON CONFLICT (series_id, period_start, granularity) DO UPDATE
+SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.run_id
+WHERE observations.value IS DISTINCT FROM EXCLUDED.value
+"""
+
+_PG_LATEST = """
+UPDATE series SET last_start = t.p, last_value = t.v
+FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(v)s::float8[]) AS t(s, p, v)
+WHERE series.id = t.s AND (series.last_start IS NULL OR t.p >= series.last_start)
+  AND (series.last_start IS DISTINCT FROM t.p OR series.last_value IS DISTINCT FROM t.v)
+"""
+
+
+def _upsert_postgres(
+    connection: Connection,
+    rows: dict[tuple[int, int, str], float],
+    latest: dict[int, tuple[int, float]],
+    now: float,
+    run_id: int | None,
+) -> int:
+    keys = list(rows)
+    params = {
+        "s": [k[0] for k in keys],
+        "p": [k[1] for k in keys],
+        "g": [k[2] for k in keys],
+        "v": list(rows.values()),
+        "now": now,
+        "run": run_id,
+    }
+    changed = connection.exec_driver_sql(_PG_UPSERT, params).rowcount
+    connection.exec_driver_sql(
+        _PG_LATEST,
+        {
+            "s": list(latest),
+            "p": [v[0] for v in latest.values()],
+            "v": [v[1] for v in latest.values()],
+        },
+    )
+    return int(changed)
+
+
+_GENERIC_UPSERT = text(
+    "INSERT INTO observations (series_id, period_start, granularity, value, updated_at, run_id) "
+    "VALUES (:s, :p, :g, :v, :now, :run) "
+    "ON CONFLICT (series_id, period_start, granularity) DO UPDATE "
+    "SET value = excluded.value, updated_at = excluded.updated_at, run_id = excluded.run_id "
+    "WHERE observations.value IS NOT excluded.value"
+)
+
+_GENERIC_LATEST = text(
+    "UPDATE series SET last_start = :p, last_value = :v "
+    "WHERE id = :s AND (last_start IS NULL OR :p >= last_start)"
+)
+
+
+def _upsert_generic(
+    connection: Connection,
+    rows: dict[tuple[int, int, str], float],
+    latest: dict[int, tuple[int, float]],
+    now: float,
+    run_id: int | None,
+) -> int:
+    params = [
+        {"s": s, "p": p, "g": g, "v": v, "now": now, "run": run_id} for (s, p, g), v in rows.items()
+    ]
+    changed = connection.execute(_GENERIC_UPSERT, params).rowcount
+    connection.execute(_GENERIC_LATEST, [{"s": s, "p": p, "v": v} for s, (p, v) in latest.items()])
+    return int(changed)
