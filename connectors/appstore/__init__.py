@@ -1,0 +1,7 @@
+"""App Store Connect connector: first-time downloads and updates per app per day."""
+
+from connectors.appstore._connector import AppStoreConnector, AppStoreSettings
+
+CONNECTOR = AppStoreConnector
+
+__all__ = ["CONNECTOR", "AppStoreConnector", "AppStoreSettings"]
