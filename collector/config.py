@@ -77,7 +77,9 @@ class Schedule(_Model):
         if (self.every is None) == (self.cron is None):
             raise ValueError("give exactly one of `every` (e.g. 15m) or `cron` (e.g. '0 6 * * *')")
         if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError(f"cron {self.cron!r} must have 5 fields: minute hour day month weekday")
+            raise ValueError(
+                f"cron {self.cron!r} must have 5 fields: minute hour day month weekday"
+            )
         if self.every is not None and self.every < timedelta(seconds=10):
             raise ValueError("`every` must be at least 10s")
         return self

@@ -127,7 +127,7 @@ class ConnectorContract:
         raise NotImplementedError
 
     def retryable_case(self) -> Any:
-        """Context manager yielding (connector, window) where the source keeps failing with 5xx/429."""
+        """Context manager yielding (connector, window) where the source keeps failing (5xx/429)."""
         raise NotImplementedError
 
     def fatal_case(self) -> Any:

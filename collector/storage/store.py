@@ -247,7 +247,8 @@ class Store:
         run_id: int,
         status: str,
         written: int,
-        error: BaseException | None = None,
+        error_class: str | None = None,
+        error_message: str | None = None,
     ) -> None:
         with self.engine.begin() as connection:
             source = connection.execute(
@@ -257,8 +258,8 @@ class Store:
                     finished_at=time.time(),
                     status=status,
                     observations_written=written,
-                    error_class=type(error).__name__ if error else None,
-                    error_message=str(error)[:4000] if error else None,
+                    error_class=error_class,
+                    error_message=error_message[:4000] if error_message else None,
                 )
                 .returning(collection_runs.c.source)
             ).scalar_one()
@@ -282,14 +283,15 @@ class Store:
                     )
                 )
             }
-            success = dict(
-                connection.execute(  # type: ignore[arg-type]
+            success: dict[str, float] = {
+                row[0]: row[1]
+                for row in connection.execute(
                     text(
                         "SELECT source, max(finished_at) FROM collection_runs "
                         "WHERE status = 'success' GROUP BY source"
                     )
-                ).all()
-            )
+                )
+            }
         out = []
         for source in sorted(set(counts) | set(last)):
             row = last.get(source)
@@ -324,12 +326,17 @@ class Store:
             ).first()
         return (row[0], row[1]) if row else (None, None)
 
-    def save_cursor(self, source: str, cursor_end: float, checkpoint: str | None) -> None:
+    def save_cursor(self, source: str, cursor_end: float | None, checkpoint: str | None) -> None:
+        """Store what is given; None leaves that part as it was."""
         self._ensure_state(source)
+        values: dict[str, Any] = {}
+        if cursor_end is not None:
+            values["cursor_end"] = cursor_end
+        if checkpoint is not None:
+            values["checkpoint"] = checkpoint
+        if not values:
+            return
         with self.engine.begin() as connection:
-            values: dict[str, Any] = {"cursor_end": cursor_end}
-            if checkpoint is not None:
-                values["checkpoint"] = checkpoint
             connection.execute(
                 update(source_state).where(source_state.c.source == source).values(**values)
             )
@@ -414,7 +421,9 @@ class Store:
             sql += " WHERE series_id = :sid"
             params["sid"] = series_id
         with self.engine.connect() as connection:
-            return [RevisionRow(*row) for row in connection.execute(text(sql + " ORDER BY id"), params)]
+            return [
+                RevisionRow(*row) for row in connection.execute(text(sql + " ORDER BY id"), params)
+            ]
 
     def count_observations(self) -> int:
         with self.engine.connect() as connection:

@@ -1,0 +1,402 @@
+"""The `dxkpi` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from collector.errors import ConfigError, DxkpiError, SourceError
+from collector.redact import redact
+from collector.runtime import Runtime, resolve, set_current
+
+console = Console(stderr=True)
+out = Console()
+
+RECOMMENDED_POOL = "threads"
+RECOMMENDED_CONCURRENCY = 32
+
+
+def _runtime(ctx: click.Context) -> Runtime:
+    obj = ctx.ensure_object(dict)
+    if "runtime" not in obj:
+        try:
+            runtime = resolve(obj.get("config"), obj.get("data_dir"))
+        except ConfigError as exc:
+            for problem in exc.problems:
+                console.print(f"[red]error[/red] {problem}", markup=True, highlight=False)
+            ctx.exit(2)
+        set_current(runtime)
+        obj["runtime"] = runtime
+    result: Runtime = obj["runtime"]
+    return result
+
+
+def _when(text: str | None, runtime: Runtime, *, default: datetime | None = None) -> datetime:
+    """Parse --since/--until: an ISO date (midnight in the config's timezone) or datetime."""
+    if text is None:
+        assert default is not None
+        return default
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: write an ISO date such as 2024-04-01") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=runtime.loaded.config.tz)
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Config file (default: $DXKPI_CONFIG, else the example config shipped with dxkpi).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    help="Where the embedded SQLite store and broker live (default: $DXKPI_DATA_DIR, "
+    "else the config's data_dir, else ~/.local/share/dxkpi).",
+)
+@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING…")
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, data_dir: str | None, log_level: str) -> None:
+    """dxkpi: collect digital-transformation KPIs and serve them to Prometheus."""
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    obj = ctx.ensure_object(dict)
+    obj["config"] = config_path
+    obj["data_dir"] = data_dir
+    obj["log_level"] = log_level
+
+
+def _child_args(ctx: click.Context, runtime: Runtime) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "collector",
+        "--config",
+        str(runtime.loaded.path),
+        "--data-dir",
+        str(runtime.data_dir),
+        "--log-level",
+        ctx.obj["log_level"],
+    ]
+
+
+def _describe(runtime: Runtime) -> None:
+    console.print(f"config:   {runtime.loaded.path}", highlight=False)
+    console.print(f"data dir: {runtime.data_dir}", highlight=False)
+    console.print(f"store:    {redact(runtime.storage_url)}", highlight=False)
+    console.print(f"broker:   {redact(runtime.broker_url)}", highlight=False)
+
+
+@main.command()
+@click.option("--listen", default=None, help="HOST:PORT for /metrics (default from config).")
+@click.option("--concurrency", default=4, show_default=True, help="Worker threads.")
+@click.pass_context
+def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
+    """Everything in one: migrate, a Celery worker, beat, and the exporter (embedded default)."""
+    runtime = _runtime(ctx)
+    _describe(runtime)
+    runtime.store.migrate()
+    base = _child_args(ctx, runtime)
+    children = [
+        subprocess.Popen([*base, "worker", "--concurrency", str(concurrency)]),
+        subprocess.Popen([*base, "beat"]),
+    ]
+
+    def stop(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        from tasks.app import app
+
+        # Collect every source once now, instead of waiting a whole interval for beat.
+        for source in runtime.loaded.config.sources:
+            app.send_task("dxkpi.collect", args=(source.id,))
+        _serve(runtime, listen)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+@main.command()
+@click.option("--pool", default=RECOMMENDED_POOL, show_default=True, help="threads, prefork, solo.")
+@click.option(
+    "--concurrency",
+    default=None,
+    type=int,
+    help=f"Parallel runs (recommended with threads: {RECOMMENDED_CONCURRENCY}; collection is I/O).",
+)
+@click.option("--beat/--no-beat", default=False, help="Also run the beat scheduler (one per site).")
+@click.pass_context
+def worker(ctx: click.Context, pool: str, concurrency: int | None, beat: bool) -> None:
+    """A Celery worker that runs collections."""
+    _runtime(ctx)
+    from tasks.app import app
+
+    argv = ["worker", "--loglevel", ctx.obj["log_level"], "--pool", pool, "-Q", "dxkpi"]
+    argv += ["--concurrency", str(concurrency or RECOMMENDED_CONCURRENCY)]
+    argv += ["--without-gossip", "--without-mingle"]
+    if beat:
+        argv.append("--beat")
+    app.worker_main(argv)
+
+
+@main.command()
+@click.pass_context
+def beat(ctx: click.Context) -> None:
+    """The beat scheduler: queues each source's collection on its schedule. Run exactly one."""
+    _runtime(ctx)
+    from tasks.app import app
+
+    app.start(["beat", "--loglevel", ctx.obj["log_level"]])
+
+
+@main.command()
+@click.option("--listen", default=None, help="HOST:PORT (default 127.0.0.1:9810, from config).")
+@click.pass_context
+def exporter(ctx: click.Context, listen: str | None) -> None:
+    """Serve /metrics and /healthz from the store."""
+    runtime = _runtime(ctx)
+    _serve(runtime, listen)
+
+
+def _serve(runtime: Runtime, listen: str | None) -> None:
+    from collector.exporter import Exporter, make_server, parse_listen
+
+    host, port = parse_listen(listen or runtime.loaded.config.exporter.listen)
+    exp = Exporter(runtime.store, runtime.loaded)
+    exp.start()
+    server = make_server(exp, host, port)
+    console.print(f"serving http://{host}:{server.server_address[1]}/metrics", highlight=False)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        exp.stop()
+
+
+@main.command()
+@click.argument("source")
+@click.option("--since", help="Window start (ISO date/datetime; default: from the cursor).")
+@click.option("--until", help="Window end (default: now).")
+@click.option("--dry-run", is_flag=True, help="Print what would be stored; store nothing.")
+@click.pass_context
+def collect(
+    ctx: click.Context, source: str, since: str | None, until: str | None, dry_run: bool
+) -> None:
+    """Collect one source now, in this process."""
+    from collector.contract import Window
+    from collector.runner import collect_source
+
+    runtime = _runtime(ctx)
+    now = datetime.now(UTC)
+    window = None
+    if since:
+        window = Window(start=_when(since, runtime), end=_when(until, runtime, default=now))
+    store = None
+    if not dry_run:
+        store = runtime.store
+        store.migrate()
+    try:
+        result = collect_source(
+            runtime.loaded, store, source, window=window, kind="manual", dry_run=dry_run
+        )
+    except (SourceError, DxkpiError) as exc:
+        console.print(f"[red]error[/red] {exc}", highlight=False)
+        ctx.exit(1)
+    if dry_run:
+        items = result.observations or []
+        table = Table(title=f"{source}: {len(items)} observations would be stored (dry run)")
+        for column in ("metric", "labels", "period", "granularity", "value"):
+            table.add_column(column)
+        for obs in items[:50]:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(obs.labels.items()))
+            table.add_row(
+                obs.metric, labels, obs.start.isoformat(), obs.granularity, f"{obs.value:g}"
+            )
+        out.print(table)
+        if len(items) > 50:
+            out.print(f"… and {len(items) - 50} more")
+        return
+    out.print(
+        f"{source}: {result.status}, {result.written} observations written "
+        f"({result.changed} new or changed), window {result.window.start.isoformat()} .. "
+        f"{result.window.end.isoformat()}"
+    )
+
+
+@main.command()
+@click.argument("source")
+@click.option("--since", required=True, help="Start (ISO date), e.g. 2021-04-01.")
+@click.option("--until", help="End (default: now).")
+@click.option("--enqueue", is_flag=True, help="Queue the chunks for the workers instead.")
+@click.pass_context
+def backfill(ctx: click.Context, source: str, since: str, until: str | None, enqueue: bool) -> None:
+    """Collect a past range, split into the source API's allowed windows."""
+    from collector.runner import backfill_windows, build_connector, collect_source
+
+    runtime = _runtime(ctx)
+    start = _when(since, runtime)
+    end = _when(until, runtime, default=datetime.now(UTC))
+    if enqueue:
+        from tasks.app import app
+
+        app.send_task("dxkpi.backfill", args=(source, start.isoformat(), end.isoformat()))
+        out.print(f"queued backfill of {source} from {start.isoformat()} to {end.isoformat()}")
+        return
+    try:
+        windows = backfill_windows(build_connector(runtime.loaded, source), start, end)
+    except DxkpiError as exc:
+        console.print(f"[red]error[/red] {exc}", highlight=False)
+        ctx.exit(1)
+    store = runtime.store
+    store.migrate()
+    written = 0
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[written]} observations"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(f"backfill {source}", total=len(windows), written=0)
+        for window in windows:
+            try:
+                result = collect_source(
+                    runtime.loaded, store, source, window=window, kind="backfill"
+                )
+            except SourceError as exc:
+                progress.stop()
+                console.print(f"[red]error[/red] {exc}", highlight=False)
+                console.print(
+                    f"stored up to {window.start.isoformat()}; rerun with --since "
+                    f"{window.start.date().isoformat()} to continue (reruns are harmless)."
+                )
+                ctx.exit(1)
+            if result.status == "skipped":
+                progress.stop()
+                console.print(
+                    f"[red]error[/red] another run of {source} holds its lease; retry later"
+                )
+                ctx.exit(1)
+            written += result.written
+            progress.update(task, advance=1, written=written)
+    out.print(f"{source}: backfilled {len(windows)} windows, {written} observations")
+
+
+@main.command("check-config")
+@click.argument("file", required=False, type=click.Path(dir_okay=False))
+@click.pass_context
+def check_config(ctx: click.Context, file: str | None) -> None:
+    """Validate a config file; list every problem with file:line and exit non-zero."""
+    from collector.config import load_config
+    from collector.runtime import EXAMPLE_CONFIG
+
+    path = file or ctx.obj.get("config") or os.environ.get("DXKPI_CONFIG") or str(EXAMPLE_CONFIG)
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            out.print(str(problem), highlight=False, markup=False)
+        console.print(f"{len(exc.problems)} problem(s) in {path}", highlight=False)
+        ctx.exit(1)
+    config = loaded.config
+    out.print(
+        f"{loaded.path}: OK ({len(config.sources)} sources, {len(config.kpis)} KPIs)",
+        highlight=False,
+    )
+
+
+@main.command()
+@click.pass_context
+def migrate(ctx: click.Context) -> None:
+    """Create or upgrade the store's tables (Alembic)."""
+    runtime = _runtime(ctx)
+    runtime.store.migrate()
+    out.print(f"store at {redact(runtime.storage_url)} is up to date", highlight=False)
+
+
+@main.command()
+@click.pass_context
+def schema(ctx: click.Context) -> None:
+    """Print the config's JSON Schema (for editors)."""
+    from collector.schema import config_schema
+
+    out.print_json(json.dumps(config_schema(), ensure_ascii=False))
+
+
+def _ts(ts: float | None, runtime: Runtime) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, runtime.loaded.config.tz).strftime("%Y-%m-%d %H:%M")
+
+
+@main.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Each KPI's value, baseline, target, progress and last change; each source's health."""
+    from collector.fiscal import format_fiscal_year
+    from collector.kpi import KpiCalculator
+
+    runtime = _runtime(ctx)
+    store = runtime.store
+    store.migrate()
+    kpis = Table(title="KPIs")
+    for column in ("KPI", "value", "baseline", "target", "progress", "expected", "last good move"):
+        kpis.add_column(column)
+    for state in KpiCalculator(store, runtime.loaded.config).compute_all(time.time()):
+        kpi = state.kpi
+        kpis.add_row(
+            f"{kpi.name_ja}\n[dim]{kpi.id}[/dim]",
+            "-" if state.value is None else f"{state.value:,.4g}",
+            f"{kpi.baseline.value:,.4g}\n[dim]{format_fiscal_year(kpi.baseline.fiscal_year)}[/dim]",
+            f"{kpi.target.value:,.4g}\n[dim]{format_fiscal_year(kpi.target.fiscal_year)}[/dim]",
+            "-" if state.progress is None else f"{state.progress:.0%}",
+            f"{state.expected_progress:.0%}",
+            _ts(state.last_change_ts, runtime),
+        )
+    out.print(kpis)
+    sources = Table(title="Sources")
+    for column in ("source", "connector", "last run", "last success", "last error"):
+        sources.add_column(column)
+    health = {h.source: h for h in store.source_health()}
+    for source in runtime.loaded.config.sources:
+        h = health.get(source.id)
+        sources.add_row(
+            source.id,
+            source.connector,
+            (h.last_status or "-") if h else "never",
+            _ts(h.last_success_at if h else None, runtime),
+            (h.last_error or "")[:120] if h and h.last_status != "success" else "",
+        )
+    out.print(sources)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+__all__ = ["main"]

@@ -1,0 +1,338 @@
+"""The exporter: serves `/metrics` from a snapshot of stored state, and `/healthz`.
+
+Metric families are built from the store, never set from workers. A background thread polls
+each source's change counter (one small query) every `refresh_interval` and rebuilds the
+snapshot only when a counter moved (or every `max_age`, since the KPI path moves with the
+calendar). A scrape hands out the last rendered bytes: its cost does not grow with history.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from collector.config import LoadedConfig
+from collector.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    Family,
+    render,
+    sample_prefix,
+)
+from collector.kpi import KpiCalculator, KpiState
+from collector.redact import redact
+from collector.storage import SeriesRow, SourceHealth, Store
+
+log = logging.getLogger("dxkpi.exporter")
+
+CACHED = "Cached: rebuilt from the store when new observations land."
+_LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+@dataclass
+class Snapshot:
+    text: bytes
+    openmetrics: bytes
+    built_at: float
+    generations: dict[str, int]
+    _gzipped: dict[bool, bytes] = field(default_factory=dict)
+
+    def body(self, *, openmetrics: bool, gzipped: bool) -> bytes:
+        raw = self.openmetrics if openmetrics else self.text
+        if not gzipped:
+            return raw
+        if openmetrics not in self._gzipped:
+            self._gzipped[openmetrics] = gzip.compress(raw, compresslevel=1)
+        return self._gzipped[openmetrics]
+
+
+class SnapshotBuilder:
+    """Builds metric families from the store. Keeps sample prefixes of raw series between builds."""
+
+    def __init__(self, store: Store, loaded: LoadedConfig) -> None:
+        self.store = store
+        self.loaded = loaded
+        self.kpis = KpiCalculator(store, loaded.config)
+        self._prefixes: dict[int, bytes] = {}
+
+    def families(self, now: float) -> list[Family]:
+        rows = self.store.series_rows()
+        states = self.kpis.compute_all(now, rows)
+        health = {h.source: h for h in self.store.source_health()}
+        return [
+            *kpi_families(states),
+            *self.source_families(health),
+            *self.raw_families(rows),
+            Family(
+                "dxkpi_snapshot_timestamp_seconds",
+                "gauge",
+                "When this snapshot was built.",
+                [(b"dxkpi_snapshot_timestamp_seconds", now)],
+            ),
+        ]
+
+    def source_families(self, health: dict[str, SourceHealth]) -> list[Family]:
+        up = Family("dxkpi_source_up", "gauge", "1 if the source's last run succeeded, else 0.")
+        last_success = Family(
+            "dxkpi_source_last_success_timestamp_seconds",
+            "gauge",
+            "When the source's last successful run finished.",
+        )
+        duration = Family(
+            "dxkpi_source_last_run_duration_seconds",
+            "gauge",
+            "How long the last finished run took.",
+        )
+        runs = Family(
+            "dxkpi_source_runs_total", "counter", "Finished runs of the source by status."
+        )
+        interval = Family(
+            "dxkpi_source_interval_seconds", "gauge", "The source's schedule interval."
+        )
+        for source in self.loaded.config.sources:
+            labels = {"source": source.id}
+            interval.add(labels, source.schedule.interval().total_seconds())
+            h = health.get(source.id)
+            counts = dict(h.runs_by_status) if h else {}
+            counts.pop("running", None)
+            for status in sorted({"success", "failed", *counts}):
+                runs.add({**labels, "status": status}, counts.get(status, 0))
+            if h is None or h.last_status is None:
+                continue
+            up.add(labels, 1.0 if h.last_status == "success" else 0.0)
+            if h.last_success_at is not None:
+                last_success.add(labels, h.last_success_at)
+            if h.last_finished_at is not None and h.last_started_at is not None:
+                duration.add(labels, h.last_finished_at - h.last_started_at)
+        return [up, last_success, duration, runs, interval]
+
+    def raw_families(self, rows: list[SeriesRow]) -> list[Family]:
+        families: dict[str, Family] = {}
+        specs = self.loaded.metric_specs
+        for row in rows:
+            if row.last_value is None:
+                continue
+            name = f"dxkpi_{row.metric}"
+            family = families.get(name)
+            if family is None:
+                spec = specs.get(row.source, {}).get(row.metric)
+                help_text = spec.help if spec else row.metric
+                unit = f" Unit: {spec.unit}." if spec else ""
+                family = families[name] = Family(
+                    name, "gauge", f"{help_text}{unit} Latest period's value. {CACHED}"
+                )
+            prefix = self._prefixes.get(row.id)
+            if prefix is None:
+                labels = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
+                labels["source"] = row.source
+                prefix = self._prefixes[row.id] = sample_prefix(name, labels)
+            family.add_prefixed(prefix, row.last_value)
+        return [families[name] for name in sorted(families)]
+
+
+def kpi_families(states: list[KpiState]) -> list[Family]:
+    def family(name: str, help_text: str) -> Family:
+        return Family(f"dxkpi_kpi_{name}", "gauge", f"{help_text} {CACHED}")
+
+    value = family("value", "The KPI's current value (absent when there is no data).")
+    baseline = family("baseline_value", "The KPI's baseline value.")
+    target = family("target_value", "The KPI's target value.")
+    baseline_ts = family("baseline_timestamp_seconds", "Start of the baseline fiscal year.")
+    target_ts = family("target_timestamp_seconds", "End of the target fiscal year.")
+    direction = family("direction", "+1 if the KPI should rise, -1 if it should fall.")
+    progress = family("progress_ratio", "Progress from baseline (0) to target (1).")
+    expected = family("expected_value", "Where the path from baseline to target is today.")
+    expected_progress = family("expected_progress_ratio", "The progress the path expects today.")
+    last_change = family(
+        "last_change_timestamp_seconds", "Last time the KPI moved in its good direction."
+    )
+    stall_after = family("stall_after_seconds", "How long without a good move counts as stalled.")
+    forecast = family("forecast_value", "Value projected at the target date (Theil-Sen trend).")
+    track = family("on_track", "1 if the forecast meets the target, else 0.")
+    info = Family(
+        "dxkpi_kpi_info", "info", "The KPI's names (Japanese and English), area and unit."
+    )
+    for state in states:
+        kpi = state.kpi
+        labels = {"kpi": kpi.id}
+        info.add(
+            {
+                **labels,
+                "name_ja": kpi.name_ja,
+                "name_en": kpi.name_en,
+                "area": kpi.area,
+                "unit": kpi.unit,
+            },
+            1.0,
+        )
+        baseline.add(labels, kpi.baseline.value)
+        target.add(labels, kpi.target.value)
+        baseline_ts.add(labels, state.baseline_ts)
+        target_ts.add(labels, state.target_ts)
+        direction.add(labels, state.direction)
+        expected.add(labels, state.expected_value)
+        expected_progress.add(labels, state.expected_progress)
+        stall_after.add(labels, kpi.stall_after.total_seconds())
+        if state.value is not None:
+            value.add(labels, state.value)
+        if state.progress is not None:
+            progress.add(labels, state.progress)
+        if state.last_change_ts is not None:
+            last_change.add(labels, state.last_change_ts)
+        if state.forecast is not None:
+            forecast.add(labels, state.forecast)
+        if state.on_track is not None:
+            track.add(labels, 1.0 if state.on_track else 0.0)
+    return [
+        value,
+        baseline,
+        target,
+        baseline_ts,
+        target_ts,
+        direction,
+        progress,
+        expected,
+        expected_progress,
+        last_change,
+        stall_after,
+        forecast,
+        track,
+        info,
+    ]
+
+
+class Exporter:
+    """Holds the current snapshot and keeps it fresh from a background thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        loaded: LoadedConfig,
+        *,
+        refresh_interval: float | None = None,
+        max_age: float = 300.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.builder = SnapshotBuilder(store, loaded)
+        self.refresh_interval = (
+            refresh_interval
+            if refresh_interval is not None
+            else loaded.config.exporter.refresh_interval.total_seconds()
+        )
+        self.max_age = max_age
+        self.clock = clock
+        self.snapshot: Snapshot | None = None
+        self.store_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.rebuilds = 0
+
+    def rebuild(self, generations: dict[str, int] | None = None) -> Snapshot:
+        now = self.clock()
+        if generations is None:
+            generations = self.store.generations()
+        families = self.builder.families(now)
+        snapshot = Snapshot(
+            text=render(families),
+            openmetrics=render(families, openmetrics=True),
+            built_at=now,
+            generations=generations,
+        )
+        self.snapshot = snapshot  # an atomic swap: scrapes see the old or the new, whole
+        self.rebuilds += 1
+        return snapshot
+
+    def refresh(self) -> None:
+        """Rebuild if any source's change counter moved or the snapshot is too old."""
+        try:
+            generations = self.store.generations()
+            current = self.snapshot
+            if (
+                current is None
+                or generations != current.generations
+                or self.clock() - current.built_at >= self.max_age
+            ):
+                self.rebuild(generations)
+            self.store_error = None
+        except Exception as exc:  # keep serving the last snapshot; /healthz reports the failure
+            self.store_error = redact(f"{type(exc).__name__}: {exc}")
+            log.warning("store unreachable, serving the last snapshot: %s", self.store_error)
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="dxkpi-snapshot", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.refresh_interval):
+            self.refresh()
+
+    def health(self) -> tuple[bool, str]:
+        try:
+            self.store.ping()
+        except Exception as exc:
+            return False, redact(f"store unreachable: {type(exc).__name__}: {exc}")
+        return True, "ok"
+
+
+def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dxkpi-exporter"
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                snapshot = exporter.snapshot
+                if snapshot is None:
+                    self._send(503, b"no snapshot yet: the store has not been read\n", "text/plain")
+                    return
+                openmetrics = "application/openmetrics-text" in self.headers.get("Accept", "")
+                gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+                body = snapshot.body(openmetrics=openmetrics, gzipped=gzipped)
+                content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+                self._send(200, body, content_type, gzipped=gzipped)
+            elif path == "/healthz":
+                ok, message = exporter.health()
+                self._send(200 if ok else 503, (message + "\n").encode(), "text/plain")
+            elif path == "/":
+                page = b"<html><body><h1>dxkpi exporter</h1><a href='/metrics'>/metrics</a> "
+                page += b"<a href='/healthz'>/healthz</a></body></html>\n"
+                self._send(200, page, "text/html; charset=utf-8")
+            else:
+                self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str, gzipped: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--listen {listen!r}: write HOST:PORT, e.g. 127.0.0.1:9810")
+    return host.strip("[]"), int(port)

@@ -1,0 +1,194 @@
+"""Runs one collection of one source: window, lease, connector, batched writes, run record.
+
+Nothing here knows Celery: the Celery task, `dxkpi collect` and `dxkpi backfill` all call
+`collect_source`; the task decides what to retry.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from pydantic import SecretStr
+
+from collector.config import LoadedConfig
+from collector.contract import Checkpoint, Connector, ConnectorSettings, Observation, Window
+from collector.errors import RetryableSourceError
+from collector.redact import redact
+from collector.registry import load_connector
+from collector.storage import Store, WriteStats
+
+log = logging.getLogger("dxkpi.runner")
+
+LEASE_TTL = 600.0
+DEFAULT_CHUNK = timedelta(days=31)
+
+
+@dataclass
+class RunResult:
+    source: str
+    status: str  # success | failed | retrying | skipped | dry-run
+    window: Window
+    written: int = 0
+    changed: int = 0
+    run_id: int | None = None
+    observations: list[Observation] | None = None
+
+
+def holder_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
+
+
+def secrets_of(settings: ConnectorSettings) -> list[str]:
+    return [
+        value.get_secret_value()
+        for value in settings.__dict__.values()
+        if isinstance(value, SecretStr)
+    ]
+
+
+def build_connector(loaded: LoadedConfig, source_id: str) -> Connector:  # type: ignore[type-arg]
+    source = loaded.source(source_id)
+    cls = load_connector(source.connector)
+    return cls(loaded.settings[source_id], loaded.context(source_id))
+
+
+def scheduled_window(
+    loaded: LoadedConfig,
+    store: Store,
+    source_id: str,
+    connector: Connector,
+    now: datetime,  # type: ignore[type-arg]
+) -> Window:
+    """[cursor - max(lookback, finality), now): late revisions inside the lookback are re-read."""
+    source = loaded.source(source_id)
+    cursor_end, checkpoint = store.cursor(source_id)
+    lookback = max(source.lookback, connector.finality)
+    if cursor_end is not None:
+        start = datetime.fromtimestamp(cursor_end, UTC) - lookback
+    elif source.start is not None:
+        start = datetime(
+            source.start.year, source.start.month, source.start.day, tzinfo=loaded.config.tz
+        )
+    else:
+        start = now - lookback
+    return Window(start=start, end=now, cursor=checkpoint)
+
+
+def backfill_windows(
+    connector: Connector,
+    since: datetime,
+    until: datetime,  # type: ignore[type-arg]
+) -> list[Window]:
+    """Split [since, until) into the largest windows the source's API allows."""
+    step = connector.max_window or DEFAULT_CHUNK
+    windows = []
+    start = since
+    while start < until:
+        end = min(start + step, until)
+        windows.append(Window(start=start, end=end))
+        start = end
+    return windows
+
+
+def collect_source(
+    loaded: LoadedConfig,
+    store: Store | None,
+    source_id: str,
+    *,
+    window: Window | None = None,
+    kind: str = "scheduled",
+    attempt: int = 1,
+    final_attempt: bool = True,
+    dry_run: bool = False,
+    holder: str | None = None,
+    on_batch: Callable[[WriteStats], None] | None = None,
+    now: datetime | None = None,
+) -> RunResult:
+    connector = build_connector(loaded, source_id)
+    now = now or datetime.now(UTC)
+    if dry_run:
+        if window is None:
+            window = (
+                scheduled_window(loaded, store, source_id, connector, now)
+                if store is not None
+                else Window(start=now - loaded.source(source_id).lookback, end=now)
+            )
+        items = [i for i in connector.collect(window) if isinstance(i, Observation)]
+        return RunResult(source_id, "dry-run", window, written=0, observations=items)
+    assert store is not None
+    if window is None:
+        window = scheduled_window(loaded, store, source_id, connector, now)
+    holder = holder or holder_id()
+    if not store.acquire_lease(source_id, holder, LEASE_TTL):
+        log.info("source %s: another run holds the lease; skipping", source_id)
+        return RunResult(source_id, "skipped", window)
+    secrets = secrets_of(loaded.settings[source_id])
+    run_id = store.start_run(
+        source_id, kind, window.start.timestamp(), window.end.timestamp(), attempt
+    )
+    checkpoints: list[str] = []
+
+    def observations() -> Iterator[Observation]:
+        for item in connector.collect(window):
+            if isinstance(item, Checkpoint):
+                checkpoints.append(item.cursor)
+            else:
+                yield item
+
+    def batch_done(stats: WriteStats) -> None:
+        store.acquire_lease(source_id, holder, LEASE_TTL)  # renew while we work
+        if on_batch is not None:
+            on_batch(stats)
+
+    started = time.monotonic()
+    try:
+        stats = store.write(source_id, observations(), run_id=run_id, on_batch=batch_done)
+    except BaseException as exc:
+        status = (
+            "retrying" if isinstance(exc, RetryableSourceError) and not final_attempt else "failed"
+        )
+        try:
+            store.finish_run(
+                run_id, status, 0, type(exc).__name__, redact(str(exc), secrets) or repr(exc)
+            )
+        except Exception:  # the store itself may be what failed; the task retries the run
+            log.exception("source %s: could not record the failed run %s", source_id, run_id)
+        log.warning(
+            "source %s: run %s %s after %.1fs: %s",
+            source_id,
+            run_id,
+            status,
+            time.monotonic() - started,
+            redact(str(exc), secrets),
+        )
+        raise
+    finally:
+        try:
+            store.release_lease(source_id, holder)
+        except Exception:
+            log.exception(
+                "source %s: could not release the lease (it expires by itself)", source_id
+            )
+    # Only scheduled runs move the cursor (forward only); backfills leave it where it is.
+    cursor_end = store.cursor(source_id)[0]
+    if kind == "scheduled":
+        cursor_end = max(cursor_end or 0.0, window.end.timestamp())
+    store.save_cursor(source_id, cursor_end, checkpoints[-1] if checkpoints else None)
+    store.finish_run(run_id, "success", stats.observations)
+    log.info(
+        "source %s: run %s stored %d observations (%d changed) in %.1fs",
+        source_id,
+        run_id,
+        stats.observations,
+        stats.changed,
+        time.monotonic() - started,
+    )
+    return RunResult(source_id, "success", window, stats.observations, stats.changed, run_id)

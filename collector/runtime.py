@@ -1,0 +1,88 @@
+"""Where things are: which config, which data directory, which store and broker URLs.
+
+Precedence for each: command-line option > environment variable > config file > default.
+    config      --config      DXKPI_CONFIG       (the example config shipped in the package)
+    data dir    --data-dir    DXKPI_DATA_DIR     config `data_dir`   $XDG_DATA_HOME/dxkpi
+    store       -             DXKPI_STORAGE_URL  config `storage.url`  sqlite:///<data dir>/dxkpi.sqlite
+    broker      -             DXKPI_BROKER_URL   config `broker.url`   sqla+sqlite:///<data dir>/broker.sqlite
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from collector.config import LoadedConfig, load_config
+from collector.storage import Store
+
+EXAMPLE_CONFIG = Path(__file__).parent / "example" / "dxkpi.yaml"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dxkpi"
+
+
+@dataclass
+class Runtime:
+    loaded: LoadedConfig
+    data_dir: Path
+    storage_url: str
+    broker_url: str
+    _store: Store | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def store(self) -> Store:
+        with self._lock:
+            if self._store is None:
+                self._store = Store(self.storage_url)
+            return self._store
+
+    @property
+    def embedded(self) -> bool:
+        return self.broker_url.startswith("sqla+sqlite")
+
+
+def resolve(config_path: str | Path | None = None, data_dir: str | Path | None = None) -> Runtime:
+    path = Path(config_path or os.environ.get("DXKPI_CONFIG") or EXAMPLE_CONFIG)
+    loaded = load_config(path)
+    config = loaded.config
+    chosen = data_dir or os.environ.get("DXKPI_DATA_DIR") or config.data_dir
+    directory = Path(chosen).expanduser() if chosen else default_data_dir()
+    if not directory.is_absolute():
+        directory = (Path.cwd() / directory).resolve()
+    storage = (
+        os.environ.get("DXKPI_STORAGE_URL")
+        or config.storage.url
+        or f"sqlite:///{directory / 'dxkpi.sqlite'}"
+    )
+    broker = (
+        os.environ.get("DXKPI_BROKER_URL")
+        or config.broker.url
+        or f"sqla+sqlite:///{directory / 'broker.sqlite'}"
+    )
+    if storage.startswith("sqlite") or broker.startswith("sqla+sqlite"):
+        directory.mkdir(parents=True, exist_ok=True)
+    return Runtime(loaded=loaded, data_dir=directory, storage_url=storage, broker_url=broker)
+
+
+_current: Runtime | None = None
+_current_lock = threading.Lock()
+
+
+def current() -> Runtime:
+    """The process-wide runtime (built from the environment on first use, e.g. in a worker)."""
+    global _current
+    with _current_lock:
+        if _current is None:
+            _current = resolve()
+        return _current
+
+
+def set_current(runtime: Runtime | None) -> None:
+    global _current
+    with _current_lock:
+        _current = runtime

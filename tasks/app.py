@@ -1,0 +1,39 @@
+"""The Celery app. Built from the runtime (config + URLs) the first time it is needed.
+
+No result backend: every run is recorded in the store's `collection_runs` table instead.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from collector.runtime import Runtime, current
+from tasks.schedule import beat_schedule
+
+
+def create_app(runtime: Runtime | None = None) -> Celery:
+    runtime = runtime or current()
+    config = runtime.loaded.config
+    app = Celery("dxkpi", broker=runtime.broker_url, include=["tasks.collect"])
+    app.conf.update(
+        task_ignore_result=True,
+        result_backend=None,
+        # Tasks are idempotent (upserts + a lease per source), so late acks are safe: a task whose
+        # worker dies is delivered again instead of being lost.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue="dxkpi",
+        timezone=config.timezone,
+        enable_utc=True,
+        broker_connection_retry_on_startup=True,
+        # Redis redelivers an unacked task after this long; runs are far shorter.
+        broker_transport_options={"visibility_timeout": 3600, "polling_interval": 0.5},
+        beat_schedule=beat_schedule(config),
+        beat_schedule_filename=str(runtime.data_dir / "celerybeat-schedule"),
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = create_app()

@@ -1,0 +1,78 @@
+"""Celery tasks. They take ids, re-read what they need, and are idempotent."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from celery import Task
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from collector.contract import Window
+from collector.errors import RetryableSourceError
+from collector.runner import backfill_windows, build_connector, collect_source
+from collector.runtime import current
+from tasks.app import app
+
+log = logging.getLogger("dxkpi.tasks")
+
+MAX_RETRIES = 5
+# A lost database connection is transient too (a restart, a failover): retry, never lose the run.
+RETRY_ON = (RetryableSourceError, OperationalError, DBAPIError, ConnectionError)
+
+
+def backoff(retries: int, base: float = 10.0, cap: float = 600.0) -> float:
+    return float(min(cap, base * 2**retries))
+
+
+@app.task(name="dxkpi.collect", bind=True, max_retries=MAX_RETRIES, acks_late=True)
+def collect(
+    self: Task,
+    source_id: str,
+    since: str | None = None,
+    until: str | None = None,
+    kind: str = "scheduled",
+) -> dict[str, Any]:
+    runtime = current()
+    window = (
+        Window(start=datetime.fromisoformat(since), end=datetime.fromisoformat(until))
+        if since and until
+        else None
+    )
+    retries = int(self.request.retries or 0)
+    try:
+        result = collect_source(
+            runtime.loaded,
+            runtime.store,
+            source_id,
+            window=window,
+            kind=kind,
+            attempt=retries + 1,
+            final_attempt=retries >= MAX_RETRIES,
+        )
+    except RETRY_ON as exc:
+        if retries >= MAX_RETRIES:
+            raise
+        wait = getattr(exc, "retry_after", None)
+        # Honour the source's own Retry-After exactly; back off exponentially otherwise.
+        countdown = wait if wait is not None else backoff(retries)
+        raise self.retry(exc=exc, countdown=countdown) from exc
+    if result.status == "skipped" and kind == "backfill":
+        # Another run holds the lease: a backfill chunk must still run, later.
+        raise self.retry(countdown=30)
+    return {"source": source_id, "status": result.status, "written": result.written}
+
+
+@app.task(name="dxkpi.backfill", acks_late=True)
+def backfill(source_id: str, since: str, until: str) -> int:
+    """Split [since, until) into the API's allowed windows and queue one collect per window."""
+    runtime = current()
+    connector = build_connector(runtime.loaded, source_id)
+    windows = backfill_windows(
+        connector, datetime.fromisoformat(since), datetime.fromisoformat(until)
+    )
+    for window in windows:
+        collect.delay(source_id, window.start.isoformat(), window.end.isoformat(), "backfill")
+    log.info("backfill of %s: queued %d windows", source_id, len(windows))
+    return len(windows)

@@ -1,0 +1,36 @@
+"""The beat schedule, generated from the config: one `dxkpi.collect` entry per source."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab, schedule
+
+from collector.config import Config, Schedule
+
+
+def to_celery(entry: Schedule, timezone: str) -> Any:
+    if entry.every is not None:
+        return schedule(entry.every)
+    assert entry.cron is not None
+    minute, hour, day_of_month, month_of_year, day_of_week = entry.cron.split()
+    return crontab(
+        minute=minute,
+        hour=hour,
+        day_of_month=day_of_month,
+        month_of_year=month_of_year,
+        day_of_week=day_of_week,
+    )
+
+
+def beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
+    return {
+        f"collect-{source.id}": {
+            "task": "dxkpi.collect",
+            "schedule": to_celery(source.schedule, config.timezone),
+            "args": (source.id,),
+            # A run that waited a whole interval in the queue is superseded by the next one.
+            "options": {"expires": source.schedule.interval().total_seconds()},
+        }
+        for source in config.sources
+    }
