@@ -42,7 +42,7 @@ def format_value(value: float) -> bytes:
 
 @dataclass
 class Family:
-    """One metric family. `name` is the sample name (`..._total` for counters, `..._info` for info)."""
+    """One metric family; `name` is the sample name (`_total` for counters, `_info` for info)."""
 
     name: str
     type: MetricType
@@ -72,9 +72,8 @@ def render(families: Sequence[Family], *, openmetrics: bool = False) -> bytes:
         else:
             family_name = family.name
             kind = "gauge" if family.type == "info" else family.type
-        append(
-            f"# HELP {family_name} {escape_help(family.help)}\n# TYPE {family_name} {kind}\n".encode()
-        )
+        help_text = escape_help(family.help)
+        append(f"# HELP {family_name} {help_text}\n# TYPE {family_name} {kind}\n".encode())
         append(
             b"".join(
                 prefix + b" " + format_value(value) + b"\n" for prefix, value in family.samples

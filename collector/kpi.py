@@ -21,6 +21,7 @@ fiscal year), through per-FY milestones (placed at the end of their fiscal year)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -103,7 +104,7 @@ class KpiCalculator:
         points = self.path_points(kpi)
         if ts <= points[0][0]:
             return points[0][1]
-        for (t1, v1), (t2, v2) in zip(points, points[1:], strict=False):
+        for (t1, v1), (t2, v2) in itertools.pairwise(points):
             if ts <= t2:
                 return v1 + (v2 - v1) * (ts - t1) / (t2 - t1)
         return points[-1][1]
@@ -246,7 +247,7 @@ class KpiCalculator:
 def last_good_move(trajectory: Sequence[tuple[float, float]], direction: int) -> float | None:
     """When the level last moved in the KPI's good direction (None: never, in the history)."""
     last = None
-    for (_, v1), (t2, v2) in zip(trajectory, trajectory[1:], strict=False):
+    for (_, v1), (t2, v2) in itertools.pairwise(trajectory):
         if (v2 - v1) * direction > 1e-9 * max(1.0, abs(v1)):
             last = t2
     return last

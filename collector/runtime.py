@@ -1,10 +1,10 @@
 """Where things are: which config, which data directory, which store and broker URLs.
 
 Precedence for each: command-line option > environment variable > config file > default.
-    config      --config      DXKPI_CONFIG       (the example config shipped in the package)
-    data dir    --data-dir    DXKPI_DATA_DIR     config `data_dir`   $XDG_DATA_HOME/dxkpi
-    store       -             DXKPI_STORAGE_URL  config `storage.url`  sqlite:///<data dir>/dxkpi.sqlite
-    broker      -             DXKPI_BROKER_URL   config `broker.url`   sqla+sqlite:///<data dir>/broker.sqlite
+    config    --config    DXKPI_CONFIG                         the shipped example config
+    data dir  --data-dir  DXKPI_DATA_DIR     data_dir          $XDG_DATA_HOME/dxkpi
+    store                 DXKPI_STORAGE_URL  storage.url       sqlite:///<data dir>/dxkpi.sqlite
+    broker                DXKPI_BROKER_URL   broker.url        sqla+sqlite:///<data dir>/broker.db
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def resolve(config_path: str | Path | None = None, data_dir: str | Path | None =
     broker = (
         os.environ.get("DXKPI_BROKER_URL")
         or config.broker.url
-        or f"sqla+sqlite:///{directory / 'broker.sqlite'}"
+        or f"sqla+sqlite:///{directory / 'broker.db'}"
     )
     if storage.startswith("sqlite") or broker.startswith("sqla+sqlite"):
         directory.mkdir(parents=True, exist_ok=True)

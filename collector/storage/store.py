@@ -141,7 +141,7 @@ class Store:
         batch_size: int = 5000,
         on_batch: BatchCallback | None = None,
     ) -> WriteStats:
-        """Upsert observations in batches of `batch_size`; each batch commits or rolls back whole."""
+        """Upsert observations in batches; each batch commits or rolls back whole."""
         stats = WriteStats()
         self._ensure_state(source)
         for batch in _chunks(items, batch_size):
@@ -154,7 +154,7 @@ class Store:
         return stats
 
     def _write_batch(self, source: str, batch: Sequence[Observation], run_id: int | None) -> int:
-        # Last value wins for a key repeated within a batch: one statement may not touch a row twice.
+        # A key repeated within a batch: last value wins (a statement may not touch a row twice).
         rows: dict[tuple[int, int, str], float] = {}
         latest: dict[int, tuple[int, float]] = {}
         ids = self._resolve_series(source, batch)
@@ -415,7 +415,10 @@ class Store:
             return [(int(p), float(v)) for p, v in connection.execute(sql, params)]
 
     def revisions(self, series_id: int | None = None) -> list[RevisionRow]:
-        sql = "SELECT series_id, period_start, granularity, old_value, new_value, revised_at FROM revisions"
+        sql = (
+            "SELECT series_id, period_start, granularity, old_value, new_value, revised_at "
+            "FROM revisions"
+        )
         params: dict[str, Any] = {}
         if series_id is not None:
             sql += " WHERE series_id = :sid"
