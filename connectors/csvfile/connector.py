@@ -1,0 +1,190 @@
+"""The csvfile connector: KPI figures kept in CSV or .xlsx files, one source per file or glob.
+
+Each file is read and validated whole before anything from it is yielded; a file with any bad
+row is skipped whole and the run ends with one `SourceDataError` listing every bad row, after
+the good files have been yielded. Every call re-reads the files and re-yields the window: the
+core's upserts make that idempotent, so no cursor is kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import glob
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+from collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
+from collector.errors import FatalSourceError, RetryableSourceError
+from connectors.csvfile.problems import Problems
+from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
+from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
+from connectors.csvfile.settings import CsvFileSettings
+from connectors.csvfile.table import SeriesKey, read_table, table_metrics
+
+T = TypeVar("T")
+_GLOB_CHARACTERS = frozenset("*?[")
+
+
+class CsvFileConnector(Connector[CsvFileSettings]):
+    name = "csvfile"
+    settings_model = CsvFileSettings
+    # The metrics depend on each source's settings: see declared_metrics().
+    metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+
+    def declared_metrics(self) -> tuple[MetricSpec, ...]:
+        if self.settings.layout == "rpa_run_log":
+            return RUN_LOG_METRICS
+        return table_metrics(self.settings)
+
+    def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
+        problems = Problems()
+        if self.settings.layout == "rpa_run_log":
+            yield from self._collect_runs(window, problems)
+        else:
+            yield from self._collect_table(window, problems)
+        error = problems.error(self.context.source_id)
+        if error is not None:
+            raise error
+
+    def _collect_table(self, window: Window, problems: Problems) -> Iterator[Observation]:
+        seen: dict[SeriesKey, str] = {}
+        tz = self.context.timezone
+        for path in self._files():
+            file = self._display(path)
+            before = problems.count()
+            result = self._read(
+                path,
+                file,
+                problems,
+                lambda table, f: read_table(table, f, self.settings, window, tz, problems, seen),
+            )
+            if result is None or problems.count() > before:
+                problems.reject(file)
+                continue
+            observations, keys = result
+            seen.update(keys)
+            yield from observations
+
+    def _collect_runs(self, window: Window, problems: Problems) -> Iterator[Observation]:
+        runs: dict[RunKey, Run] = {}
+        tz = self.context.timezone
+        for path in self._files():
+            file = self._display(path)
+            before = problems.count()
+            found = self._read(
+                path,
+                file,
+                problems,
+                lambda table, f: read_runs(table, f, self.settings, tz, problems, runs),
+            )
+            if found is None or problems.count() > before:
+                problems.reject(file)
+                continue
+            runs.update(found)
+        # Runs of one day may sit in two files (overlapping exports), so count after reading all.
+        yield from run_observations(runs, self.settings, window, tz)
+
+    # -- files -----------------------------------------------------------------------------
+
+    def _pattern(self) -> Path:
+        path = Path(self.settings.path).expanduser()
+        return path if path.is_absolute() else self.context.base_dir / path
+
+    def _display(self, path: Path) -> str:
+        """How errors name a file: relative to the config folder when it is inside it."""
+        try:
+            return path.relative_to(self.context.base_dir).as_posix()
+        except ValueError:
+            return str(path)
+
+    def _files(self) -> list[Path]:
+        pattern = self._pattern()
+        folder = self.context.base_dir
+        if _GLOB_CHARACTERS.isdisjoint(self.settings.path):
+            if pattern.is_file():
+                return [pattern]
+            raise FatalSourceError(
+                self.context.source_id,
+                f"file not found: looked for {pattern}",
+                where=self.settings.path,
+                hint=f"relative paths are resolved against the config file's folder {folder}",
+            )
+        # Skip office lock files (~$book.xlsx, .~lock.book.csv#) that sit beside open files.
+        files = [
+            Path(name)
+            for name in sorted(glob.glob(str(pattern), recursive=True))
+            if Path(name).is_file() and not Path(name).name.startswith(("~$", "."))
+        ]
+        if not files:
+            raise FatalSourceError(
+                self.context.source_id,
+                f"no file matches {pattern}",
+                where=self.settings.path,
+                hint=f"relative paths are resolved against the config file's folder {folder}",
+            )
+        return files
+
+    def _read(
+        self, path: Path, file: str, problems: Problems, parse: Callable[[Table, str], T]
+    ) -> T | None:
+        """Parse one file; None (with the reason in `problems`) when it cannot be read at all."""
+        source_id = self.context.source_id
+        try:
+            before = self._settled_stat(path, file)
+            fmt = self.settings.file_format(path.name)
+            opened: AbstractContextManager[Table]
+            if fmt == "xlsx":
+                opened = xlsx_table(path, sheet=self.settings.sheet)
+            else:
+                table = csv_table(
+                    path.read_bytes(),
+                    encoding=self.settings.encoding,
+                    delimiter=self.settings.delimiter,
+                )
+                opened = nullcontext(table)
+            with opened as table:
+                result = parse(table, file)
+            after = path.stat()
+        except FileProblem as exc:
+            problems.file(file, str(exc))
+            return None
+        except PermissionError:
+            raise FatalSourceError(
+                source_id,
+                "permission denied",
+                where=file,
+                hint="give the collector's user read access to the file",
+            ) from None
+        except OSError as exc:
+            # Vanished between listing and reading, or a network share hiccup: try again later.
+            reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
+            raise RetryableSourceError(
+                source_id, f"could not read the file ({reason})", where=file
+            ) from None
+        if (after.st_mtime_ns, after.st_size) != (before.st_mtime_ns, before.st_size):
+            raise RetryableSourceError(
+                source_id, "the file changed while it was being read", where=file
+            )
+        return result
+
+    def _settled_stat(self, path: Path, file: str) -> os.stat_result:
+        """The file's stat, or RetryableSourceError while it may still be being written."""
+        stat = path.stat()
+        modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+        age = self.context.clock() - modified
+        wait = self.settings.min_file_age
+        # A small negative age is clock skew on a file share: treat it as "just written".
+        if -wait < age < wait:
+            raise RetryableSourceError(
+                self.context.source_id,
+                f"modified {max(age, timedelta(0)).total_seconds():.0f} s ago, it may still be "
+                "being written",
+                where=file,
+                hint=f"it is read once unchanged for {wait.total_seconds():.0f} s (min_file_age)",
+                retry_after=(wait - age).total_seconds(),
+            )
+        return stat

@@ -1,0 +1,127 @@
+"""Opening one file as a table of cells: CSV in any of the encodings Japanese offices use, or
+one sheet of an .xlsx workbook. Rows are numbered as a spreadsheet shows them (header = row 1).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import charset_normalizer
+import openpyxl
+from openpyxl.utils.exceptions import InvalidFileException
+
+from connectors.csvfile.cells import is_blank
+from connectors.csvfile.settings import fold
+
+# Tried strictly in this order before guessing: a valid UTF-8 file almost never decodes as CP932
+# by accident, and Shift_JIS files from Excel are CP932 (Microsoft's superset of Shift_JIS).
+_STRICT_ENCODINGS = ("utf-8-sig", "cp932")
+
+
+class FileProblem(Exception):
+    """The file as a whole cannot be read; the message says why and what to do."""
+
+
+@dataclass
+class Table:
+    header: list[str]
+    # (spreadsheet row number, cells); blank rows are left out.
+    rows: Iterator[tuple[int, Sequence[object]]]
+
+    def column_index(self, wanted: list[str]) -> dict[str, int]:
+        """Where each wanted column is; FileProblem naming the columns the file does have."""
+        positions: dict[str, list[int]] = {}
+        for index, name in enumerate(self.header):
+            positions.setdefault(fold(name), []).append(index)
+        missing = [name for name in wanted if fold(name) not in positions]
+        if missing:
+            present = ", ".join(repr(name) for name in self.header if name) or "(none)"
+            raise FileProblem(
+                f"column {', '.join(repr(m) for m in missing)} not found in the header (row 1); "
+                f"the file has {present}. If the export format changed, update the column "
+                "names in this source's settings"
+            )
+        repeated = [name for name in wanted if len(positions[fold(name)]) > 1]
+        if repeated:
+            raise FileProblem(
+                f"column {', '.join(repr(r) for r in repeated)} appears more than once in the "
+                "header (row 1); rename one of them"
+            )
+        return {name: positions[fold(name)][0] for name in wanted}
+
+
+def decode(data: bytes, encoding: str) -> str:
+    """The file's text. `auto` tries UTF-8 (with or without BOM), then CP932, then guesses."""
+    if encoding != "auto":
+        try:
+            return data.decode(encoding).removeprefix("\ufeff")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise FileProblem(
+                f"line {line} is not valid {encoding} (byte {exc.start}); save the file as "
+                "UTF-8 or Shift_JIS, or set `encoding: auto`"
+            ) from None
+    for candidate in _STRICT_ENCODINGS:
+        try:
+            return data.decode(candidate)
+        except UnicodeDecodeError:
+            continue
+    best = charset_normalizer.from_bytes(data).best()
+    if best is None:
+        raise FileProblem(
+            "the file is neither UTF-8 nor Shift_JIS and its encoding could not be guessed; "
+            "set `encoding:` (e.g. euc_jp) or save it as UTF-8"
+        )
+    return str(best).removeprefix("\ufeff")
+
+
+def _numbered(records: Iterator[Sequence[object]]) -> Iterator[tuple[int, Sequence[object]]]:
+    for number, cells in enumerate(records, start=2):
+        if not all(is_blank(cell) for cell in cells):
+            yield number, cells
+
+
+def _header(first: Sequence[object] | None) -> list[str]:
+    if first is None:
+        raise FileProblem("the file is empty; row 1 must be the header")
+    return ["" if cell is None else str(cell).strip() for cell in first]
+
+
+def csv_table(data: bytes, *, encoding: str, delimiter: str) -> Table:
+    # newline="" keeps quoted line breaks inside a cell, as the csv module requires.
+    reader = csv.reader(io.StringIO(decode(data, encoding), newline=""), delimiter=delimiter)
+    header = _header(next(reader, None))
+    return Table(header=header, rows=_numbered(reader))
+
+
+@contextmanager
+def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
+    try:
+        with warnings.catch_warnings():
+            # openpyxl warns about styles and data validation it does not keep; we only read values.
+            warnings.simplefilter("ignore")
+            book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except (zipfile.BadZipFile, InvalidFileException, KeyError):
+        raise FileProblem(
+            "not a readable .xlsx workbook (an old .xls, or damaged?); save it as .xlsx or CSV"
+        ) from None
+    try:
+        if sheet is not None and sheet not in book.sheetnames:
+            raise FileProblem(
+                f"no sheet {sheet!r}; the workbook's sheets are "
+                f"{', '.join(map(repr, book.sheetnames))}"
+            )
+        worksheet = book[sheet] if sheet is not None else book.worksheets[0]
+        # Some writers store a wrong sheet size; forget it so every row is read.
+        worksheet.reset_dimensions()
+        rows = worksheet.iter_rows(values_only=True)
+        yield Table(header=_header(next(rows, None)), rows=_numbered(rows))
+    finally:
+        book.close()

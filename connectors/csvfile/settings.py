@@ -1,0 +1,210 @@
+"""Settings of a csvfile source: which file, how to decode it, and which columns mean what."""
+
+from __future__ import annotations
+
+import codecs
+import unicodedata
+from datetime import timedelta
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from collector.contract import LABEL_NAME, METRIC_NAME, Aggregation, ConnectorSettings
+from collector.durations import Duration
+
+RunResult = Literal["successful", "faulted", "stopped"]
+
+# Words promtool's lint flags in metric names: values must be in base units (seconds, ratios).
+_NON_BASE_UNITS = {
+    "minutes": "seconds (scale: 60)",
+    "hours": "seconds (scale: 3600)",
+    "days": "seconds (scale: 86400)",
+    "weeks": "seconds (scale: 604800)",
+    "milliseconds": "seconds (scale: 0.001)",
+    "percent": "a ratio (unit: ratio reads 48.2% as 0.482)",
+    "ms": "seconds (scale: 0.001)",
+    "sec": "seconds",
+    "min": "seconds (scale: 60)",
+}
+
+# What WinActor, UiPath and hand-kept logs write in the result column; keys are compared after
+# full-width folding and case-folding. Extend or override per source with `result_map`.
+DEFAULT_RESULT_MAP: dict[str, RunResult] = {
+    "正常終了": "successful",
+    "正常": "successful",
+    "成功": "successful",
+    "完了": "successful",
+    "successful": "successful",
+    "success": "successful",
+    "異常終了": "faulted",
+    "異常": "faulted",
+    "エラー": "faulted",
+    "失敗": "faulted",
+    "faulted": "faulted",
+    "failed": "faulted",
+    "error": "faulted",
+    "中断": "stopped",
+    "停止": "stopped",
+    "強制終了": "stopped",
+    "stopped": "stopped",
+    "cancelled": "stopped",
+}
+
+
+def fold(text: str) -> str:
+    """Compare-friendly text: full-width folded (NFKC), trimmed, case-folded."""
+    return unicodedata.normalize("NFKC", text).strip().casefold()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MetricColumn(_Model):
+    """One numeric column turned into one metric."""
+
+    name: str
+    column: str
+    unit: str
+    aggregation: Aggregation = "sum"
+    help: str = ""
+    # Multiplies every value, e.g. 60 for a column of minutes stored as seconds.
+    scale: float = 1.0
+
+    @field_validator("name")
+    @classmethod
+    def _snake_case_base_units(cls, name: str) -> str:
+        if not METRIC_NAME.match(name):
+            raise ValueError(f"metric name {name!r} must be snake_case: a-z, 0-9 and _")
+        for word in name.split("_"):
+            if word in _NON_BASE_UNITS:
+                raise ValueError(
+                    f"metric name {name!r} names the unit {word!r}; store {_NON_BASE_UNITS[word]}"
+                    " and name the metric after the base unit"
+                )
+        return name
+
+    @field_validator("scale")
+    @classmethod
+    def _finite_nonzero(cls, scale: float) -> float:
+        if scale == 0 or scale != scale or abs(scale) == float("inf"):
+            raise ValueError("scale must be a finite, non-zero number")
+        return scale
+
+
+class RunLogColumns(_Model):
+    """Header names of an RPA run log. Defaults are those of a WinActor Manager export."""
+
+    process: str = "シナリオ名"
+    start: str = "開始日時"
+    end: str = "終了日時"
+    result: str = "結果"
+
+
+class CsvFileSettings(ConnectorSettings):
+    # Relative paths resolve against the config file's folder; may be a glob (data/apps-*.csv).
+    path: str = Field(min_length=1)
+    format: Literal["auto", "csv", "xlsx"] = "auto"
+    sheet: str | None = None
+    encoding: str = "auto"
+    delimiter: str = ","
+    # A file modified more recently than this may still be being written: retry later.
+    min_file_age: Duration = timedelta(seconds=10)
+    layout: Literal["table", "rpa_run_log"] = "table"
+    # layout: table
+    period_column: str | None = None
+    granularity: Literal["auto", "day", "month", "fiscal_year"] = "auto"
+    labels: dict[str, str] = Field(default_factory=dict)
+    static_labels: dict[str, str] = Field(default_factory=dict)
+    metrics: list[MetricColumn] = Field(default_factory=list)
+    # layout: rpa_run_log
+    columns: RunLogColumns = RunLogColumns()
+    result_map: dict[str, RunResult] = Field(default_factory=dict)
+    manual_minutes_per_run: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        if encoding != "auto":
+            try:
+                codecs.lookup(encoding)
+            except LookupError:
+                raise ValueError(
+                    f"unknown encoding {encoding!r}; use auto, utf-8, utf-8-sig or cp932"
+                ) from None
+        return encoding
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, delimiter: str) -> str:
+        if len(delimiter) != 1:
+            raise ValueError(
+                f"delimiter must be one character (e.g. ',' or '\\t'), not {delimiter!r}"
+            )
+        return delimiter
+
+    @field_validator("labels", "static_labels")
+    @classmethod
+    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if not LABEL_NAME.match(name):
+                raise ValueError(f"label name {name!r} must be snake_case: a-z, 0-9 and _")
+        return labels
+
+    @field_validator("manual_minutes_per_run")
+    @classmethod
+    def _non_negative_minutes(cls, minutes: dict[str, float]) -> dict[str, float]:
+        for process, value in minutes.items():
+            if not value >= 0:
+                raise ValueError(f"manual minutes for {process!r} must be >= 0, not {value}")
+        return minutes
+
+    @model_validator(mode="after")
+    def _layout_fields(self) -> CsvFileSettings:
+        if self.format != "xlsx" and self.sheet is not None and not _is_xlsx(self.path):
+            raise ValueError("`sheet` applies to .xlsx files only")
+        if self.layout == "rpa_run_log":
+            table_only = [
+                field
+                for field in ("period_column", "labels", "static_labels", "metrics")
+                if field in self.model_fields_set
+            ]
+            if table_only:
+                raise ValueError(
+                    f"layout rpa_run_log has fixed metrics; remove {', '.join(table_only)}"
+                )
+            return self
+        run_log_only = [
+            field
+            for field in ("columns", "result_map", "manual_minutes_per_run")
+            if field in self.model_fields_set
+        ]
+        if run_log_only:
+            raise ValueError(f"{', '.join(run_log_only)} apply to layout: rpa_run_log only")
+        if not self.period_column:
+            raise ValueError("layout table needs `period_column`: the header of the date column")
+        if not self.metrics:
+            raise ValueError("layout table needs at least one entry in `metrics`")
+        names = [m.name for m in self.metrics]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"metric names must be unique; repeated: {', '.join(duplicates)}")
+        clash = sorted(set(self.labels) & set(self.static_labels))
+        if clash:
+            raise ValueError(f"labels and static_labels both define {', '.join(clash)}")
+        return self
+
+    def result_lookup(self) -> dict[str, RunResult]:
+        """The result map in effect: built-in words overridden by `result_map`, keys folded."""
+        merged = {fold(k): v for k, v in DEFAULT_RESULT_MAP.items()}
+        merged.update({fold(k): v for k, v in self.result_map.items()})
+        return merged
+
+    def file_format(self, path: str) -> Literal["csv", "xlsx"]:
+        if self.format != "auto":
+            return self.format
+        return "xlsx" if _is_xlsx(path) else "csv"
+
+
+def _is_xlsx(path: str) -> bool:
+    return path.lower().endswith((".xlsx", ".xlsm"))

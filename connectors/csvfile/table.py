@@ -1,0 +1,126 @@
+"""Layout `table`: one period column, optional label columns, one column per metric."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, time
+from zoneinfo import ZoneInfo
+
+from collector.contract import Granularity as G
+from collector.contract import MetricSpec, Observation, Window
+from collector.fiscal import period_end
+from connectors.csvfile.cells import cell_text, parse_number, parse_period_cell
+from connectors.csvfile.problems import Problems
+from connectors.csvfile.reading import Table
+from connectors.csvfile.settings import CsvFileSettings
+
+_ORDER = {G.DAY: 0, G.MONTH: 1, G.FISCAL_YEAR: 2}
+_NAMES = {G.DAY: "a day", G.MONTH: "a month", G.FISCAL_YEAR: "a fiscal year"}
+_FIRST_OF = {G.MONTH: "the first day of a month", G.FISCAL_YEAR: "April 1 (a fiscal year start)"}
+
+SeriesKey = tuple[str, tuple[tuple[str, str], ...], date]
+
+
+def table_metrics(settings: CsvFileSettings) -> tuple[MetricSpec, ...]:
+    labels = (*settings.labels, *settings.static_labels)
+    return tuple(
+        MetricSpec(
+            name=m.name,
+            help=m.help or f"Column {m.column!r} of {settings.path}",
+            unit=m.unit,
+            labels=labels,
+            aggregation=m.aggregation,
+        )
+        for m in settings.metrics
+    )
+
+
+def _period(cell: object, configured: str) -> tuple[date, G]:
+    """The row's period start, checked against the configured granularity."""
+    start, found = parse_period_cell(cell)
+    if configured == "auto":
+        return start, found
+    wanted = G(configured)
+    if found is wanted:
+        return start, wanted
+    text = cell_text(cell)
+    if _ORDER[found] > _ORDER[wanted]:
+        raise ValueError(f"{text!r} is {_NAMES[found]} but granularity is {wanted.value}")
+    if start.day == 1 and (wanted is G.MONTH or start.month == 4):
+        return start, wanted
+    raise ValueError(
+        f"{text!r} is {_NAMES[found]}, not {_FIRST_OF[wanted]} as granularity {wanted.value} needs"
+    )
+
+
+def _overlaps(start: date, granularity: G, window: Window, tz: ZoneInfo) -> bool:
+    begins = datetime.combine(start, time(), tzinfo=tz)
+    ends = datetime.combine(period_end(start, granularity), time(), tzinfo=tz)
+    return begins < window.end and ends > window.start
+
+
+def _cell(cells: Sequence[object], index: int) -> object:
+    # CSV rows may be shorter than the header when trailing cells are empty.
+    return cells[index] if index < len(cells) else None
+
+
+def read_table(
+    table: Table,
+    file: str,
+    settings: CsvFileSettings,
+    window: Window,
+    tz: ZoneInfo,
+    problems: Problems,
+    seen: Mapping[SeriesKey, str],
+) -> tuple[list[Observation], dict[SeriesKey, str]]:
+    """Validate every row. Return the observations in the window and where each series key of
+    the file was read (both meaningful only when the file added no problems). `seen` holds the
+    keys of files accepted earlier in this run: a period may not be in two files."""
+    assert settings.period_column is not None  # the settings model requires it for tables
+    period_column = settings.period_column
+    wanted = [period_column, *settings.labels.values(), *(m.column for m in settings.metrics)]
+    where = table.column_index(wanted)
+    static = tuple(settings.static_labels.items())
+    kept: list[Observation] = []
+    keys: dict[SeriesKey, str] = {}
+    for row, cells in table.rows:
+        try:
+            start, granularity = _period(_cell(cells, where[period_column]), settings.granularity)
+        except ValueError as exc:
+            problems.row(file, row, f"column {period_column!r}: {exc}")
+            continue
+        labels = tuple(
+            (name, cell_text(_cell(cells, where[column])))
+            for name, column in settings.labels.items()
+        )
+        whys = [f"column {settings.labels[n]!r} (label {n}) is empty" for n, v in labels if not v]
+        in_window = _overlaps(start, granularity, window, tz)
+        for metric in settings.metrics:
+            try:
+                value = parse_number(
+                    _cell(cells, where[metric.column]), ratio=metric.unit == "ratio"
+                )
+            except ValueError as exc:
+                whys.append(f"column {metric.column!r}: {exc}")
+                continue
+            if value is None:
+                continue  # an empty cell is "not reported", not zero
+            key: SeriesKey = (metric.name, (*labels, *static), start)
+            earlier = keys.get(key) or seen.get(key)
+            if earlier:
+                whys.append(f"{metric.name} for this period and labels is already in {earlier}")
+                continue
+            keys[key] = f"{file}:{row}"
+            if in_window:
+                kept.append(
+                    Observation(
+                        metric=metric.name,
+                        value=value * metric.scale,
+                        start=datetime.combine(start, time(), tzinfo=tz),
+                        granularity=granularity,
+                        labels=dict(key[1]),
+                    )
+                )
+        if whys:
+            problems.row(file, row, "; ".join(whys))
+    return kept, keys
