@@ -1,0 +1,187 @@
+"""The store on both databases: migrations, idempotent upserts, revisions, batches, leases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from collector.contract import TOKYO, Granularity, Observation
+from collector.storage import Store
+
+T0 = datetime(2024, 4, 1, tzinfo=TOKYO)
+
+
+def daily(n: int, value: float = 1.0, page: str = "/top", metric: str = "pv") -> list[Observation]:
+    return [
+        Observation(metric, value + i, T0 + timedelta(days=i), labels={"page": page})
+        for i in range(n)
+    ]
+
+
+def test_migrations_create_every_table_from_empty(store: Store) -> None:
+    tables = set(inspect(store.engine).get_table_names())
+    assert {"series", "observations", "revisions", "collection_runs", "source_state"} <= tables
+    store.migrate()  # a second upgrade is a no-op
+
+
+def test_same_window_twice_keeps_one_row_per_series_and_period(store: Store) -> None:
+    first = store.write("src", daily(30))
+    second = store.write("src", daily(30))
+    assert (first.changed, second.changed) == (30, 0)
+    assert store.count_observations() == 30
+    assert store.revisions() == []
+
+
+def test_revised_value_lands_in_the_revision_log(store: Store) -> None:
+    store.write("src", daily(5))
+    revised = daily(5)
+    revised[2] = Observation("pv", 99.0, revised[2].start, labels={"page": "/top"})
+    stats = store.write("src", revised)
+    assert stats.changed == 1
+    [revision] = store.revisions()
+    assert (revision.old_value, revision.new_value) == (3.0, 99.0)
+    assert revision.period_start == int(revised[2].start.timestamp())
+    assert store.count_observations() == 5
+
+
+def test_retry_after_failure_mid_batch_leaves_exactly_one_row_each(store: Store) -> None:
+    items = daily(25)
+
+    def failing() -> Iterator[Observation]:
+        for i, item in enumerate(items):
+            if i == 17:
+                raise ConnectionError("source dropped the connection")
+            yield item
+
+    with pytest.raises(ConnectionError):
+        store.write("src", failing(), batch_size=10)
+    # The first full batch committed; the interrupted one did not.
+    assert store.count_observations() == 10
+    store.write("src", items, batch_size=10)
+    assert store.count_observations() == 25
+    store.write("src", items, batch_size=7)
+    assert store.count_observations() == 25
+
+
+def test_a_bad_observation_rolls_back_its_whole_batch(store: Store) -> None:
+    items = daily(4)
+    items[3] = Observation("pv", float("nan"), items[3].start, labels={"page": "/top"})
+    with pytest.raises(ValueError, match="not finite"):
+        store.write("src", items)
+    assert store.count_observations() == 0
+
+
+def test_key_repeated_within_one_batch_keeps_the_last_value(store: Store) -> None:
+    a = Observation("pv", 1.0, T0)
+    b = Observation("pv", 2.0, T0)
+    store.write("src", [a, b])
+    [row] = store.series_rows()
+    assert row.last_value == 2.0
+    assert store.count_observations() == 1
+
+
+def test_series_are_per_source_metric_and_label_set(store: Store) -> None:
+    store.write("a", daily(2, page="/x") + daily(2, page="/y"))
+    store.write("b", daily(2, page="/x"))
+    rows = store.series_rows()
+    assert sorted((r.source, r.labels["page"]) for r in rows) == [
+        ("a", "/x"),
+        ("a", "/y"),
+        ("b", "/x"),
+    ]
+    # the latest period's value is kept on the series for the exporter
+    assert {r.last_value for r in rows} == {2.0}
+
+
+def test_granularities_are_distinct_periods(store: Store) -> None:
+    store.write(
+        "src",
+        [
+            Observation("x", 1.0, T0, Granularity.DAY),
+            Observation("x", 30.0, T0, Granularity.MONTH),
+        ],
+    )
+    assert store.count_observations() == 2
+
+
+def test_naive_period_start_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="naive"):
+        store.write("src", [Observation("x", 1.0, datetime(2024, 4, 1))])
+
+
+def test_lease_excludes_a_second_holder_until_released_or_expired(store: Store) -> None:
+    assert store.acquire_lease("src", "worker-a", ttl=60)
+    assert not store.acquire_lease("src", "worker-b", ttl=60)
+    assert store.acquire_lease("src", "worker-a", ttl=60)  # renewal
+    store.release_lease("src", "worker-a")
+    assert store.acquire_lease("src", "worker-b", ttl=-1)  # already expired
+    assert store.acquire_lease("src", "worker-c", ttl=60)
+
+
+def test_change_counter_moves_only_when_something_changed(store: Store) -> None:
+    store.write("src", daily(3))
+    before = store.generations()["src"]
+    store.write("src", daily(3))
+    assert store.generations()["src"] == before
+    store.write("src", daily(4))
+    assert store.generations()["src"] == before + 1
+
+
+def test_runs_and_health(store: Store) -> None:
+    ok = store.start_run("src", "scheduled", 0, 1)
+    store.finish_run(ok, "success", 3)
+    bad = store.start_run("src", "scheduled", 1, 2)
+    store.finish_run(bad, "failed", 0, "SourceAuthError", "source 'src': token refused")
+    [health] = store.source_health()
+    assert health.last_status == "failed"
+    assert health.last_error == "source 'src': token refused"
+    assert health.runs_by_status == {"success": 1, "failed": 1}
+    assert health.last_success_at is not None
+
+
+def test_cursor_keeps_what_is_not_given(store: Store) -> None:
+    store.save_cursor("src", 100.0, "etag-1")
+    store.save_cursor("src", None, "etag-2")
+    assert store.cursor("src") == (100.0, "etag-2")
+    store.save_cursor("src", 200.0, None)
+    assert store.cursor("src") == (200.0, "etag-2")
+
+
+def test_store_survives_a_postgres_restart_of_its_connections(pg_store: Store) -> None:
+    pg_store.write("src", daily(3))
+    # What a server restart does to a pool: every open connection is killed.
+    admin = create_engine(pg_store.url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    admin.dispose()
+    stats = pg_store.write("src", daily(6))
+    assert stats.changed == 3
+    assert pg_store.count_observations() == 6
+
+
+def test_migration_downgrade_and_upgrade_round_trip(pg_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from collector.storage.store import MIGRATIONS
+
+    store = Store(pg_url)
+    store.migrate()
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.downgrade(cfg, "base")
+    assert "observations" not in inspect(store.engine).get_table_names()
+    store.migrate()
+    store.write("src", daily(2))
+    assert store.count_observations() == 2
+    store.close()
