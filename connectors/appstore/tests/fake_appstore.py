@@ -170,7 +170,12 @@ class FakeAppStore:
                 algorithms=["ES256"],
                 audience=AUDIENCE,
                 issuer=self.issuer_id,
-                options={"require": ["exp", "iss", "aud"], "verify_exp": False},
+                options={
+                    "require": ["exp", "iss", "aud"],
+                    # Time is checked below against the fake clock, not the real one.
+                    "verify_exp": False,
+                    "verify_iat": False,
+                },
             )
         except jwt.PyJWTError:
             return refused
