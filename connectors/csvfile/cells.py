@@ -101,13 +101,13 @@ def parse_moment(cell: object, tz: ZoneInfo) -> datetime | None:
         return datetime.combine(cell, time(), tzinfo=tz)
     if not isinstance(cell, str):
         raise ValueError(f"{cell!r} is not a date and time")
-    text = _fold(cell).lower()
-    match = _MOMENT.match(text)
+    text = _fold(cell)
+    match = _MOMENT.match(text.lower())
     try:
         if match:
             y, mo, d, h, mi, s = (int(match[k] or 0) for k in ("y", "mo", "d", "h", "mi", "s"))
             return datetime(y, mo, d, h, mi, s, tzinfo=tz)
-        moment = datetime.fromisoformat(text)  # 2026-04-01T09:00:00+09:00 and the like
+        moment = datetime.fromisoformat(text.upper())  # 2026-04-01T00:00:00Z, ...+09:00
     except ValueError:
         raise ValueError(
             f"{cell!r} is not a date and time (write e.g. 2026/04/01 09:30:00)"

@@ -103,12 +103,16 @@ def csv_table(data: bytes, *, encoding: str, delimiter: str) -> Table:
 
 @contextmanager
 def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
+    # An open file rather than a name: openpyxl refuses names without an Excel suffix, and
+    # `format: xlsx` exists for exports named otherwise. Read-only mode reads it lazily.
+    handle = path.open("rb")
     try:
         with warnings.catch_warnings():
             # openpyxl warns about styles and data validation it does not keep; we only read values.
             warnings.simplefilter("ignore")
-            book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+            book = openpyxl.load_workbook(handle, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError):
+        handle.close()
         raise FileProblem(
             "not a readable .xlsx workbook (an old .xls, or damaged?); save it as .xlsx or CSV"
         ) from None
@@ -125,3 +129,4 @@ def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
         yield Table(header=_header(next(rows, None)), rows=_numbered(rows))
     finally:
         book.close()
+        handle.close()

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from collector.contract import MetricSpec, Observation, Window
-from connectors.csvfile.cells import cell_text, parse_moment
+from connectors.csvfile.cells import cell_text, is_blank, parse_moment
 from connectors.csvfile.problems import Problems
 from connectors.csvfile.reading import Table
 from connectors.csvfile.settings import CsvFileSettings, RunResult, fold
@@ -78,15 +78,12 @@ def read_runs(
                 f"column {columns.result!r}: unknown result {result_text!r}; map it in "
                 f"result_map to successful, faulted or stopped"
             )
-        try:
-            start = parse_moment(padded[where[columns.start]], tz)
-            end = parse_moment(padded[where[columns.end]], tz)
-        except ValueError as exc:
-            problems.row(file, row, "; ".join([*whys, str(exc)]))
-            continue
-        if start is None:
+        start_cell = padded[where[columns.start]]
+        start = _moment(start_cell, columns.start, tz, whys)
+        end = _moment(padded[where[columns.end]], columns.end, tz, whys)
+        if is_blank(start_cell):
             whys.append(f"column {columns.start!r} (the start time) is empty")
-        elif end is not None and end < start:
+        elif start is not None and end is not None and end < start:
             whys.append(f"the run ends ({end:%Y-%m-%d %H:%M}) before it starts ({start:%H:%M})")
         if whys or start is None or result is None:
             problems.row(file, row, "; ".join(whys))
@@ -103,6 +100,14 @@ def read_runs(
                 f"{earlier.result} in {earlier.where} but {result} here",
             )
     return runs
+
+
+def _moment(cell: object, column: str, tz: ZoneInfo, whys: list[str]) -> datetime | None:
+    try:
+        return parse_moment(cell, tz)
+    except ValueError as exc:
+        whys.append(f"column {column!r}: {exc}")
+        return None
 
 
 def run_observations(
@@ -124,7 +129,7 @@ def run_observations(
             for result in RESULTS:
                 yield Observation(
                     "rpa_runs",
-                    counts[(day, process, result)],
+                    float(counts[(day, process, result)]),
                     day,
                     labels={"process": process, "result": result},
                 )

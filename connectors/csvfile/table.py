@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime, time
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from collector.contract import Granularity as G
@@ -18,7 +19,8 @@ _ORDER = {G.DAY: 0, G.MONTH: 1, G.FISCAL_YEAR: 2}
 _NAMES = {G.DAY: "a day", G.MONTH: "a month", G.FISCAL_YEAR: "a fiscal year"}
 _FIRST_OF = {G.MONTH: "the first day of a month", G.FISCAL_YEAR: "April 1 (a fiscal year start)"}
 
-SeriesKey = tuple[str, tuple[tuple[str, str], ...], date]
+# What the store keys an observation by: (metric, labels, start, granularity).
+SeriesKey = tuple[str, tuple[tuple[str, str], ...], date, G]
 
 
 def table_metrics(settings: CsvFileSettings) -> tuple[MetricSpec, ...]:
@@ -35,6 +37,7 @@ def table_metrics(settings: CsvFileSettings) -> tuple[MetricSpec, ...]:
     )
 
 
+@lru_cache(maxsize=4096)  # rows of one period repeat per label: parse each cell text once
 def _period(cell: object, configured: str) -> tuple[date, G]:
     """The row's period start, checked against the configured granularity."""
     start, found = parse_period_cell(cell)
@@ -105,7 +108,7 @@ def read_table(
                 continue
             if value is None:
                 continue  # an empty cell is "not reported", not zero
-            key: SeriesKey = (metric.name, (*labels, *static), start)
+            key: SeriesKey = (metric.name, (*labels, *static), start, granularity)
             earlier = keys.get(key) or seen.get(key)
             if earlier:
                 whys.append(f"{metric.name} for this period and labels is already in {earlier}")
