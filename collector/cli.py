@@ -35,7 +35,7 @@ def _runtime(ctx: click.Context) -> Runtime:
             runtime = resolve(obj.get("config"), obj.get("data_dir"))
         except ConfigError as exc:
             for problem in exc.problems:
-                console.print(f"[red]error[/red] {problem}", markup=True, highlight=False)
+                click.echo(f"error: {problem}", err=True)
             ctx.exit(2)
         set_current(runtime)
         obj["runtime"] = runtime
@@ -224,7 +224,7 @@ def collect(
             runtime.loaded, store, source, window=window, kind="manual", dry_run=dry_run
         )
     except (SourceError, DxkpiError) as exc:
-        console.print(f"[red]error[/red] {exc}", highlight=False)
+        click.echo(f"error: {exc}", err=True)
         ctx.exit(1)
     if dry_run:
         items = result.observations or []
@@ -269,7 +269,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
     try:
         windows = backfill_windows(build_connector(runtime.loaded, source), start, end)
     except DxkpiError as exc:
-        console.print(f"[red]error[/red] {exc}", highlight=False)
+        click.echo(f"error: {exc}", err=True)
         ctx.exit(1)
     store = runtime.store
     store.migrate()
@@ -290,7 +290,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
                 )
             except SourceError as exc:
                 progress.stop()
-                console.print(f"[red]error[/red] {exc}", highlight=False)
+                click.echo(f"error: {exc}", err=True)
                 console.print(
                     f"stored up to {window.start.isoformat()}; rerun with --since "
                     f"{window.start.date().isoformat()} to continue (reruns are harmless)."
@@ -319,15 +319,13 @@ def check_config(ctx: click.Context, file: str | None) -> None:
     try:
         loaded = load_config(path)
     except ConfigError as exc:
+        # Plain lines (no wrapping): editors and grep jump to file:line.
         for problem in exc.problems:
-            out.print(str(problem), highlight=False, markup=False)
-        console.print(f"{len(exc.problems)} problem(s) in {path}", highlight=False)
+            click.echo(str(problem))
+        click.echo(f"{len(exc.problems)} problem(s) in {path}", err=True)
         ctx.exit(1)
     config = loaded.config
-    out.print(
-        f"{loaded.path}: OK ({len(config.sources)} sources, {len(config.kpis)} KPIs)",
-        highlight=False,
-    )
+    click.echo(f"{loaded.path}: OK ({len(config.sources)} sources, {len(config.kpis)} KPIs)")
 
 
 @main.command()

@@ -11,6 +11,14 @@ from collector.runtime import Runtime, current
 from tasks.schedule import beat_schedule
 
 
+def transport_options(broker_url: str) -> dict[str, object]:
+    if broker_url.startswith(("redis://", "rediss://")):
+        # Redis redelivers an unacked task after this long; runs are far shorter.
+        return {"visibility_timeout": 3600}
+    # kombu's SQLAlchemy transport hands its options to create_engine: give it none.
+    return {}
+
+
 def create_app(runtime: Runtime | None = None) -> Celery:
     runtime = runtime or current()
     config = runtime.loaded.config
@@ -27,8 +35,7 @@ def create_app(runtime: Runtime | None = None) -> Celery:
         timezone=config.timezone,
         enable_utc=True,
         broker_connection_retry_on_startup=True,
-        # Redis redelivers an unacked task after this long; runs are far shorter.
-        broker_transport_options={"visibility_timeout": 3600, "polling_interval": 0.5},
+        broker_transport_options=transport_options(runtime.broker_url),
         beat_schedule=beat_schedule(config),
         beat_schedule_filename=str(runtime.data_dir / "celerybeat-schedule"),
         worker_hijack_root_logger=False,

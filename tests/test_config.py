@@ -1,0 +1,182 @@
+"""Config loading: the shipped example, and every kind of mistake reported with file:line."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from collector.cli import main
+from collector.config import load_config
+from collector.errors import ConfigError
+from collector.runtime import EXAMPLE_CONFIG
+from collector.schema import config_schema
+from tests.conftest import write_config
+
+SCHEMA_FILE = Path(__file__).parents[1] / "schema" / "dxkpi-config.schema.json"
+
+
+def problems_of(tmp_path: Path, text: str) -> list[str]:
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return [str(p).replace(str(path), "bad.yaml") for p in caught.value.problems]
+
+
+def test_shipped_example_has_the_eleven_catalog_indicators() -> None:
+    loaded = load_config(EXAMPLE_CONFIG)
+    ids = [k.id for k in loaded.config.kpis]
+    assert len(ids) == 11
+    assert "copy_paper_purchases_sheets" in ids
+    down = [k.id for k in loaded.config.kpis if k.direction == "down"]
+    assert down == ["copy_paper_purchases_sheets"]
+    online = next(k for k in loaded.config.kpis if k.id == "online_procedure_usage_rate")
+    assert (online.baseline.fiscal_year, online.target.fiscal_year) == (2021, 2025)
+
+
+def test_example_matches_the_seed_catalog() -> None:
+    import yaml
+
+    seed = Path(__file__).parents[2] / "shared" / "seed" / "kpi-catalog.yaml"
+    if not seed.exists():
+        pytest.skip("the seed catalog lives beside the repository only in the workspace")
+    catalog = {i["id"]: i for i in yaml.safe_load(seed.read_text(encoding="utf-8"))["indicators"]}
+    for kpi in load_config(EXAMPLE_CONFIG).config.kpis:
+        item = catalog[kpi.id]
+        assert (kpi.name_ja, kpi.name_en, kpi.area, kpi.direction) == (
+            item["name_ja"],
+            item["name_en"],
+            item["area"],
+            item["direction"],
+        )
+        assert kpi.baseline.value == item["baseline"]["value"]
+        assert kpi.target.fiscal_year == item["target"]["fiscal_year"]
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "sources:\n  - id: a\n    connector: [csvfile\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("bad.yaml:4: invalid YAML")
+
+
+def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """\
+        timezone: Mars/Olympus
+        sources:
+          - id: s1
+            connector: csvfil
+          - id: s1
+            connector: csvfile
+            schedule: {every: 5x}
+        kpis:
+          - id: k
+            name_ja: テスト
+            name_en: Test
+            area: a
+            unit: u
+            direction: down
+            baseline: {value: 1, fiscal_year: R3}
+            target: {value: 2, fiscal_year: 令和7年度}
+            feed: {metric: x}
+        """,
+    )
+    text = "\n".join(problems)
+    assert "bad.yaml:1: timezone: Value error, unknown timezone 'Mars/Olympus'" in text
+    assert "bad.yaml:7: sources[1].schedule.every" in text and "is not a duration" in text
+    assert "bad.yaml:9: kpis[0]: Value error, direction is 'down' but the target" in text
+
+
+def test_unknown_connector_lists_the_known_ones(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """\
+        sources:
+          - id: s1
+            connector: csvfil
+        """,
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith("bad.yaml:3: sources[0].connector: unknown connector 'csvfil'")
+    assert "did you spell that correctly?" in problems[0] and "csvfile" in problems[0]
+
+
+def test_inline_secret_is_refused_and_not_echoed(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        """\
+        sources:
+          - id: ios
+            connector: appstore
+            settings:
+              issuer_id: 57246542-96fe-1a63-e053-0824d011072a
+              key_id: 2X9R4HXF34
+              private_key: "-----BEGIN PRIVATE KEY-----hunter2"
+              vendor_number: "85012345"
+              apps: [{app: x, apple_id: "1500000001"}]
+        """,
+    )
+    text = "\n".join(problems)
+    assert "bad.yaml:7: sources[0].settings.private_key: secrets are never written inline" in text
+    assert "hunter2" not in text
+
+
+def test_missing_environment_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DXKPI_TEST_UNSET", raising=False)
+    problems = problems_of(
+        tmp_path,
+        """\
+        storage: {url: "postgresql://u:${DXKPI_TEST_UNSET}@db/dxkpi"}
+        """,
+    )
+    assert problems == [
+        "bad.yaml:1: storage.url: environment variable DXKPI_TEST_UNSET is not set: export it"
+    ]
+
+
+def test_summing_a_non_additive_metric_is_a_config_error(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8").replace(
+        "unit: page_views}", "unit: page_views, aggregation: none}", 1
+    )
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    [problem] = caught.value.problems
+    assert problem.path == "kpis[0].feed.kind"
+    assert "fiscal_year_sum sums 'portal_page_views'" in problem.message
+    assert problem.line is not None
+
+
+def test_feed_naming_an_undeclared_metric(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8").replace(
+        "metric: portal_page_views}", "metric: portal_pageviews}"
+    )
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="no source declares metric 'portal_pageviews'"):
+        load_config(config)
+
+
+def test_check_config_command_exits_non_zero_with_the_list(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sources:\n  - id: Bad-Id\n    connector: csvfile\n", encoding="utf-8")
+    result = CliRunner().invoke(main, ["check-config", str(bad)])
+    assert result.exit_code == 1
+    assert f"{bad}:2: sources[0].id: String should match pattern" in result.output
+    ok = CliRunner().invoke(main, ["check-config", str(EXAMPLE_CONFIG)])
+    assert ok.exit_code == 0, ok.output
+    assert "OK (6 sources, 11 KPIs)" in ok.output
+
+
+def test_published_json_schema_is_current() -> None:
+    """schema/dxkpi-config.schema.json is what `dxkpi schema` prints (regenerate it if not)."""
+    published = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    assert published == config_schema(), "run: dxkpi schema > schema/dxkpi-config.schema.json"
+    source = published["$defs"]["SourceConfig"]
+    assert "csvfile" in source["properties"]["connector"]["enum"]

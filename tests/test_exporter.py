@@ -1,0 +1,168 @@
+"""The exporter over a real store fed by a real connector: parsed by prometheus-client's parsers,
+linted by promtool, served over HTTP on loopback."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from collector.config import LoadedConfig, load_config
+from collector.contract import TOKYO, Window
+from collector.errors import SourceDataError
+from collector.exporter import Exporter, make_server
+from collector.runner import collect_source
+from collector.storage import Store
+from tests.conftest import IN_CI, write_config
+
+NOW = datetime(2024, 4, 4, 12, tzinfo=TOKYO).timestamp()
+WINDOW = Window(datetime(2024, 4, 1, tzinfo=TOKYO), datetime(2024, 4, 4, tzinfo=TOKYO))
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in parse_text(text)
+        for s in family.samples
+    }
+
+
+@pytest.fixture
+def fed(tmp_path: Path, store: Store) -> tuple[Store, LoadedConfig]:
+    loaded = load_config(write_config(tmp_path))
+    collect_source(loaded, store, "portal", window=WINDOW)
+    return store, loaded
+
+
+def test_metrics_carry_raw_kpi_and_source_families(fed: tuple[Store, LoadedConfig]) -> None:
+    store, loaded = fed
+    text = Exporter(store, loaded, clock=lambda: NOW).rebuild().text.decode()
+    got = samples(text)
+    assert got[("dxkpi_portal_page_views", (("page", "/top"), ("source", "portal")))] == 130
+    kpi = (("kpi", "portal_views"),)
+    assert got[("dxkpi_kpi_value", kpi)] == 475  # FY2024 to date
+    assert got[("dxkpi_kpi_baseline_value", kpi)] == 1000
+    assert got[("dxkpi_kpi_target_value", kpi)] == 2000
+    assert got[("dxkpi_kpi_direction", kpi)] == 1
+    assert got[("dxkpi_kpi_baseline_timestamp_seconds", kpi)] == datetime(2024, 4, 1, tzinfo=TOKYO).timestamp()
+    assert got[("dxkpi_kpi_target_timestamp_seconds", kpi)] == datetime(2026, 4, 1, tzinfo=TOKYO).timestamp()
+    info = [k for k in got if k[0] == "dxkpi_kpi_info"]
+    assert dict(info[0][1])["name_ja"] == "ポータルPV"
+    src = (("source", "portal"),)
+    assert got[("dxkpi_source_up", src)] == 1
+    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "success")))] == 1
+    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "failed")))] == 0
+    assert got[("dxkpi_source_interval_seconds", src)] == 3600
+    assert ("dxkpi_source_last_success_timestamp_seconds", src) in got
+
+
+def test_openmetrics_output_parses_with_the_strict_parser(fed: tuple[Store, LoadedConfig]) -> None:
+    store, loaded = fed
+    body = Exporter(store, loaded, clock=lambda: NOW).rebuild().openmetrics.decode()
+    families = {f.name: f for f in parse_om(body)}
+    assert families["dxkpi_source_runs"].type == "counter"
+    assert families["dxkpi_kpi"].type == "info"
+    assert body.endswith("# EOF\n")
+
+
+def test_promtool_check_metrics_passes(fed: tuple[Store, LoadedConfig]) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is missing (Debian package prometheus); .ci/run installs it")
+        pytest.skip("promtool is missing")
+    store, loaded = fed
+    text = Exporter(store, loaded, clock=lambda: NOW).rebuild().text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+
+
+def test_failed_run_shows_in_source_health(tmp_path: Path, sqlite_store: Store) -> None:
+    loaded = load_config(write_config(tmp_path, csv="date,page,page_views\n2024-04-01,/top,many\n"))
+    with pytest.raises(SourceDataError):
+        collect_source(loaded, sqlite_store, "portal", window=WINDOW)
+    got = samples(Exporter(sqlite_store, loaded, clock=lambda: NOW).rebuild().text.decode())
+    assert got[("dxkpi_source_up", (("source", "portal"),))] == 0
+    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "failed")))] == 1
+    assert ("dxkpi_kpi_value", (("kpi", "portal_views"),)) not in got  # no data: absent
+    [health] = sqlite_store.source_health()
+    assert health.last_error is not None and "pv.csv:2" in health.last_error
+
+
+def test_snapshot_is_rebuilt_only_when_the_store_changed(tmp_path: Path, sqlite_store: Store) -> None:
+    loaded = load_config(write_config(tmp_path))
+    exporter = Exporter(sqlite_store, loaded, clock=lambda: NOW)
+    exporter.refresh()
+    exporter.refresh()
+    assert exporter.rebuilds == 1
+    collect_source(loaded, sqlite_store, "portal", window=WINDOW)
+    exporter.refresh()
+    assert exporter.rebuilds == 2
+    assert b"dxkpi_portal_page_views" in exporter.snapshot.text  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def served(fed: tuple[Store, LoadedConfig]) -> Iterator[str]:
+    store, loaded = fed
+    exporter = Exporter(store, loaded, clock=lambda: NOW)
+    exporter.refresh()
+    server = make_server(exporter, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def get(url: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+def test_http_negotiates_format_and_compression(served: str) -> None:
+    status, headers, body = get(f"{served}/metrics")
+    assert status == 200 and headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    assert b"# TYPE dxkpi_source_runs_total counter" in body
+    status, headers, body = get(
+        f"{served}/metrics", Accept="application/openmetrics-text; version=1.0.0"
+    )
+    assert headers["Content-Type"].startswith("application/openmetrics-text")
+    assert body.endswith(b"# EOF\n")
+    status, headers, body = get(f"{served}/metrics", **{"Accept-Encoding": "gzip"})
+    assert headers["Content-Encoding"] == "gzip"
+    assert b"dxkpi_kpi_value" in gzip.decompress(body)
+    assert get(f"{served}/healthz")[0] == 200
+    assert get(f"{served}/nope")[0] == 404
+
+
+def test_healthz_fails_when_the_store_is_unreachable_without_leaking_the_password(
+    tmp_path: Path,
+) -> None:
+    loaded = load_config(write_config(tmp_path))
+    store = Store("postgresql+psycopg://dxkpi:sekrit-pw@127.0.0.1:1/dxkpi?connect_timeout=2")
+    exporter = Exporter(store, loaded)
+    ok, message = exporter.health()
+    assert not ok
+    assert "store unreachable" in message and "sekrit-pw" not in message
+    exporter.refresh()  # must not raise: keeps serving the last snapshot
+    assert exporter.store_error is not None and "sekrit-pw" not in exporter.store_error
+
+
+def test_exporter_binds_loopback_by_default() -> None:
+    from collector.config import ExporterConfig
+
+    assert ExporterConfig().listen.startswith("127.0.0.1:")
