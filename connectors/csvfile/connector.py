@@ -53,40 +53,34 @@ class CsvFileConnector(Connector[CsvFileSettings]):
     def _collect_table(self, window: Window, problems: Problems) -> Iterator[Observation]:
         seen: dict[SeriesKey, str] = {}
         tz = self.context.timezone
-        for path in self._files():
-            file = self._display(path)
-            before = problems.count()
-            result = self._read(
-                path,
-                file,
-                problems,
-                lambda table, f: read_table(table, f, self.settings, window, tz, problems, seen),
-            )
-            if result is None or problems.count() > before:
-                problems.reject(file)
-                continue
-            observations, keys = result
-            seen.update(keys)
+        for observations, keys in self._accepted_files(
+            problems,
+            lambda table, file: read_table(table, file, self.settings, window, tz, problems, seen),
+        ):
+            seen.update(keys)  # before the next file is parsed: a period may not be in two files
             yield from observations
 
     def _collect_runs(self, window: Window, problems: Problems) -> Iterator[Observation]:
         runs: dict[RunKey, Run] = {}
         tz = self.context.timezone
-        for path in self._files():
-            file = self._display(path)
-            before = problems.count()
-            found = self._read(
-                path,
-                file,
-                problems,
-                lambda table, f: read_runs(table, f, self.settings, tz, problems, runs),
-            )
-            if found is None or problems.count() > before:
-                problems.reject(file)
-                continue
+        for found in self._accepted_files(
+            problems, lambda table, file: read_runs(table, file, self.settings, tz, problems, runs)
+        ):
             runs.update(found)
         # Runs of one day may sit in two files (overlapping exports), so count after reading all.
         yield from run_observations(runs, self.settings, window, tz)
+
+    def _accepted_files(self, problems: Problems, parse: Callable[[Table, str], T]) -> Iterator[T]:
+        """`parse`'s result for each file, lazily, in name order. A file that adds problems is
+        rejected whole: its result is dropped."""
+        for path in self._files():
+            file = self._display(path)
+            before = problems.count()
+            result = self._read(path, file, problems, parse)
+            if result is None or problems.count() > before:
+                problems.reject(file)
+            else:
+                yield result
 
     # -- files -----------------------------------------------------------------------------
 

@@ -34,10 +34,9 @@ class Problems:
         if len(self.lines) > MAX_LISTED:
             listed.append(f"... and {len(self.lines) - MAX_LISTED} more")
         files = ", ".join(self.rejected)
-        noun = "file" if len(self.rejected) == 1 else "files"
+        noun, it = ("file", "it") if len(self.rejected) == 1 else ("files", "them")
         return SourceDataError(
             source_id,
-            f"rejected {noun} {files} whole (nothing from {'it' if noun == 'file' else 'them'} "
-            "was stored); fix these rows and the next run reads it again:\n  "
-            + "\n  ".join(listed),
+            f"rejected {noun} {files} whole (nothing from {it} was stored); fix what is listed "
+            f"and the next run reads {it} again:\n  " + "\n  ".join(listed),
         )

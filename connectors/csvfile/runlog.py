@@ -113,35 +113,40 @@ def _moment(cell: object, column: str, tz: ZoneInfo, whys: list[str]) -> datetim
 def run_observations(
     runs: Mapping[RunKey, Run], settings: CsvFileSettings, window: Window, tz: ZoneInfo
 ) -> Iterator[Observation]:
-    """Counts per day, process and result for the days the window touches. Every result of a
-    (day, process) is yielded, zeros included, so a corrected row overwrites the old count."""
+    """Counts per day, process and result for the days of the window that the logs cover (from
+    the first to the last day with a run). Every day, process and result in that span is
+    yielded, zeros included, so a corrected or deleted row overwrites the old count; days the
+    logs do not reach are left alone rather than reported as days without runs."""
+    if not runs:
+        return
     counts: Counter[tuple[datetime, str, RunResult]] = Counter()
-    processes_by_day: dict[datetime, set[str]] = {}
     for run in runs.values():
-        day = run.start.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
-        if day < window.end and day + timedelta(days=1) > window.start:
-            counts[(day, run.process, run.result)] += 1
-            processes_by_day.setdefault(day, set()).add(run.process)
+        counts[(_midnight(run.start, tz), run.process, run.result)] += 1
+    covered = [day for day, _, _ in counts]
+    first, last = min(covered), max(covered)
+    span = Window(max(window.start, first), min(window.end, last + timedelta(days=1)))
+    days = span.days(tz) if span.start < span.end else []
     minutes = {fold(process): m for process, m in settings.manual_minutes_per_run.items()}
-    unpriced: set[str] = set()
-    for day in sorted(processes_by_day):
-        for process in sorted(processes_by_day[day]):
+    logged = {process for _, process, _ in counts}
+    # Processes priced in the config but absent from the logs ran zero times.
+    processes = sorted(logged | {p for p in settings.manual_minutes_per_run if p not in logged})
+    unpriced = sorted(p for p in processes if fold(p) not in minutes)
+    for day in days:
+        for process in processes:
             for result in RESULTS:
-                yield Observation(
-                    "rpa_runs",
-                    float(counts[(day, process, result)]),
-                    day,
-                    labels={"process": process, "result": result},
-                )
-            per_run = minutes.get(fold(process))
-            if per_run is None:
-                unpriced.add(process)
-                continue
-            saved = counts[(day, process, "successful")] * per_run * 60
-            yield Observation("rpa_time_saved_seconds", saved, day, labels={"process": process})
-    if unpriced:
+                count = float(counts[(day, process, result)])
+                labels = {"process": process, "result": result}
+                yield Observation("rpa_runs", count, day, labels=labels)
+            if fold(process) in minutes:
+                saved = counts[(day, process, "successful")] * minutes[fold(process)] * 60
+                yield Observation("rpa_time_saved_seconds", saved, day, labels={"process": process})
+    if unpriced and days:
         # Not an error: the runs still count; time saved needs a figure only a person can give.
         log.warning(
             "no manual_minutes_per_run for %s: rpa_time_saved_seconds is not reported for them",
-            ", ".join(sorted(unpriced)),
+            ", ".join(unpriced),
         )
+
+
+def _midnight(moment: datetime, tz: ZoneInfo) -> datetime:
+    return moment.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)

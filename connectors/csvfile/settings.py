@@ -24,7 +24,6 @@ _NON_BASE_UNITS = {
     "percent": "a ratio (unit: ratio reads 48.2% as 0.482)",
     "ms": "seconds (scale: 0.001)",
     "sec": "seconds",
-    "min": "seconds (scale: 60)",
 }
 
 # What WinActor, UiPath and hand-kept logs write in the result column; keys are compared after

@@ -363,7 +363,7 @@ def test_bad_rows_reject_the_file_whole_with_file_and_row(share: FileShare) -> N
     assert error.source_id == "online_procedures"
     assert str(error) == (
         "source 'online_procedures': rejected file data/online.csv whole (nothing from it was "
-        "stored); fix these rows and the next run reads it again:\n"
+        "stored); fix what is listed and the next run reads it again:\n"
         "  data/online.csv:3: column 'オンライン申請件数': 'abc' is not a number\n"
         "  data/online.csv:5: column '年月': '2021/13/1' is not a valid period: month must be in "
         "1..12\n"
@@ -501,7 +501,7 @@ def test_glob_bad_file_is_skipped_and_the_others_are_yielded(share: FileShare) -
     assert [o.value for o in got] == [1, 3]
     assert str(error) == (
         "source 'pv': rejected files m/2026-05.csv, m/2026-07.csv whole (nothing from them was "
-        "stored); fix these rows and the next run reads it again:\n"
+        "stored); fix what is listed and the next run reads them again:\n"
         "  m/2026-05.csv:2: column 'views': 'x' is not a number\n"
         "  m/2026-07.csv: column 'views' not found in the header (row 1); the file has 'date', "
         "'pv'. If the export format changed, update the column names in this source's settings"
@@ -645,6 +645,14 @@ def test_run_log_counts_and_time_saved(share: FileShare) -> None:
         ("rpa_runs", "2026-04-01", (("process", "会議録整形"), ("result", "successful"))): 1,
         ("rpa_runs", "2026-04-01", (("process", "会議録整形"), ("result", "faulted"))): 0,
         ("rpa_runs", "2026-04-01", (("process", "会議録整形"), ("result", "stopped"))): 0,
+        # Every process on every day the log covers, zeros included.
+        ("rpa_runs", "2026-04-02", (("process", "支出命令入力"), ("result", "successful"))): 0,
+        ("rpa_runs", "2026-04-02", (("process", "支出命令入力"), ("result", "faulted"))): 0,
+        ("rpa_runs", "2026-04-02", (("process", "支出命令入力"), ("result", "stopped"))): 0,
+        ("rpa_time_saved_seconds", "2026-04-02", (("process", "支出命令入力"),)): 0,
+        ("rpa_runs", "2026-04-02", (("process", "会議録整形"), ("result", "successful"))): 0,
+        ("rpa_runs", "2026-04-02", (("process", "会議録整形"), ("result", "faulted"))): 0,
+        ("rpa_runs", "2026-04-02", (("process", "会議録整形"), ("result", "stopped"))): 0,
         ("rpa_runs", "2026-04-02", (("process", "旅費精算チェック"), ("result", "successful"))): 1,
         ("rpa_runs", "2026-04-02", (("process", "旅費精算チェック"), ("result", "faulted"))): 0,
         ("rpa_runs", "2026-04-02", (("process", "旅費精算チェック"), ("result", "stopped"))): 0,
@@ -658,8 +666,32 @@ def test_run_log_process_without_manual_minutes_is_counted_and_logged(
     share.csv("rpa.csv", [RUN_LOG_HEADER, ["会議録整形", "2026/04/01 09:00", "", "正常終了", ""]])
     with caplog.at_level(logging.WARNING):
         got = run(share.connector(**rpa_source()))
-    assert {o.metric for o in got} == {"rpa_runs"}
+    saved = {o.labels["process"]: o.value for o in got if o.metric == "rpa_time_saved_seconds"}
+    # Priced processes absent from the log ran zero times; the unpriced one saved an unknown time.
+    assert saved == {"支出命令入力": 0, "旅費精算チェック": 0}
+    ran = {o.labels["process"] for o in got if o.metric == "rpa_runs" and o.value}
+    assert ran == {"会議録整形"}
     assert "no manual_minutes_per_run for 会議録整形" in caplog.text
+
+
+def test_run_log_deleted_run_is_overwritten_with_zero(share: FileShare) -> None:
+    rows = [
+        RUN_LOG_HEADER,
+        ["支出命令入力", "2026/04/01 09:00", "", "正常終了", ""],
+        ["支出命令入力", "2026/04/02 09:00", "", "正常終了", ""],
+        ["支出命令入力", "2026/04/03 09:00", "", "正常終了", ""],
+    ]
+    share.csv("rpa.csv", rows)
+    connector = share.connector(**rpa_source())
+    before = by_key(run(connector))
+    del rows[2]  # a run logged by mistake is removed from the log
+    share.csv("rpa.csv", rows)
+    after = by_key(run(connector))
+    assert after.keys() == before.keys(), "the same keys, so the store overwrites every one"
+    successful = ("rpa_runs", "2026-04-02", (("process", "支出命令入力"), ("result", "successful")))
+    assert (before[successful], after[successful]) == (1, 0)
+    saved = ("rpa_time_saved_seconds", "2026-04-02", (("process", "支出命令入力"),))
+    assert (before[saved], after[saved]) == (75 * 60, 0)
 
 
 def test_run_log_custom_columns_result_map_and_xlsx(share: FileShare) -> None:
@@ -753,7 +785,16 @@ def test_run_log_window_is_by_tokyo_day(share: FileShare) -> None:
         ],
     )
     got = run(share.connector(**rpa_source()), window("2026-04-01", "2026-05-01"))
-    assert sorted({o.start.date().isoformat() for o in got}) == ["2026-04-01", "2026-04-30"]
+    ran = sorted({o.start.date().isoformat() for o in got if o.value})
+    assert ran == ["2026-04-01", "2026-04-30"]
+    days = {o.start.date() for o in got}
+    assert days == {date(2026, 4, day) for day in range(1, 31)}, "every April day, zeros included"
+
+
+def test_run_log_days_beyond_the_log_are_not_reported(share: FileShare) -> None:
+    share.csv("rpa.csv", [RUN_LOG_HEADER, ["支出命令入力", "2026/04/10 09:00", "", "正常終了", ""]])
+    got = run(share.connector(**rpa_source()), window("2026-04-01", "2026-05-01"))
+    assert {o.start.date() for o in got} == {date(2026, 4, 10)}
 
 
 def test_run_log_declares_the_uipath_metrics(share: FileShare) -> None:

@@ -162,8 +162,10 @@ def test_rpa_run_log() -> None:
     runs = [o for o in got if o.metric == "rpa_runs"]
     processes = {o.labels["process"] for o in runs}
     assert processes == {"支出命令入力", "旅費精算チェック", "会議録整形"}
-    days = sorted({o.start.date() for o in runs})
-    assert days[0] >= date(2026, 4, 1) and days[-1] == date(2026, 11, 27)  # the 28th is a Saturday
+    covered = sorted({o.start.date() for o in runs})
+    assert (covered[0], covered[-1]) == (date(2026, 4, 1), date(2026, 11, 27))  # 28th: Saturday
+    assert len(covered) == (covered[-1] - covered[0]).days + 1, "zeros on days without runs"
+    days = sorted({o.start.date() for o in runs if o.value})
     assert all(day.weekday() < 5 for day in days), "robots run on working days"
     assert date(2026, 5, 4) not in days, "nor on Golden Week holidays"
     by_result = Counter[str]()
