@@ -57,6 +57,11 @@ class Table:
         return {name: positions[fold(name)][0] for name in wanted}
 
 
+def cell_at(cells: Sequence[object], index: int) -> object:
+    """The cell at `index`; rows may be shorter than the header when trailing cells are empty."""
+    return cells[index] if index < len(cells) else None
+
+
 def decode(data: bytes, encoding: str) -> str:
     """The file's text. `auto` tries UTF-8 (with or without BOM), then CP932, then guesses."""
     if encoding != "auto":

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 from collector.contract import MetricSpec, Observation, Window
 from connectors.csvfile.cells import cell_text, is_blank, parse_moment
 from connectors.csvfile.problems import Problems
-from connectors.csvfile.reading import Table
+from connectors.csvfile.reading import Table, cell_at
 from connectors.csvfile.settings import CsvFileSettings, RunResult, fold
 
 log = logging.getLogger(__name__)
@@ -68,19 +68,18 @@ def read_runs(
     results = settings.result_lookup()
     runs: dict[RunKey, Run] = {}
     for row, cells in table.rows:
-        padded = [*cells, *[None] * (len(table.header) - len(cells))]
-        process = cell_text(padded[where[columns.process]])
+        process = cell_text(cell_at(cells, where[columns.process]))
         whys = [] if process else [f"column {columns.process!r} (the process) is empty"]
-        result_text = cell_text(padded[where[columns.result]])
+        result_text = cell_text(cell_at(cells, where[columns.result]))
         result = results.get(fold(result_text))
         if result is None:
             whys.append(
                 f"column {columns.result!r}: unknown result {result_text!r}; map it in "
                 f"result_map to successful, faulted or stopped"
             )
-        start_cell = padded[where[columns.start]]
+        start_cell = cell_at(cells, where[columns.start])
         start = _moment(start_cell, columns.start, tz, whys)
-        end = _moment(padded[where[columns.end]], columns.end, tz, whys)
+        end = _moment(cell_at(cells, where[columns.end]), columns.end, tz, whys)
         if is_blank(start_cell):
             whys.append(f"column {columns.start!r} (the start time) is empty")
         elif start is not None and end is not None and end < start:

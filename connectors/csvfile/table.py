@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import date, datetime, time
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -12,7 +12,7 @@ from collector.contract import MetricSpec, Observation, Window
 from collector.fiscal import period_end
 from connectors.csvfile.cells import cell_text, parse_number, parse_period_cell
 from connectors.csvfile.problems import Problems
-from connectors.csvfile.reading import Table
+from connectors.csvfile.reading import Table, cell_at
 from connectors.csvfile.settings import CsvFileSettings
 
 _ORDER = {G.DAY: 0, G.MONTH: 1, G.FISCAL_YEAR: 2}
@@ -62,11 +62,6 @@ def _overlaps(start: date, granularity: G, window: Window, tz: ZoneInfo) -> bool
     return begins < window.end and ends > window.start
 
 
-def _cell(cells: Sequence[object], index: int) -> object:
-    # CSV rows may be shorter than the header when trailing cells are empty.
-    return cells[index] if index < len(cells) else None
-
-
 def read_table(
     table: Table,
     file: str,
@@ -88,12 +83,12 @@ def read_table(
     keys: dict[SeriesKey, str] = {}
     for row, cells in table.rows:
         try:
-            start, granularity = _period(_cell(cells, where[period_column]), settings.granularity)
+            start, granularity = _period(cell_at(cells, where[period_column]), settings.granularity)
         except ValueError as exc:
             problems.row(file, row, f"column {period_column!r}: {exc}")
             continue
         labels = tuple(
-            (name, cell_text(_cell(cells, where[column])))
+            (name, cell_text(cell_at(cells, where[column])))
             for name, column in settings.labels.items()
         )
         whys = [f"column {settings.labels[n]!r} (label {n}) is empty" for n, v in labels if not v]
@@ -101,7 +96,7 @@ def read_table(
         for metric in settings.metrics:
             try:
                 value = parse_number(
-                    _cell(cells, where[metric.column]), ratio=metric.unit == "ratio"
+                    cell_at(cells, where[metric.column]), ratio=metric.unit == "ratio"
                 )
             except ValueError as exc:
                 whys.append(f"column {metric.column!r}: {exc}")
