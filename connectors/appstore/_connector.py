@@ -132,7 +132,8 @@ class AppStoreConnector(Connector[AppStoreSettings]):
             context,
             settings.base_url,
             auth=token,
-            auth_hint="use a Team key whose role is Admin, Finance or Sales",
+            # Only a 401 reaches this hint: 403 is answered in _read_day with Apple's reason.
+            auth_hint="check private_key, key_id and issuer_id are one Team API key, not revoked",
         )
         self._keys = app_keys((a.app, a.apple_id, a.sku) for a in settings.apps)
 

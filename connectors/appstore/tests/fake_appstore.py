@@ -135,7 +135,7 @@ class FakeAppStore:
     tokens_seen: list[dict[str, object]] = field(default_factory=list)
 
     def handle(self, request: FakeRequest) -> FakeResponse:
-        refused = self._refuse_token(request.headers.get("Authorization", ""))
+        refused = self.refusal(request.headers.get("Authorization", ""))
         if refused is not None:
             return refused
         if self.script:
@@ -150,7 +150,8 @@ class FakeAppStore:
             return no_sales()
         return answer if isinstance(answer, FakeResponse) else tsv_response(answer)
 
-    def _refuse_token(self, authorization: str) -> FakeResponse | None:
+    def refusal(self, authorization: str) -> FakeResponse | None:
+        """Apple's 401 for a missing, badly signed, expired or too long-lived token; else None."""
         refused = apple_error(
             401,
             "NOT_AUTHORIZED",

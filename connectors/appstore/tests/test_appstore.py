@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
+import jwt
 import pytest
 
 from collector.contract import TOKYO, Observation, Window
@@ -231,6 +232,28 @@ def test_token_is_reminted_after_15_minutes_never_reused_longer() -> None:
     issued = sorted({int(c["iat"]) for c in fake.tokens_seen})
     start = int(datetime(2026, 11, 20, 9, tzinfo=TOKYO).timestamp())
     assert [(t - start) // 60 for t in issued] == [0, 16, 31]
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "audience", "kid", "accepted"),
+    [
+        (20 * 60, "appstoreconnect-v1", "2X9R4HXF34", True),
+        (21 * 60, "appstoreconnect-v1", "2X9R4HXF34", False),
+        (10 * 60, "appstoreconnect-v2", "2X9R4HXF34", False),
+        (10 * 60, "appstoreconnect-v1", "OTHERKEY01", False),
+        (-60, "appstoreconnect-v1", "2X9R4HXF34", False),
+    ],
+)
+def test_fake_enforces_apples_token_rules(
+    lifetime: int, audience: str, kid: str, accepted: bool
+) -> None:
+    # The fake is only worth its tests if it refuses what Apple refuses.
+    now = int(datetime(2026, 11, 20, 9, tzinfo=TOKYO).timestamp())
+    claims = {"iss": FakeAppStore(PUBLIC_KEY).issuer_id, "aud": audience, "iat": now}
+    claims["exp"] = now + lifetime
+    token = jwt.encode(claims, PEM, algorithm="ES256", headers={"kid": kid})
+    fake = FakeAppStore(PUBLIC_KEY, clock=lambda: float(now))
+    assert (fake.refusal(f"Bearer {token}") is None) is accepted
 
 
 def test_token_refused_once_is_reminted_and_the_request_retried() -> None:
