@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -139,7 +139,7 @@ class AppStoreConnector(Connector[AppStoreSettings]):
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
         for day in self._complete_days(window):
-            units = self._read_day(day.date(), day)
+            units = self._read_day(day)
             if units is None:
                 continue
             for label, counted in sorted(units.items()):
@@ -164,8 +164,9 @@ class AppStoreConnector(Connector[AppStoreSettings]):
         # A daily report covers a whole day: a day still running at the window's end is left out.
         return [d for d in window.days(self.context.timezone) if _next_day(d) <= window.end]
 
-    def _read_day(self, report_date: date, day: datetime) -> dict[str, AppUnits] | None:
+    def _read_day(self, day: datetime) -> dict[str, AppUnits] | None:
         """Units per app for the day; None when Apple has not published the day yet."""
+        report_date = day.date()
         params = {
             "filter[frequency]": "DAILY",
             "filter[reportType]": "SALES",
