@@ -1,0 +1,189 @@
+"""Real Celery workers (subprocesses of `dxkpi worker`) over real Redis, storing into real
+PostgreSQL; and the embedded `dxkpi run` on SQLite with no Redis or PostgreSQL at all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from collector.storage import Store
+from tests.conftest import write_config
+
+pytestmark = pytest.mark.slow
+
+SINCE, UNTIL = "2024-04-01T00:00:00+09:00", "2024-04-04T00:00:00+09:00"
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = check()
+        if result:
+            return result
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Worker:
+    def __init__(self, config: Path, env: dict[str, str], log: Path, *args: str) -> None:
+        self.log = log
+        with log.open("wb") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "collector", "--config", str(config), "worker", *args],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture
+def cluster(
+    tmp_path: Path, pg_url: str, redis_url: str
+) -> Iterator[tuple[Callable[..., Worker], Celery, Store, Path]]:
+    """(start_worker, client app, store, config) on Redis db 13 and a fresh PostgreSQL schema."""
+    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    redis.Redis.from_url(broker).flushdb()
+    store = Store(pg_url)
+    store.migrate()
+    env = {**os.environ, "DXKPI_STORAGE_URL": pg_url, "DXKPI_BROKER_URL": broker,
+           "DXKPI_DATA_DIR": str(tmp_path / "data-dir")}
+    workers: list[Worker] = []
+
+    def start(config: Path, *args: str) -> Worker:
+        worker = Worker(config, env, tmp_path / f"worker{len(workers)}.log", *args)
+        workers.append(worker)
+        return worker
+
+    client = Celery(broker=broker)
+    client.conf.task_default_queue = "dxkpi"
+    yield start, client, store, tmp_path
+    for worker in workers:
+        worker.stop()
+    client.close()
+    store.close()
+    for worker in workers:
+        sys.stderr.write(worker.log.read_text(errors="replace")[-3000:])
+
+
+def finished_runs(store: Store, source: str) -> list[dict[str, Any]]:
+    return [r for r in store.runs(source) if r["status"] != "running"]
+
+
+def test_worker_collects_end_to_end_and_a_repeat_changes_nothing(cluster: Any) -> None:
+    start, client, store, tmp = cluster
+    config = write_config(tmp)
+    start(config, "--concurrency", "2")
+    client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
+    wait_for(lambda: finished_runs(store, "portal"), what="the first run")
+    assert store.count_observations() == 6
+    # the same window delivered twice more at once (a retry, a second beat): still one row each
+    client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
+    client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
+    wait_for(lambda: len(finished_runs(store, "portal")) >= 2, what="the repeated runs")
+    time.sleep(1.0)
+    assert store.count_observations() == 6
+    assert store.revisions() == []
+    assert {r["status"] for r in finished_runs(store, "portal")} == {"success"}
+
+
+def test_two_workers_never_run_one_source_at_once(cluster: Any) -> None:
+    start, client, store, tmp = cluster
+    rows = "\n".join(f"2024-04-{d:02d},/p{p},{d * p}" for d in range(1, 4) for p in range(3000))
+    config = write_config(tmp, csv="date,page,page_views\n" + rows + "\n")
+    start(config, "--concurrency", "2")
+    start(config, "--concurrency", "2")
+    for _ in range(4):
+        client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
+    wait_for(lambda: finished_runs(store, "portal"), what="a run")
+    time.sleep(3.0)
+    runs = sorted(store.runs("portal"), key=lambda r: r["started_at"])
+    for a, b in zip(runs, runs[1:], strict=False):
+        assert a["finished_at"] is not None and a["finished_at"] <= b["started_at"], (
+            "two runs of one source overlapped"
+        )
+    assert store.count_observations() == 9000
+
+
+def test_retryable_error_is_retried_with_the_sources_wait(cluster: Any) -> None:
+    start, client, store, tmp = cluster
+    config = write_config(tmp)
+    text = config.read_text(encoding="utf-8").replace("path: data/pv.csv", "path: data/pv.csv\n      min_file_age: 8s")
+    config.write_text(text, encoding="utf-8")
+    (tmp / "data" / "pv.csv").touch()  # just written: "may still be being written"
+    start(config, "--concurrency", "1")
+    client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
+    wait_for(lambda: any(r["status"] == "success" for r in store.runs("portal")), what="success")
+    statuses = [r["status"] for r in sorted(store.runs("portal"), key=lambda r: r["id"])]
+    assert statuses[0] == "retrying" and statuses[-1] == "success"
+    assert store.count_observations() == 6
+
+
+def test_fatal_error_is_recorded_once_and_not_retried(cluster: Any) -> None:
+    start, client, store, tmp = cluster
+    config = write_config(tmp, csv="date,page,page_views\n2024-04-01,/top,12\n2024-04-02,/top,x\n")
+    start(config, "--concurrency", "1")
+    client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
+    [run] = wait_for(lambda: finished_runs(store, "portal"), what="the failed run")
+    time.sleep(2.0)
+    assert len(store.runs("portal")) == 1
+    assert run["status"] == "failed" and run["error_class"] == "SourceDataError"
+    assert "pv.csv:3" in run["error_message"]
+    assert store.count_observations() == 0
+
+
+def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DXKPI_")}
+    log = tmp_path / "run.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "collector", "--config", str(config), "--data-dir",
+             str(tmp_path / "data-dir"), "run", "--listen", f"127.0.0.1:{port}"],
+            env=env, stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return ""
+
+    try:
+        body = wait_for(
+            lambda: (b := scrape()) and 'dxkpi_source_up{source="portal"} 1.0' in b and b,
+            timeout=90, what="the embedded worker's first collection on /metrics",
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+        sys.stderr.write(log.read_text(errors="replace")[-3000:])
+    assert 'dxkpi_portal_page_views{page="/top",source="portal"} 130.0' in body
+    assert (tmp_path / "data-dir" / "dxkpi.sqlite").exists()
+    assert (tmp_path / "data-dir" / "broker.db").exists()
