@@ -25,7 +25,11 @@ def _builtin_names() -> list[str]:
         package = importlib.import_module(BUILTIN_PACKAGE)
     except ImportError:
         return []
-    return [m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg and not m.name.startswith("_")]
+    return [
+        m.name
+        for m in pkgutil.iter_modules(package.__path__)
+        if m.ispkg and not m.name.startswith("_")
+    ]
 
 
 def known_connectors() -> list[str]:
@@ -45,7 +49,10 @@ def load_connector(name: str) -> type[Connector]:  # type: ignore[type-arg]
         if name not in _builtin_names():
             raise UnknownConnectorError(name, known_connectors())
         module = importlib.import_module(f"{BUILTIN_PACKAGE}.{name}")
-        cls = module.CONNECTOR
+        cls = getattr(module, "CONNECTOR", None)
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
-        raise TypeError(f"connector {name!r} does not subclass collector.contract.Connector")
+        raise TypeError(
+            f"connector {name!r}: its package must set CONNECTOR to a subclass of "
+            "collector.contract.Connector"
+        )
     return cls
