@@ -354,7 +354,7 @@ def test_bad_rows_reject_the_file_whole_with_file_and_row(share: FileShare) -> N
         granularity="month",
         metrics=[
             {"name": "procedure_applications_online", "column": "オンライン申請件数", "unit": "x"},
-            {"name": "procedure_applications_total", "column": "全申請件数", "unit": "x"},
+            {"name": "procedure_applications_all", "column": "全申請件数", "unit": "x"},
         ],
     )
     got, error = run_until_error(connector)
@@ -368,7 +368,7 @@ def test_bad_rows_reject_the_file_whole_with_file_and_row(share: FileShare) -> N
         "  data/online.csv:5: column '年月': '2021/13/1' is not a valid period: month must be in "
         "1..12\n"
         "  data/online.csv:7: procedure_applications_online for this period and labels is already "
-        "in data/online.csv:6; procedure_applications_total for this period and labels is already "
+        "in data/online.csv:6; procedure_applications_all for this period and labels is already "
         "in data/online.csv:6"
     )
 

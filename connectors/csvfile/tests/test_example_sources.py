@@ -99,13 +99,13 @@ def test_online_procedures() -> None:
     got = collected("online_procedures")
     assert Counter(o.metric for o in got) == {
         "procedure_applications_online": 67,
-        "procedure_applications_total": 67,
+        "procedure_applications_all": 67,
     }
     assert {o.granularity for o in got} == {Granularity.MONTH}
     starts = sorted({o.start.date() for o in got})
     assert (starts[0], starts[-1]) == (date(2021, 4, 1), date(2026, 10, 1))
     online = fiscal_totals(got, "procedure_applications_online")
-    total = fiscal_totals(got, "procedure_applications_total")
+    total = fiscal_totals(got, "procedure_applications_all")
     assert online[2021] / total[2021] == pytest.approx(0.482, abs=0.003)
     assert online[2026] / total[2026] == pytest.approx(0.71, abs=0.02)
     assert all(o.start.tzinfo == TOKYO for o in got)
