@@ -432,6 +432,16 @@ def _check_sources(loaded: LoadedConfig, raw: dict[str, Any], problem: Any) -> N
             loaded.metric_specs[source.id] = {m.name: m for m in connector.declared_metrics()}
         except (DxkpiError, ValueError) as exc:
             problem(f"{prefix}.settings", str(exc))
+            continue
+        for name in loaded.metric_specs[source.id]:
+            if name.endswith(("_total", "_created", "_bucket", "_count", "_sum", "_info")):
+                # The exporter serves every metric as a gauge `dxkpi_<name>`; these suffixes
+                # belong to counters, histograms and info metrics, and Prometheus lints them.
+                problem(
+                    f"{prefix}.settings",
+                    f"metric {name!r}: a gauge must not end in _total, _count, _sum, _bucket, "
+                    "_created or _info; rename it (e.g. _all instead of _total)",
+                )
 
 
 _KIND_NEEDS_SUM = {"fiscal_year_sum", "cumulative_sum", "ratio"}

@@ -180,3 +180,11 @@ def test_published_json_schema_is_current() -> None:
     assert published == config_schema(), "run: dxkpi schema > schema/dxkpi-config.schema.json"
     source = published["$defs"]["SourceConfig"]
     assert "csvfile" in source["properties"]["connector"]["enum"]
+
+
+def test_a_metric_named_like_a_counter_is_refused(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8").replace("portal_page_views", "portal_views_total")
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match="a gauge must not end in _total"):
+        load_config(config)

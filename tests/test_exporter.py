@@ -166,3 +166,26 @@ def test_exporter_binds_loopback_by_default() -> None:
     from collector.config import ExporterConfig
 
     assert ExporterConfig().listen.startswith("127.0.0.1:")
+
+
+def test_shipped_example_passes_promtool(tmp_path: Path) -> None:
+    """Every source of the shipped example collected, then the whole exposition linted."""
+    from collector.runtime import EXAMPLE_CONFIG
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if IN_CI:
+            pytest.fail("promtool is missing (Debian package prometheus); .ci/run installs it")
+        pytest.skip("promtool is missing")
+    loaded = load_config(EXAMPLE_CONFIG)
+    store = Store(f"sqlite:///{tmp_path / 'example.sqlite'}")
+    store.migrate()
+    for source in loaded.config.sources:
+        window = Window(datetime(2020, 4, 1, tzinfo=TOKYO), datetime(2026, 11, 29, tzinfo=TOKYO))
+        collect_source(loaded, store, source.id, window=window)
+    text = Exporter(store, loaded).rebuild().text
+    result = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    got = samples(text.decode())
+    assert len([k for k in got if k[0] == "dxkpi_kpi_value"]) == 11
+    store.close()
