@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict
@@ -130,7 +130,7 @@ class Connector(abc.ABC, Generic[S]):
     metrics: ClassVar[tuple[MetricSpec, ...]]
     # The longest window one `collect` call may cover (the API's limit); backfill splits by it.
     max_window: ClassVar[timedelta | None] = None
-    # How long after a period ends the source may still revise it; the lookback covers at least this.
+    # How long after a period ends the source may still revise it; lookback covers at least this.
     finality: ClassVar[timedelta] = timedelta(0)
 
     def __init__(self, settings: S, context: SourceContext) -> None:
@@ -138,9 +138,13 @@ class Connector(abc.ABC, Generic[S]):
         self.context = context
 
     def declared_metrics(self) -> tuple[MetricSpec, ...]:
-        """The metrics this instance yields; generic connectors (csvfile) derive them from settings."""
+        """The metrics this instance yields (csvfile derives them from its settings)."""
         return self.metrics
 
     @abc.abstractmethod
     def collect(self, window: Window) -> Iterable[Observation | Checkpoint]:
         """Yield every observation of the window. Raise Retryable/FatalSourceError on failure."""
+
+
+# A connector of any settings type, for code that handles connectors generically.
+AnyConnector = Connector[Any]

@@ -1,13 +1,13 @@
 """Every error dxkpi raises on purpose, sorted by what the caller should do.
 
     DxkpiError
-    ├── ConfigError              the config file is wrong: fix it (lists every problem with file:line)
+    ├── ConfigError              the config file is wrong: every problem with file:line
     ├── UnknownConnectorError    a source names a connector that is not installed
     └── SourceError              a source failed; carries the source id and the request or file
         ├── RetryableSourceError     try again later (timeouts, 429, 5xx, connection resets)
         └── FatalSourceError         retrying will not help; a person must act
             ├── SourceAuthError          credentials refused or expired beyond refresh
-            └── SourceDataError          the source sent data we cannot parse (bad file, schema change)
+            └── SourceDataError          data we cannot parse (bad file, schema change)
 
 Messages never contain a secret: connectors build them from the request's method, path and
 status, never from headers, query strings with keys, or bodies that echo credentials.
@@ -72,7 +72,7 @@ class SourceError(DxkpiError):
 
 
 class RetryableSourceError(SourceError):
-    """Transient: the same call may succeed later. `retry_after` is the source's own wait, if any."""
+    """Transient: the same call may succeed later; `retry_after` is the source's own wait."""
 
     retryable = True
 

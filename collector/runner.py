@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pydantic import SecretStr
 
 from collector.config import LoadedConfig
-from collector.contract import Checkpoint, Connector, ConnectorSettings, Observation, Window
+from collector.contract import AnyConnector, Checkpoint, ConnectorSettings, Observation, Window
 from collector.errors import RetryableSourceError
 from collector.redact import redact
 from collector.registry import load_connector
@@ -54,7 +54,7 @@ def secrets_of(settings: ConnectorSettings) -> list[str]:
     ]
 
 
-def build_connector(loaded: LoadedConfig, source_id: str) -> Connector:  # type: ignore[type-arg]
+def build_connector(loaded: LoadedConfig, source_id: str) -> AnyConnector:
     source = loaded.source(source_id)
     cls = load_connector(source.connector)
     return cls(loaded.settings[source_id], loaded.context(source_id))
@@ -64,8 +64,8 @@ def scheduled_window(
     loaded: LoadedConfig,
     store: Store,
     source_id: str,
-    connector: Connector,
-    now: datetime,  # type: ignore[type-arg]
+    connector: AnyConnector,
+    now: datetime,
 ) -> Window:
     """[cursor - max(lookback, finality), now): late revisions inside the lookback are re-read."""
     source = loaded.source(source_id)
@@ -83,9 +83,9 @@ def scheduled_window(
 
 
 def backfill_windows(
-    connector: Connector,
+    connector: AnyConnector,
     since: datetime,
-    until: datetime,  # type: ignore[type-arg]
+    until: datetime,
 ) -> list[Window]:
     """Split [since, until) into the largest windows the source's API allows."""
     step = connector.max_window or DEFAULT_CHUNK

@@ -3,6 +3,7 @@ PostgreSQL; and the embedded `dxkpi run` on SQLite with no Redis or PostgreSQL a
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -70,8 +71,12 @@ def cluster(
     redis.Redis.from_url(broker).flushdb()
     store = Store(pg_url)
     store.migrate()
-    env = {**os.environ, "DXKPI_STORAGE_URL": pg_url, "DXKPI_BROKER_URL": broker,
-           "DXKPI_DATA_DIR": str(tmp_path / "data-dir")}
+    env = {
+        **os.environ,
+        "DXKPI_STORAGE_URL": pg_url,
+        "DXKPI_BROKER_URL": broker,
+        "DXKPI_DATA_DIR": str(tmp_path / "data-dir"),
+    }
     workers: list[Worker] = []
 
     def start(config: Path, *args: str) -> Worker:
@@ -122,7 +127,7 @@ def test_two_workers_never_run_one_source_at_once(cluster: Any) -> None:
     wait_for(lambda: finished_runs(store, "portal"), what="a run")
     time.sleep(3.0)
     runs = sorted(store.runs("portal"), key=lambda r: r["started_at"])
-    for a, b in zip(runs, runs[1:], strict=False):
+    for a, b in itertools.pairwise(runs):
         assert a["finished_at"] is not None and a["finished_at"] <= b["started_at"], (
             "two runs of one source overlapped"
         )
@@ -132,7 +137,9 @@ def test_two_workers_never_run_one_source_at_once(cluster: Any) -> None:
 def test_retryable_error_is_retried_with_the_sources_wait(cluster: Any) -> None:
     start, client, store, tmp = cluster
     config = write_config(tmp)
-    text = config.read_text(encoding="utf-8").replace("path: data/pv.csv", "path: data/pv.csv\n      min_file_age: 8s")
+    text = config.read_text(encoding="utf-8").replace(
+        "path: data/pv.csv", "path: data/pv.csv\n      min_file_age: 8s"
+    )
     config.write_text(text, encoding="utf-8")
     (tmp / "data" / "pv.csv").touch()  # just written: "may still be being written"
     start(config, "--concurrency", "1")
@@ -163,9 +170,22 @@ def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
     log = tmp_path / "run.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--config", str(config), "--data-dir",
-             str(tmp_path / "data-dir"), "run", "--listen", f"127.0.0.1:{port}"],
-            env=env, stdout=output, stderr=subprocess.STDOUT, cwd=tmp_path,
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "--config",
+                str(config),
+                "--data-dir",
+                str(tmp_path / "data-dir"),
+                "run",
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
         )
 
     def scrape() -> str:
@@ -178,7 +198,8 @@ def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
     try:
         body = wait_for(
             lambda: (b := scrape()) and 'dxkpi_source_up{source="portal"} 1.0' in b and b,
-            timeout=90, what="the embedded worker's first collection on /metrics",
+            timeout=90,
+            what="the embedded worker's first collection on /metrics",
         )
     finally:
         process.send_signal(signal.SIGTERM)

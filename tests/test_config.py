@@ -126,7 +126,9 @@ def test_inline_secret_is_refused_and_not_echoed(tmp_path: Path) -> None:
     assert "hunter2" not in text
 
 
-def test_missing_environment_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_environment_variable_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("DXKPI_TEST_UNSET", raising=False)
     problems = problems_of(
         tmp_path,

@@ -54,8 +54,14 @@ def test_metrics_carry_raw_kpi_and_source_families(fed: tuple[Store, LoadedConfi
     assert got[("dxkpi_kpi_baseline_value", kpi)] == 1000
     assert got[("dxkpi_kpi_target_value", kpi)] == 2000
     assert got[("dxkpi_kpi_direction", kpi)] == 1
-    assert got[("dxkpi_kpi_baseline_timestamp_seconds", kpi)] == datetime(2024, 4, 1, tzinfo=TOKYO).timestamp()
-    assert got[("dxkpi_kpi_target_timestamp_seconds", kpi)] == datetime(2026, 4, 1, tzinfo=TOKYO).timestamp()
+    assert (
+        got[("dxkpi_kpi_baseline_timestamp_seconds", kpi)]
+        == datetime(2024, 4, 1, tzinfo=TOKYO).timestamp()
+    )
+    assert (
+        got[("dxkpi_kpi_target_timestamp_seconds", kpi)]
+        == datetime(2026, 4, 1, tzinfo=TOKYO).timestamp()
+    )
     info = [k for k in got if k[0] == "dxkpi_kpi_info"]
     assert dict(info[0][1])["name_ja"] == "ポータルPV"
     src = (("source", "portal"),)
@@ -99,7 +105,9 @@ def test_failed_run_shows_in_source_health(tmp_path: Path, sqlite_store: Store) 
     assert health.last_error is not None and "pv.csv:2" in health.last_error
 
 
-def test_snapshot_is_rebuilt_only_when_the_store_changed(tmp_path: Path, sqlite_store: Store) -> None:
+def test_snapshot_is_rebuilt_only_when_the_store_changed(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
     loaded = load_config(write_config(tmp_path))
     exporter = Exporter(sqlite_store, loaded, clock=lambda: NOW)
     exporter.refresh()

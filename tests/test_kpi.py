@@ -32,7 +32,9 @@ def compute(store: Store, cfg: Config, now: datetime) -> KpiState:
     return KpiCalculator(store, cfg).compute_all(now.timestamp())[0]
 
 
-def months(start: datetime, values: list[float], metric: str = "m", **labels: str) -> list[Observation]:
+def months(
+    start: datetime, values: list[float], metric: str = "m", **labels: str
+) -> list[Observation]:
     out = []
     day = start
     for value in values:
@@ -48,7 +50,10 @@ def fy(year: int) -> datetime:
 def test_latest_annual_value_progress_and_straight_path(sqlite_store: Store) -> None:
     sqlite_store.write(
         "s",
-        [Observation("m", v, fy(y), Granularity.FISCAL_YEAR) for y, v in [(2021, 100), (2022, 125), (2023, 150)]],
+        [
+            Observation("m", v, fy(y), Granularity.FISCAL_YEAR)
+            for y, v in [(2021, 100), (2022, 125), (2023, 150)]
+        ],
     )
     cfg = config()
     # halfway along the path: baseline at FY2021 start, target at FY2025 end (5 years)
@@ -106,11 +111,21 @@ def test_cumulative_sum_adds_initial_and_everything_since(sqlite_store: Store) -
     cfg = config(
         baseline={"value": 1000, "fiscal_year": 2021},
         target={"value": 5000, "fiscal_year": 2025},
-        feed={"kind": "cumulative_sum", "metric": "installs", "labels": {"app": "a"},
-              "since": "2021-04-01", "initial": 1000},
+        feed={
+            "kind": "cumulative_sum",
+            "metric": "installs",
+            "labels": {"app": "a"},
+            "since": "2021-04-01",
+            "initial": 1000,
+        },
     )
-    days = [Observation("installs", 10, fy(2021) + timedelta(days=i), labels={"app": "a", "platform": p})
-            for i in range(100) for p in ("ios", "android")]
+    days = [
+        Observation(
+            "installs", 10, fy(2021) + timedelta(days=i), labels={"app": "a", "platform": p}
+        )
+        for i in range(100)
+        for p in ("ios", "android")
+    ]
     days.append(Observation("installs", 999, fy(2020), labels={"app": "a", "platform": "ios"}))
     days.append(Observation("installs", 7, fy(2021), labels={"app": "b", "platform": "ios"}))
     sqlite_store.write("s", days)
@@ -125,7 +140,13 @@ def test_ratio_sums_each_side_over_the_fiscal_year(sqlite_store: Store) -> None:
         target={"value": 0.8, "fiscal_year": 2025},
         feed={"kind": "ratio", "numerator": {"metric": "online"}, "denominator": {"metric": "all"}},
     )
-    sqlite_store.write("s", months(fy(2022), [50, 70], metric="online") + months(fy(2022), [100, 100], metric="all"))
-    sqlite_store.write("s", months(fy(2021), [10] * 12, metric="online") + months(fy(2021), [100] * 12, metric="all"))
+    sqlite_store.write(
+        "s",
+        months(fy(2022), [50, 70], metric="online") + months(fy(2022), [100, 100], metric="all"),
+    )
+    sqlite_store.write(
+        "s",
+        months(fy(2021), [10] * 12, metric="online") + months(fy(2021), [100] * 12, metric="all"),
+    )
     state = compute(sqlite_store, cfg, datetime(2022, 5, 20, tzinfo=TOKYO))
     assert state.value == pytest.approx(120 / 200)
