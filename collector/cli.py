@@ -356,29 +356,32 @@ def _ts(ts: float | None, runtime: Runtime) -> str:
 @click.pass_context
 def status(ctx: click.Context) -> None:
     """Each KPI's value, baseline, target, progress and last change; each source's health."""
-    from collector.fiscal import format_fiscal_year
+    from collector.fiscal import reiwa_label
     from collector.kpi import KpiCalculator
 
     runtime = _runtime(ctx)
     store = runtime.store
     store.migrate()
     kpis = Table(title="KPIs")
-    for column in ("KPI", "value", "baseline", "target", "progress", "expected", "last good move"):
+    kpis.add_column("KPI", no_wrap=True)
+    for column in ("name", "value", "baseline", "target", "progress", "expected", "last good move"):
         kpis.add_column(column)
     for state in KpiCalculator(store, runtime.loaded.config).compute_all(time.time()):
         kpi = state.kpi
         kpis.add_row(
-            f"{kpi.name_ja}\n[dim]{kpi.id}[/dim]",
+            kpi.id,
+            kpi.name_ja,
             "-" if state.value is None else f"{state.value:,.4g}",
-            f"{kpi.baseline.value:,.4g}\n[dim]{format_fiscal_year(kpi.baseline.fiscal_year)}[/dim]",
-            f"{kpi.target.value:,.4g}\n[dim]{format_fiscal_year(kpi.target.fiscal_year)}[/dim]",
+            f"{kpi.baseline.value:,.4g} ({reiwa_label(kpi.baseline.fiscal_year)})",
+            f"{kpi.target.value:,.4g} ({reiwa_label(kpi.target.fiscal_year)})",
             "-" if state.progress is None else f"{state.progress:.0%}",
             f"{state.expected_progress:.0%}",
             _ts(state.last_change_ts, runtime),
         )
     out.print(kpis)
     sources = Table(title="Sources")
-    for column in ("source", "connector", "last run", "last success", "last error"):
+    sources.add_column("source", no_wrap=True)
+    for column in ("connector", "last run", "last success", "last error"):
         sources.add_column(column)
     health = {h.source: h for h in store.source_health()}
     for source in runtime.loaded.config.sources:
