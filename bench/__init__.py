@@ -1,0 +1,1 @@
+"""dxkpi's benchmarks: run them all with `python -m bench` (see bench/README.md)."""
