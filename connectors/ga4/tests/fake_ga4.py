@@ -1,0 +1,208 @@
+"""A fake Google: the OAuth token endpoint for service accounts and the GA4 Data API's
+`runReport`, built from the public references.
+
+- `POST /token`: form `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=JWT`.
+  The JWT is checked like Google does: RS256 signed by the key's private key, `kid` header,
+  `iss` the client email, `aud` the token URI, a scope, `exp - iat` at most an hour. Answers
+  `{"access_token", "expires_in": 3599, "token_type": "Bearer"}`; a bad assertion is 400
+  `{"error": "invalid_grant", "error_description": ...}`.
+- `POST /v1beta/properties/{id}:runReport`: `dateRanges`, `dimensions` (date, pagePath),
+  `metrics` (screenPageViews, activeUsers), `orderBys`, `limit`/`offset` (int64 as strings or
+  numbers). Values are strings, dates `YYYYMMDD`, days without data have no row, `rows` and
+  `rowCount` are absent when nothing matched. Errors are Google's JSON error envelope:
+  `{"error": {"code", "message", "status"}}` (403 PERMISSION_DENIED, 400 INVALID_ARGUMENT,
+  429 RESOURCE_EXHAUSTED, 401 UNAUTHENTICATED).
+
+Rows are computed, not stored, so a report of a million rows costs no memory here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from collector.testing import FakeRequest, FakeResponse
+
+PROPERTY_ID = "351234567"
+CLIENT_EMAIL = "dxkpi-reader@pref-dx.iam.gserviceaccount.com"
+KEY_ID = "f3a9c0e1b2d4"
+SCOPE = "https://www.googleapis.com/auth/analytics.readonly"
+DIMENSIONS = {"date", "pagePath"}
+METRICS = {"screenPageViews", "activeUsers"}
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def key_file(key: rsa.RSAPrivateKey, token_uri: str) -> str:
+    """A service account key file as the Cloud console downloads it."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    return json.dumps(
+        {
+            "type": "service_account",
+            "project_id": "pref-dx",
+            "private_key_id": KEY_ID,
+            "private_key": pem,
+            "client_email": CLIENT_EMAIL,
+            "client_id": "112233445566778899",
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+        }
+    )
+
+
+def google_error(code: int, status: str, message: str) -> FakeResponse:
+    return FakeResponse(code, {"error": {"code": code, "message": message, "status": status}})
+
+
+@dataclass
+class FakeGa4:
+    public_key: rsa.RSAPublicKey
+    token_uri: str = ""
+    paths: list[str] = field(default_factory=lambda: ["/", "/kurashi/", "/bousai/"])
+    empty_days: set[date] = field(default_factory=set)
+    # Responses served before the real ones, in order: (path prefix, response).
+    failures: list[tuple[str, FakeResponse]] = field(default_factory=list)
+    valid_tokens: set[str] = field(default_factory=set)
+    tokens_issued: int = 0
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    _counter: Any = field(default_factory=itertools.count)
+
+    @staticmethod
+    def views(day: date, path_index: int) -> int:
+        return (day.toordinal() % 50) + 10 * (path_index + 1)
+
+    @staticmethod
+    def users(day: date) -> int:
+        return (day.toordinal() % 40) + 7
+
+    def fail(self, path_prefix: str, *responses: FakeResponse) -> None:
+        self.failures.extend((path_prefix, r) for r in responses)
+
+    def __call__(self, request: FakeRequest) -> FakeResponse:
+        for i, (prefix, response) in enumerate(self.failures):
+            if request.path.startswith(prefix):
+                del self.failures[i]
+                return response
+        if request.path == "/token":
+            return self._token(request)
+        if (
+            request.headers.get("Authorization", "").removeprefix("Bearer ")
+            not in self.valid_tokens
+        ):
+            return google_error(
+                401,
+                "UNAUTHENTICATED",
+                "Request had invalid authentication credentials. Expected OAuth 2 access token.",
+            )
+        prefix, suffix = "/v1beta/properties/", ":runReport"
+        if request.method == "POST" and request.path.startswith(prefix):
+            property_id = request.path[len(prefix) :].removesuffix(suffix)
+            if property_id != PROPERTY_ID:
+                return google_error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "User does not have sufficient permissions for this property.",
+                )
+            return self._run_report(request.json())
+        return google_error(404, "NOT_FOUND", "Requested entity was not found.")
+
+    def _token(self, request: FakeRequest) -> FakeResponse:
+        form = request.form()
+        if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
+            return FakeResponse(400, {"error": "unsupported_grant_type"})
+        assertion = (form.get("assertion") or [""])[0]
+        try:
+            header = jwt.get_unverified_header(assertion)
+            claims = jwt.decode(
+                assertion,
+                self.public_key,
+                algorithms=["RS256"],
+                audience=self.token_uri,
+                # The fake's clock is the tests' clock, not the wall clock.
+                options={"verify_exp": False, "verify_iat": False},
+            )
+        except jwt.PyJWTError:
+            return FakeResponse(
+                400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
+            )
+        if (
+            header.get("kid") != KEY_ID
+            or claims.get("iss") != CLIENT_EMAIL
+            or SCOPE not in str(claims.get("scope", "")).split()
+            or not 0 < claims["exp"] - claims["iat"] <= 3600
+        ):
+            return FakeResponse(
+                400, {"error": "invalid_grant", "error_description": "Invalid JWT claims."}
+            )
+        self.tokens_issued += 1
+        token = f"ya29.fake-{next(self._counter)}"
+        self.valid_tokens.add(token)
+        return FakeResponse(
+            200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+        )
+
+    def _run_report(self, body: dict[str, Any]) -> FakeResponse:
+        self.reports.append(body)
+        dims = [d["name"] for d in body.get("dimensions", [])]
+        metrics = [m["name"] for m in body.get("metrics", [])]
+        unknown = [n for n in dims if n not in DIMENSIONS] + [
+            n for n in metrics if n not in METRICS
+        ]
+        if unknown:
+            return google_error(
+                400, "INVALID_ARGUMENT", f"Field {unknown[0]} is not a valid dimension or metric."
+            )
+        limit = int(body.get("limit", 10000))
+        offset = int(body.get("offset", 0))
+        if limit <= 0 or offset < 0:
+            return google_error(400, "INVALID_ARGUMENT", "limit must be positive.")
+        limit = min(limit, 250_000)
+        (date_range,) = body["dateRanges"]
+        first = date.fromisoformat(date_range["startDate"])
+        last = date.fromisoformat(date_range["endDate"])
+        days = [
+            first + timedelta(days=n)
+            for n in range((last - first).days + 1)
+            if first + timedelta(days=n) not in self.empty_days
+        ]
+        per_day = len(self.paths) if "pagePath" in dims else 1
+        total = len(days) * per_day
+        rows = [
+            self._row(days[i // per_day], i % per_day, dims, metrics)
+            for i in range(offset, min(total, offset + limit))
+        ]
+        report: dict[str, Any] = {
+            "dimensionHeaders": [{"name": d} for d in dims],
+            "metricHeaders": [{"name": m, "type": "TYPE_INTEGER"} for m in metrics],
+            "metadata": {"currencyCode": "JPY", "timeZone": "Asia/Tokyo"},
+            "kind": "analyticsData#runReport",
+        }
+        if total:
+            report["rows"] = rows
+            report["rowCount"] = total
+        return FakeResponse(200, report)
+
+    def _row(self, day: date, path_index: int, dims: list[str], metrics: list[str]) -> Any:
+        dim_values = {"date": day.strftime("%Y%m%d"), "pagePath": self.paths[path_index]}
+        if "pagePath" in dims:
+            views = self.views(day, path_index)
+        else:
+            views = sum(self.views(day, i) for i in range(len(self.paths)))
+        metric_values = {"screenPageViews": views, "activeUsers": self.users(day)}
+        return {
+            "dimensionValues": [{"value": dim_values[d]} for d in dims],
+            "metricValues": [{"value": str(metric_values[m])} for m in metrics],
+        }

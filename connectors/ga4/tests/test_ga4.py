@@ -1,0 +1,327 @@
+"""The GA4 connector against a fake Google on loopback."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+from collector.contract import TOKYO, Observation, SourceContext, Window
+from collector.errors import (
+    FatalSourceError,
+    RetryableSourceError,
+    SourceAuthError,
+    SourceDataError,
+)
+from collector.testing import (
+    ConnectorContract,
+    FakeRequest,
+    FakeResponse,
+    loopback_server,
+    observations,
+)
+from connectors.ga4 import Ga4Connector, Ga4Settings
+from connectors.ga4.tests.fake_ga4 import (
+    CLIENT_EMAIL,
+    PROPERTY_ID,
+    FakeGa4,
+    google_error,
+    key_file,
+    new_key,
+)
+
+APRIL_1 = datetime(2025, 4, 1, tzinfo=TOKYO)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2025, 4, 20, 9, 0, tzinfo=TOKYO)
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += timedelta(seconds=seconds)
+
+
+class Server:
+    """One fake Google on loopback for the module; each test gets it reset."""
+
+    def __init__(self, url: str, seen: list[FakeRequest]) -> None:
+        self.url, self.seen = url, seen
+        key = new_key()
+        self.public_key = key.public_key()
+        self.key_json = key_file(key, "https://oauth2.googleapis.com/token")
+        # A line of the private key's body: it must never appear in an error or a log line.
+        self.key_line = json.loads(self.key_json)["private_key"].splitlines()[3]
+        self.fake = FakeGa4(self.public_key)
+
+    def reset(self) -> None:
+        self.fake = FakeGa4(self.public_key, token_uri=f"{self.url}/token")
+        self.seen.clear()
+
+    def connector(self, clock: Clock | None = None, **settings: Any) -> Ga4Connector:
+        clock = clock or Clock()
+        base = {
+            "property_id": PROPERTY_ID,
+            "service_account_json": self.key_json,
+            "api_base_url": self.url,
+            "token_uri": f"{self.url}/token",
+        }
+        context = SourceContext(source_id="ga4_main", sleep=clock.sleep, clock=clock)
+        return Ga4Connector(Ga4Settings.model_validate({**base, **settings}), context)
+
+
+@pytest.fixture(scope="module")
+def module_server() -> Iterator[Server]:
+    holder: list[Server] = []
+    with loopback_server(lambda request: holder[0].fake(request)) as (url, seen):
+        holder.append(Server(url, seen))
+        yield holder[0]
+
+
+@pytest.fixture
+def ga4(module_server: Server) -> Server:
+    module_server.reset()
+    return module_server
+
+
+def days(first: datetime, count: int) -> Window:
+    return Window(first, first + timedelta(days=count))
+
+
+def by_key(got: list[Observation]) -> dict[tuple[str, str, date], float]:
+    return {(o.metric, o.labels.get("page_path", ""), o.start.date()): o.value for o in got}
+
+
+def page_views(fake: FakeGa4, day: date) -> int:
+    return sum(fake.views(day, i) for i in range(len(fake.paths)))
+
+
+# -- contract --------------------------------------------------------------------------------
+
+
+class TestGa4Contract(ConnectorContract):
+    connector_name = "ga4"
+
+    @pytest.fixture(autouse=True)
+    def _server(self, ga4: Server) -> None:
+        self.server = ga4
+        self.secrets = (ga4.key_line,)
+
+    def invalid_settings(self) -> list[dict[str, Any]]:
+        good = {"property_id": "123", "service_account_file": "key.json"}
+        return [
+            {"property_id": "123"},
+            {**good, "property_id": "properties/123"},
+            {**good, "service_account_json": "{}"},
+            {"property_id": "123", "service_account_json": "not json"},
+            {**good, "page_size": 250_001},
+            {**good, "extra": True},
+        ]
+
+    @contextmanager
+    def healthy_case(self) -> Iterator[tuple[Ga4Connector, Window]]:
+        yield self.server.connector(by_page_path=True), days(APRIL_1, 3)
+
+    @contextmanager
+    def retryable_case(self) -> Iterator[tuple[Ga4Connector, Window]]:
+        exhausted = google_error(
+            429, "RESOURCE_EXHAUSTED", "Exhausted property tokens per hour for a property."
+        )
+        self.server.fake.fail("/v1beta/", *[exhausted] * 10)
+        yield self.server.connector(), days(APRIL_1, 3)
+
+    @contextmanager
+    def fatal_case(self) -> Iterator[tuple[Ga4Connector, Window]]:
+        yield self.server.connector(property_id="999"), days(APRIL_1, 3)
+
+
+# -- values ----------------------------------------------------------------------------------
+
+
+def test_daily_totals_and_zero_days(ga4: Server) -> None:
+    ga4.fake.empty_days = {date(2025, 4, 2)}
+    got = observations(ga4.connector().collect(days(APRIL_1, 3)))
+    values = by_key(got)
+    april_1, april_2 = date(2025, 4, 1), date(2025, 4, 2)
+    assert values[("ga4_page_views", "", april_1)] == page_views(ga4.fake, april_1)
+    assert values[("ga4_active_users", "", april_1)] == ga4.fake.users(april_1)
+    # GA4 has no row for a day without data: that is a zero, not a gap.
+    assert values[("ga4_page_views", "", april_2)] == 0
+    assert values[("ga4_active_users", "", april_2)] == 0
+    assert len(got) == 6
+    assert all(o.start == datetime.combine(o.start.date(), datetime.min.time(), TOKYO) for o in got)
+    (report,) = ga4.fake.reports
+    assert report["dateRanges"] == [{"startDate": "2025-04-01", "endDate": "2025-04-03"}]
+    assert report["dimensions"] == [{"name": "date"}]
+    assert report["metrics"] == [{"name": "activeUsers"}, {"name": "screenPageViews"}]
+
+
+def test_by_page_path(ga4: Server) -> None:
+    got = observations(ga4.connector(by_page_path=True).collect(days(APRIL_1, 2)))
+    values = by_key(got)
+    april_1 = date(2025, 4, 1)
+    assert values[("ga4_page_views", "/bousai/", april_1)] == ga4.fake.views(april_1, 2)
+    assert values[("ga4_active_users", "", april_1)] == ga4.fake.users(april_1)
+    assert ("ga4_page_views", "", april_1) not in values  # no unlabelled total beside pages
+    assert len([o for o in got if o.metric == "ga4_page_views"]) == 2 * 3
+    totals, pages = ga4.fake.reports
+    assert totals["metrics"] == [{"name": "activeUsers"}]
+    assert pages["dimensions"] == [{"name": "date"}, {"name": "pagePath"}]
+    assert [o["dimension"]["dimensionName"] for o in pages["orderBys"]] == ["date", "pagePath"]
+
+
+def test_active_users_are_declared_not_additive() -> None:
+    specs = {m.name: m for m in Ga4Connector.metrics}
+    assert specs["ga4_active_users"].aggregation == "none"
+    assert specs["ga4_page_views"].aggregation == "sum"
+
+
+def test_finality_covers_gas_processing_delay() -> None:
+    assert Ga4Connector.finality >= timedelta(days=2)
+
+
+def test_a_day_still_running_is_not_read(ga4: Server) -> None:
+    got = observations(ga4.connector().collect(Window(APRIL_1, APRIL_1 + timedelta(hours=30))))
+    assert {o.start for o in got} == {APRIL_1}
+
+
+# -- paging and streaming ------------------------------------------------------------------------
+
+
+def test_pages_through_row_count_with_limit_and_offset(ga4: Server) -> None:
+    connector = ga4.connector(by_page_path=True, page_size=4)
+    got = observations(connector.collect(days(APRIL_1, 5)))
+    assert len([o for o in got if o.metric == "ga4_page_views"]) == 15
+    page_reads = [r for r in ga4.fake.reports if len(r["dimensions"]) == 2]
+    assert [(r["offset"], r["limit"]) for r in page_reads] == [
+        ("0", "4"),
+        ("4", "4"),
+        ("8", "4"),
+        ("12", "4"),
+    ]
+
+
+def test_rows_stream_out_before_the_next_page_is_requested(ga4: Server) -> None:
+    stream = iter(ga4.connector(by_page_path=True, page_size=3).collect(days(APRIL_1, 3)))
+    first_page_view = next(o for o in stream if o.metric == "ga4_page_views" and o.labels)  # type: ignore[union-attr]
+    assert first_page_view.labels == {"page_path": "/"}  # type: ignore[union-attr]
+    assert len(ga4.fake.reports) == 2  # the totals and only the first page of pages
+    rest = list(stream)
+    assert len(ga4.fake.reports) == 1 + 3
+    assert len(rest) == 3 * 3 - 1
+
+
+def test_an_empty_report_has_no_rows_and_no_row_count(ga4: Server) -> None:
+    ga4.fake.empty_days = {date(2025, 4, d) for d in range(1, 4)}
+    got = observations(ga4.connector(by_page_path=True).collect(days(APRIL_1, 3)))
+    assert {(o.metric, o.value) for o in got} == {("ga4_active_users", 0.0)}
+    assert len(ga4.fake.reports) == 2
+
+
+# -- auth ------------------------------------------------------------------------------------
+
+
+def test_one_service_account_token_for_all_requests(ga4: Server) -> None:
+    list(ga4.connector(by_page_path=True, page_size=2).collect(days(APRIL_1, 3)))
+    assert ga4.fake.tokens_issued == 1
+    assert len(ga4.fake.reports) > 3
+
+
+def test_a_revoked_token_is_replaced_once(ga4: Server) -> None:
+    connector = ga4.connector()
+    list(connector.collect(days(APRIL_1, 1)))
+    ga4.fake.valid_tokens.clear()
+    assert observations(connector.collect(days(APRIL_1, 1)))
+    assert ga4.fake.tokens_issued == 2
+
+
+def test_no_access_to_the_property_names_the_service_account(ga4: Server) -> None:
+    with pytest.raises(SourceAuthError) as caught:
+        list(ga4.connector(property_id="999").collect(days(APRIL_1, 1)))
+    text = str(caught.value)
+    assert "POST /v1beta/properties/999:runReport -> 403" in text
+    assert CLIENT_EMAIL in text and "sufficient permissions" in text
+
+
+def test_a_refused_assertion_is_an_auth_error_at_the_token_endpoint(ga4: Server) -> None:
+    other = json.loads(key_file(new_key(), "x"))
+    connector = ga4.connector(service_account_json=json.dumps(other))
+    with pytest.raises(SourceAuthError, match=r"POST /token -> 400.*invalid_grant"):
+        list(connector.collect(days(APRIL_1, 1)))
+
+
+def test_key_file_is_read_relative_to_the_config(ga4: Server, tmp_path: Path) -> None:
+    (tmp_path / "ga4-key.json").write_text(ga4.key_json)
+    settings = Ga4Settings(
+        property_id=PROPERTY_ID,
+        service_account_file="ga4-key.json",
+        api_base_url=ga4.url,
+        token_uri=f"{ga4.url}/token",
+    )
+    context = SourceContext(source_id="ga4_main", base_dir=tmp_path, sleep=lambda s: None)
+    assert observations(Ga4Connector(settings, context).collect(days(APRIL_1, 1)))
+
+
+def test_a_missing_key_file_is_a_fatal_error(tmp_path: Path) -> None:
+    settings = Ga4Settings(property_id=PROPERTY_ID, service_account_file="missing.json")
+    with pytest.raises(FatalSourceError, match=r"missing\.json"):
+        Ga4Connector(settings, SourceContext(source_id="ga4_main", base_dir=tmp_path))
+
+
+def test_invalid_key_json_never_echoes_the_secret(ga4: Server) -> None:
+    broken = ga4.key_json.replace('"client_email"', '"email"')
+    with pytest.raises(pydantic.ValidationError) as caught:
+        Ga4Settings(property_id=PROPERTY_ID, service_account_json=broken)
+    assert "lacks client_email" in str(caught.value)
+    assert ga4.key_line not in str(caught.value)
+
+
+# -- failures --------------------------------------------------------------------------------
+
+
+def test_resource_exhausted_then_success_backs_off(ga4: Server) -> None:
+    clock = Clock()
+    ga4.fake.fail(
+        "/v1beta/",
+        google_error(429, "RESOURCE_EXHAUSTED", "Exhausted concurrent requests quota."),
+        FakeResponse(503, {"error": {"code": 503, "status": "UNAVAILABLE"}}),
+    )
+    assert observations(ga4.connector(clock=clock).collect(days(APRIL_1, 1)))
+    assert len(clock.sleeps) == 2 and 1 <= clock.sleeps[0] < 2 and 2 <= clock.sleeps[1] < 3
+
+
+def test_persistent_quota_exhaustion_is_retryable(ga4: Server) -> None:
+    exhausted = google_error(429, "RESOURCE_EXHAUSTED", "Exhausted property tokens per day.")
+    ga4.fake.fail("/v1beta/", *[exhausted] * 6)
+    with pytest.raises(RetryableSourceError, match=r"-> 429.*tokens per day"):
+        list(ga4.connector().collect(days(APRIL_1, 1)))
+
+
+def test_html_body_is_a_data_error(ga4: Server) -> None:
+    ga4.fake.fail("/v1beta/", FakeResponse(200, "<html>502</html>", {"Content-Type": "text/html"}))
+    with pytest.raises(SourceDataError, match=":runReport -> 200"):
+        list(ga4.connector().collect(days(APRIL_1, 1)))
+
+
+def test_a_non_numeric_value_is_a_data_error(ga4: Server) -> None:
+    row = {"dimensionValues": [{"value": "20250401"}], "metricValues": [{"value": "n/a"}] * 2}
+    ga4.fake.fail("/v1beta/", FakeResponse(200, {"rows": [row], "rowCount": 1}))
+    with pytest.raises(SourceDataError, match="row cannot be read"):
+        list(ga4.connector().collect(days(APRIL_1, 1)))
+
+
+def test_a_row_outside_the_dates_asked_is_a_data_error(ga4: Server) -> None:
+    row = {"dimensionValues": [{"value": "20240401"}], "metricValues": [{"value": "1"}] * 2}
+    ga4.fake.fail("/v1beta/", FakeResponse(200, {"rows": [row], "rowCount": 1}))
+    with pytest.raises(SourceDataError, match="'20240401', outside the dates asked"):
+        list(ga4.connector().collect(days(APRIL_1, 1)))
