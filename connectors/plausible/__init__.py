@@ -1,0 +1,7 @@
+"""Plausible connector: page views and visitors per day from Plausible Analytics."""
+
+from connectors.plausible.connector import PlausibleConnector, PlausibleSettings
+
+CONNECTOR = PlausibleConnector
+
+__all__ = ["CONNECTOR", "PlausibleConnector", "PlausibleSettings"]
