@@ -250,6 +250,13 @@ def proc_status_kib(pid: int, field_name: str) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no {field_name}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (/proc/<pid>/stat)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
     """SIGTERM (a warm shutdown), then SIGKILL if it does not exit in time."""
     if process.poll() is not None:

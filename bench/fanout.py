@@ -1,0 +1,240 @@
+"""6. fanout — one collection cycle over 200 sources whose API answers after 200 ms.
+
+Every source is a Zoom source (one config file, 200 entries) pointed at the Zoom fake
+(`connectors/zoom/tests/fake_zoom.py`) on loopback, wrapped so each API request answers after
+200 ms (the token endpoint answers at once). Baseline: the same 200 collections one after another
+in this process (`collect_source`, as `dxkpi collect` runs them). Measured: a real Celery worker,
+`dxkpi worker --pool threads --concurrency 32`, over Redis and a PostgreSQL store, given one
+`dxkpi.collect` task per source; wall time from the first send to the last run's finish (read
+from `collection_runs`). A warm-up task first makes sure the worker is up. Target: serial /
+Celery >= 10.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from bench.harness import (
+    REDIS_URL,
+    Bench,
+    NotRun,
+    Outcome,
+    child_env,
+    cpu_seconds,
+    dxkpi_command,
+    stop_process,
+    tail,
+    write_config,
+)
+from collector.config import load_config
+from collector.runner import collect_source
+from collector.storage import Store
+from collector.testing import FakeRequest, FakeResponse, Handler, loopback_server
+
+FULL_SOURCES = 200
+DELAY_SECONDS = 0.2
+CONCURRENCY = 32
+SECRET_ENV = "DXKPI_BENCH_ZOOM_SECRET"
+WARMUP = "zoom_warmup"
+# What kombu keeps in Redis for the `dxkpi` queue; cleared before and after (only these keys).
+KOMBU_KEYS = ("dxkpi", "unacked", "unacked_index", "unacked_mutex", "_kombu.binding.dxkpi")
+
+
+def slow(handler: Handler, delay: float) -> Handler:
+    def answer(request: FakeRequest) -> FakeResponse:
+        if request.path.startswith("/v2/"):
+            time.sleep(delay)
+        return handler(request)
+
+    return answer
+
+
+def zoom_source(source_id: str, base_url: str, account: str, client: str) -> dict[str, Any]:
+    return {
+        "id": source_id,
+        "connector": "zoom",
+        "schedule": {"every": "1h"},
+        "settings": {
+            "account_id": account,
+            "client_id": client,
+            "client_secret": "${" + SECRET_ENV + "}",
+            "api_base_url": base_url,
+            "oauth_base_url": base_url,
+        },
+    }
+
+
+@contextmanager
+def environment(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def clear_queue(redis_client: Any) -> None:
+    redis_client.delete(*KOMBU_KEYS)
+
+
+def finished_runs(store: Store, sources: list[str]) -> tuple[int, int, float | None]:
+    """(finished scheduled runs, of which successful, latest finish) among `sources`."""
+    with store.engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT count(*), count(*) FILTER (WHERE status = 'success'), max(finished_at) "
+                "FROM collection_runs WHERE kind = 'scheduled' AND status IN ('success', 'failed') "
+                "AND source = ANY(:sources)"
+            ),
+            {"sources": sources},
+        ).one()
+    return int(row[0]), int(row[1]), row[2]
+
+
+def wait_runs(
+    store: Store, sources: list[str], timeout: float, worker: subprocess.Popen[bytes], log: Path
+) -> tuple[int, float]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}:\n{tail(log)}")
+        done, ok, last = finished_runs(store, sources)
+        if done >= len(sources):
+            assert last is not None
+            return ok, float(last)
+        time.sleep(0.05)
+    raise RuntimeError(f"{len(sources)} runs not finished after {timeout:.0f}s:\n{tail(log)}")
+
+
+def run(bench: Bench) -> Outcome:
+    try:
+        import redis
+        from celery import Celery
+
+        from collector.registry import load_connector
+        from connectors.zoom.tests.fake_zoom import ACCOUNT_ID, CLIENT_ID, CLIENT_SECRET, FakeZoom
+
+        load_connector("zoom")
+    except Exception as exc:
+        raise NotRun(f"the Zoom connector, its fake or Celery is not available ({exc!r})") from None
+    redis_client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+    try:
+        redis_client.ping()
+    except redis.RedisError as exc:
+        raise NotRun(f"Redis at {REDIS_URL} is unreachable ({exc})") from None
+
+    outcome = Outcome("fanout")
+    n_sources = bench.size(FULL_SOURCES, minimum=4)
+    sources = [f"zoom_{i:03d}" for i in range(n_sources)]
+    folder = bench.dir("fanout")
+    log = folder / "worker.log"
+    fake = FakeZoom()
+    with (
+        bench.database.schema("fanout") as url,
+        loopback_server(slow(fake, DELAY_SECONDS)) as (base_url, requests),
+    ):
+        config = write_config(
+            folder / "fanout.yaml",
+            {
+                "data_dir": str(folder),
+                "storage": {"url": url},
+                "broker": {"url": REDIS_URL},
+                "sources": [
+                    zoom_source(s, base_url, ACCOUNT_ID, CLIENT_ID) for s in [WARMUP, *sources]
+                ],
+            },
+        )
+        with environment(SECRET_ENV, CLIENT_SECRET):
+            loaded = load_config(config)
+        store = Store(url)
+        worker: subprocess.Popen[bytes] | None = None
+        app = Celery("dxkpi-bench", broker=REDIS_URL)
+        app.conf.task_default_queue = "dxkpi"
+        try:
+            store.migrate()
+            started = time.perf_counter()
+            for source in sources:
+                result = collect_source(loaded, store, source, kind="manual")
+                if result.status != "success":
+                    raise RuntimeError(f"serial run of {source}: {result.status}")
+            serial = time.perf_counter() - started
+            serial_requests = len(requests)
+
+            clear_queue(redis_client)
+            command = dxkpi_command(
+                config, "worker", "--pool", "threads", "--concurrency", str(CONCURRENCY)
+            )
+            with log.open("wb") as out:
+                worker = subprocess.Popen(
+                    command,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=child_env(**{SECRET_ENV: CLIENT_SECRET}),
+                )
+            app.send_task("dxkpi.collect", args=(WARMUP,))
+            wait_runs(store, [WARMUP], 120, worker, log)
+
+            worker_cpu = cpu_seconds(worker.pid)
+            sent_at = time.time()
+            for source in sources:
+                app.send_task("dxkpi.collect", args=(source,))
+            ok, last_finish = wait_runs(store, sources, max(60.0, serial * 3), worker, log)
+            fanned = last_finish - sent_at
+            worker_cpu = cpu_seconds(worker.pid) - worker_cpu
+            with store.engine.connect() as connection:
+                busy = connection.execute(
+                    text(
+                        "SELECT sum(finished_at - started_at) FROM collection_runs "
+                        "WHERE kind = 'scheduled' AND source = ANY(:sources)"
+                    ),
+                    {"sources": sources},
+                ).scalar_one()
+        finally:
+            if worker is not None:
+                stop_process(worker)
+            clear_queue(redis_client)
+            app.close()
+            store.close()
+    if ok != n_sources:
+        raise RuntimeError(f"only {ok} of {n_sources} Celery runs succeeded:\n{tail(log)}")
+    outcome.ratio(
+        f"serial / Celery, {n_sources} sources",
+        serial / fanned,
+        f"serial {serial:.1f}s vs Celery {fanned:.2f}s "
+        f"(threads ×{CONCURRENCY}; each API call answers after {DELAY_SECONDS * 1000:.0f} ms)",
+        target=10,
+    )
+    outcome.notes.append(
+        f"the worker used {worker_cpu:.1f}s of CPU for {n_sources} runs "
+        f"({worker_cpu / n_sources * 1000:.0f} ms each; serial runs take "
+        f"{(serial / n_sources - DELAY_SECONDS) * 1000:.0f} ms beyond the 200 ms wait)"
+    )
+    outcome.raw.update(
+        sources=n_sources,
+        delay_seconds=DELAY_SECONDS,
+        concurrency=CONCURRENCY,
+        serial_seconds=round(serial, 3),
+        serial_per_run_seconds=round(serial / n_sources, 4),
+        celery_seconds=round(fanned, 3),
+        celery_run_seconds_summed=round(float(busy or 0.0), 3),
+        celery_mean_run_seconds=round(float(busy or 0.0) / n_sources, 4),
+        http_requests_serial=serial_requests,
+        # The worker is one process: with threads, its Python work per run is serialised by
+        # the GIL, so `sources × worker_cpu_per_run` bounds the wall time from below.
+        worker_cpu_seconds=round(worker_cpu, 3),
+        worker_cpu_per_run_seconds=round(worker_cpu / n_sources, 4),
+        ideal_seconds=round(-(-n_sources // CONCURRENCY) * serial / n_sources, 3),
+    )
+    return outcome
