@@ -325,3 +325,19 @@ def test_a_row_outside_the_dates_asked_is_a_data_error(ga4: Server) -> None:
     ga4.fake.fail("/v1beta/", FakeResponse(200, {"rows": [row], "rowCount": 1}))
     with pytest.raises(SourceDataError, match="'20240401', outside the dates asked"):
         list(ga4.connector().collect(days(APRIL_1, 1)))
+
+
+def test_the_token_is_renewed_when_its_hour_is_up(ga4: Server) -> None:
+    clock = Clock()
+    connector = ga4.connector(clock=clock)
+    list(connector.collect(days(APRIL_1, 1)))
+    clock.now += timedelta(minutes=58, seconds=59)  # within the last minute of 3599 s
+    list(connector.collect(days(APRIL_1, 1)))
+    assert ga4.fake.tokens_issued == 2
+
+
+def test_retry_after_from_a_proxy_in_front_of_google_is_honoured(ga4: Server) -> None:
+    clock = Clock()
+    ga4.fake.fail("/v1beta/", FakeResponse(429, {"error": {"code": 429}}, {"Retry-After": "17"}))
+    assert observations(ga4.connector(clock=clock).collect(days(APRIL_1, 1)))
+    assert clock.sleeps == [17.0]
