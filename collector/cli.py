@@ -152,10 +152,10 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
 @click.pass_context
 def worker(ctx: click.Context, pool: str, concurrency: int | None, beat: bool) -> None:
     """A Celery worker that runs collections."""
-    _runtime(ctx)
+    runtime = _runtime(ctx)  # before importing the app: it is built from the current runtime
     from tasks.app import app
 
-    argv = ["worker", "--loglevel", ctx.obj["log_level"], "--pool", pool, "-Q", "dxkpi"]
+    argv = ["worker", "--loglevel", ctx.obj["log_level"], "--pool", pool, "-Q", runtime.queue]
     argv += ["--concurrency", str(concurrency or RECOMMENDED_CONCURRENCY)]
     argv += ["--without-gossip", "--without-mingle"]
     if beat:

@@ -31,6 +31,8 @@ class Runtime:
     data_dir: Path
     storage_url: str
     broker_url: str
+    # The Celery queue; sites sharing one Redis give each deployment its own (DXKPI_QUEUE).
+    queue: str = "dxkpi"
     _store: Store | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -66,7 +68,13 @@ def resolve(config_path: str | Path | None = None, data_dir: str | Path | None =
     )
     if storage.startswith("sqlite") or broker.startswith("sqla+sqlite"):
         directory.mkdir(parents=True, exist_ok=True)
-    return Runtime(loaded=loaded, data_dir=directory, storage_url=storage, broker_url=broker)
+    return Runtime(
+        loaded=loaded,
+        data_dir=directory,
+        storage_url=storage,
+        broker_url=broker,
+        queue=os.environ.get("DXKPI_QUEUE") or "dxkpi",
+    )
 
 
 _current: Runtime | None = None

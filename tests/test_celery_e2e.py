@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,15 +67,18 @@ class Worker:
 def cluster(
     tmp_path: Path, pg_url: str, redis_url: str
 ) -> Iterator[tuple[Callable[..., Worker], Celery, Store, Path]]:
-    """(start_worker, client app, store, config) on Redis db 13 and a fresh PostgreSQL schema."""
+    """(start_worker, client app, store, tmp dir): own Redis queue, fresh PostgreSQL schema."""
     broker = redis_url.rsplit("/", 1)[0] + "/13"
-    redis.Redis.from_url(broker).flushdb()
+    # A queue of its own: nothing else using this Redis can take these tasks.
+    queue = f"dxkpi-test-{uuid.uuid4().hex[:8]}"
+    redis.Redis.from_url(broker).delete(queue)
     store = Store(pg_url)
     store.migrate()
     env = {
         **os.environ,
         "DXKPI_STORAGE_URL": pg_url,
         "DXKPI_BROKER_URL": broker,
+        "DXKPI_QUEUE": queue,
         "DXKPI_DATA_DIR": str(tmp_path / "data-dir"),
     }
     workers: list[Worker] = []
@@ -85,7 +89,7 @@ def cluster(
         return worker
 
     client = Celery(broker=broker)
-    client.conf.task_default_queue = "dxkpi"
+    client.conf.task_default_queue = queue
     yield start, client, store, tmp_path
     for worker in workers:
         worker.stop()
