@@ -60,7 +60,7 @@ class SnapshotBuilder:
         self.store = store
         self.loaded = loaded
         self.kpis = KpiCalculator(store, loaded.config)
-        self._prefixes: dict[int, bytes] = {}
+        self._prefixes: dict[tuple[int, str], bytes] = {}
 
     def families(self, now: float) -> list[Family]:
         rows = self.store.series_rows()
@@ -69,7 +69,7 @@ class SnapshotBuilder:
         return [
             *kpi_families(states),
             *self.source_families(health),
-            *self.raw_families(rows),
+            *self.raw_families(rows, now),
             Family(
                 "dxkpi_snapshot_timestamp_seconds",
                 "gauge",
@@ -113,28 +113,50 @@ class SnapshotBuilder:
                 duration.add(labels, h.last_finished_at - h.last_started_at)
         return [up, last_success, duration, runs, interval]
 
-    def raw_families(self, rows: list[SeriesRow]) -> list[Family]:
+    def raw_families(self, rows: list[SeriesRow], now: float) -> list[Family]:
+        """Each stored metric's latest period, and for summable metrics the fiscal-year-to-date
+        and month-to-date sums (exact totals for reports, not rebuilt from daily gauges)."""
         families: dict[str, Family] = {}
         specs = self.loaded.metric_specs
+        calendar = self.kpis
+        starts = {
+            "fiscal_year_to_date": calendar.fy_start(calendar.fiscal_year(now)),
+            "month_to_date": calendar.month_start(now),
+        }
+        sums = {suffix: self.store.period_sums(int(start)) for suffix, start in starts.items()}
         for row in rows:
             if row.last_value is None:
                 continue
-            name = f"dxkpi_{row.metric}"
-            family = families.get(name)
-            if family is None:
-                spec = specs.get(row.source, {}).get(row.metric)
-                help_text = spec.help if spec else row.metric
-                unit = f" Unit: {spec.unit}." if spec else ""
-                family = families[name] = Family(
-                    name, "gauge", f"{help_text}{unit} Latest period's value. {CACHED}"
+            spec = specs.get(row.source, {}).get(row.metric)
+            help_text = f"{spec.help} Unit: {spec.unit}." if spec else row.metric
+            self._sample(families, row, "", f"{help_text} Latest period's value.", row.last_value)
+            if spec is None or spec.aggregation != "sum":
+                continue
+            for suffix, totals in sums.items():
+                what = suffix.replace("_", " ").replace("to date", "so far")
+                self._sample(
+                    families,
+                    row,
+                    f"_{suffix}",
+                    f"{help_text} Sum over this {what}.",
+                    totals.get(row.id, 0.0),
                 )
-            prefix = self._prefixes.get(row.id)
-            if prefix is None:
-                labels = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
-                labels["source"] = row.source
-                prefix = self._prefixes[row.id] = sample_prefix(name, labels)
-            family.add_prefixed(prefix, row.last_value)
         return [families[name] for name in sorted(families)]
+
+    def _sample(
+        self, families: dict[str, Family], row: SeriesRow, suffix: str, help_text: str, value: float
+    ) -> None:
+        name = f"dxkpi_{row.metric}{suffix}"
+        family = families.get(name)
+        if family is None:
+            family = families[name] = Family(name, "gauge", f"{help_text} {CACHED}")
+        key = (row.id, suffix)
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            labels = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
+            labels["source"] = row.source
+            prefix = self._prefixes[key] = sample_prefix(name, labels)
+        family.add_prefixed(prefix, value)
 
 
 def kpi_families(states: list[KpiState]) -> list[Family]:

@@ -111,21 +111,21 @@ class KpiCalculator:
 
     # -- history -------------------------------------------------------------------------
 
-    def _month_start(self, ts: float) -> float:
+    def month_start(self, ts: float) -> float:
         local = datetime.fromtimestamp(ts, self.tz)
         return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0).timestamp()
 
     def _monthly(self, ids: list[int], start: float, end: float) -> dict[float, float]:
         out: dict[float, float] = {}
         for period, value in self.store.points(ids, int(start), int(end)):
-            month = self._month_start(period)
+            month = self.month_start(period)
             out[month] = out.get(month, 0.0) + value
         return out
 
     def _month_ends(self, first: float, now: float) -> list[float]:
         """Starts of the months after `first` up to now: the ends of complete months, plus now."""
         ends = []
-        cursor = datetime.fromtimestamp(self._month_start(first), self.tz)
+        cursor = datetime.fromtimestamp(self.month_start(first), self.tz)
         while True:
             month, year = cursor.month % 12 + 1, cursor.year + cursor.month // 12
             cursor = cursor.replace(year=year, month=month)
@@ -184,7 +184,7 @@ class KpiCalculator:
                 by_month: dict[float, float] = {}
                 for t, v in all_points:
                     running += v
-                    by_month[self._month_start(t)] = running
+                    by_month[self.month_start(t)] = running
                 trajectory = sorted(by_month.items())
                 value = running
             else:

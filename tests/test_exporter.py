@@ -197,3 +197,19 @@ def test_shipped_example_passes_promtool(tmp_path: Path) -> None:
     got = samples(text.decode())
     assert len([k for k in got if k[0] == "dxkpi_kpi_value"]) == 11
     store.close()
+
+
+def test_summable_metrics_carry_exact_fiscal_year_and_month_totals(tmp_path: Path) -> None:
+    csv = "date,page,page_views\n2024-03-31,/top,1000\n2024-04-01,/top,100\n2024-05-02,/top,7\n"
+    loaded = load_config(write_config(tmp_path, csv=csv))
+    store = Store(f"sqlite:///{tmp_path / 's.sqlite'}")
+    store.migrate()
+    window = Window(datetime(2024, 3, 1, tzinfo=TOKYO), datetime(2024, 6, 1, tzinfo=TOKYO))
+    collect_source(loaded, store, "portal", window=window)
+    now = datetime(2024, 5, 20, tzinfo=TOKYO).timestamp()
+    got = samples(Exporter(store, loaded, clock=lambda: now).rebuild().text.decode())
+    key = (("page", "/top"), ("source", "portal"))
+    assert got[("dxkpi_portal_page_views", key)] == 7  # the latest day
+    assert got[("dxkpi_portal_page_views_fiscal_year_to_date", key)] == 107  # FY2024 from 1 April
+    assert got[("dxkpi_portal_page_views_month_to_date", key)] == 7
+    store.close()

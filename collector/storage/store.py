@@ -414,6 +414,15 @@ class Store:
         with self.engine.connect() as connection:
             return [(int(p), float(v)) for p, v in connection.execute(sql, params)]
 
+    def period_sums(self, since: int) -> dict[int, float]:
+        """Each series' sum of values for periods starting at or after `since`."""
+        sql = text(
+            "SELECT series_id, sum(value) FROM observations WHERE period_start >= :since "
+            "GROUP BY series_id"
+        )
+        with self.engine.connect() as connection:
+            return {int(s): float(v) for s, v in connection.execute(sql, {"since": since})}
+
     def revisions(self, series_id: int | None = None) -> list[RevisionRow]:
         sql = (
             "SELECT series_id, period_start, granularity, old_value, new_value, revised_at "
