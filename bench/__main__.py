@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only", action="append", choices=BENCHMARKS, help="run just this one (repeatable)"
     )
-    parser.add_argument("--profile", action="store_true", help="also cProfile the store ingest")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile: cProfile of the store ingest, py-spy of the fanout worker "
+        "(profiles are written next to the results file)",
+    )
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help="JSON results file")
     args = parser.parse_args(argv)
     if args.scale <= 0:
@@ -85,7 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     outcomes: list[Outcome] = []
     try:
         with tempfile.TemporaryDirectory(prefix="dxkpi-bench-") as workdir:
-            bench = Bench(args.scale, database, Path(workdir), profile=args.profile)
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            bench = Bench(
+                args.scale, database, Path(workdir), args.output.parent, profile=args.profile
+            )
             for name in names:
                 print(f"running {name} (scale {args.scale:g})…", file=sys.stderr, flush=True)
                 outcomes.append(run_one(name, bench))

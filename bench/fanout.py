@@ -16,7 +16,7 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +27,12 @@ from bench.harness import (
     Bench,
     NotRun,
     Outcome,
+    backend_cpu_seconds,
     child_env,
+    collapsed_profile,
     cpu_seconds,
     dxkpi_command,
+    py_spy,
     stop_process,
     tail,
     write_config,
@@ -44,7 +47,8 @@ DELAY_SECONDS = 0.2
 CONCURRENCY = 32
 SECRET_ENV = "DXKPI_BENCH_ZOOM_SECRET"
 WARMUP = "zoom_warmup"
-# What kombu keeps in Redis for the `dxkpi` queue; cleared before and after (only these keys).
+# What kombu keeps in Redis for the `dxkpi` queue: cleared before and after when the database
+# was given (DXKPI_BENCH_REDIS=…/<db>) and so may hold other keys.
 KOMBU_KEYS = ("dxkpi", "unacked", "unacked_index", "unacked_mutex", "_kombu.binding.dxkpi")
 
 
@@ -85,8 +89,36 @@ def environment(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
-def clear_queue(redis_client: Any) -> None:
-    redis_client.delete(*KOMBU_KEYS)
+def pick_redis_database(url: str) -> tuple[str, bool]:
+    """(`url`, False) if it names a database; else (an empty one chosen at random, True).
+
+    Other Celery workers on the same database and queue would take our tasks (and we theirs).
+    """
+    import random
+
+    import redis
+
+    base, _, db = url.rstrip("/").rpartition("/")
+    if db.isdigit() and base.startswith("redis"):
+        return url, False
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        in_use = {int(name[2:]) for name in client.info("keyspace")}
+        count = int(client.config_get("databases").get("databases") or 16)
+    finally:
+        client.close()
+    free = [n for n in range(1, count) if n not in in_use]
+    if not free:
+        raise NotRun(f"every Redis database at {url} holds keys; set DXKPI_BENCH_REDIS=…/<db>")
+    return f"{url.rstrip('/')}/{random.choice(free)}", True
+
+
+def clear_queue(redis_client: Any, whole_database: bool) -> None:
+    """Drop what kombu left: the whole database if we chose it empty, else the queue's keys."""
+    if whole_database:
+        redis_client.flushdb()
+    else:
+        redis_client.delete(*KOMBU_KEYS)
 
 
 def finished_runs(store: Store, sources: list[str]) -> tuple[int, int, float | None]:
@@ -129,8 +161,9 @@ def run(bench: Bench) -> Outcome:
         load_connector("zoom")
     except Exception as exc:
         raise NotRun(f"the Zoom connector, its fake or Celery is not available ({exc!r})") from None
-    redis_client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
     try:
+        broker, chosen = pick_redis_database(REDIS_URL)
+        redis_client = redis.Redis.from_url(broker, socket_connect_timeout=2)
         redis_client.ping()
     except redis.RedisError as exc:
         raise NotRun(f"Redis at {REDIS_URL} is unreachable ({exc})") from None
@@ -150,7 +183,7 @@ def run(bench: Bench) -> Outcome:
             {
                 "data_dir": str(folder),
                 "storage": {"url": url},
-                "broker": {"url": REDIS_URL},
+                "broker": {"url": broker},
                 "sources": [
                     zoom_source(s, base_url, ACCOUNT_ID, CLIENT_ID) for s in [WARMUP, *sources]
                 ],
@@ -160,7 +193,7 @@ def run(bench: Bench) -> Outcome:
             loaded = load_config(config)
         store = Store(url)
         worker: subprocess.Popen[bytes] | None = None
-        app = Celery("dxkpi-bench", broker=REDIS_URL)
+        app = Celery("dxkpi-bench", broker=broker)
         app.conf.task_default_queue = "dxkpi"
         try:
             store.migrate()
@@ -172,7 +205,7 @@ def run(bench: Bench) -> Outcome:
             serial = time.perf_counter() - started
             serial_requests = len(requests)
 
-            clear_queue(redis_client)
+            clear_queue(redis_client, chosen)
             command = dxkpi_command(
                 config, "worker", "--pool", "threads", "--concurrency", str(CONCURRENCY)
             )
@@ -187,12 +220,20 @@ def run(bench: Bench) -> Outcome:
             wait_runs(store, [WARMUP], 120, worker, log)
 
             worker_cpu = cpu_seconds(worker.pid)
-            sent_at = time.time()
-            for source in sources:
-                app.send_task("dxkpi.collect", args=(source,))
-            ok, last_finish = wait_runs(store, sources, max(60.0, serial * 3), worker, log)
+            postgres_cpu = backend_cpu_seconds(bench.database.name)
+            bench_cpu = time.process_time()
+            sessions = bench.database.sessions()
+            profile = bench.artifacts / "fanout-worker.pyspy.txt"
+            with py_spy(worker.pid, profile) if bench.profile else nullcontext():
+                sent_at = time.time()
+                for source in sources:
+                    app.send_task("dxkpi.collect", args=(source,))
+                ok, last_finish = wait_runs(store, sources, max(60.0, serial * 3), worker, log)
             fanned = last_finish - sent_at
             worker_cpu = cpu_seconds(worker.pid) - worker_cpu
+            postgres_cpu = backend_cpu_seconds(bench.database.name) - postgres_cpu
+            bench_cpu = time.process_time() - bench_cpu
+            sessions = bench.database.sessions() - sessions
             with store.engine.connect() as connection:
                 busy = connection.execute(
                     text(
@@ -204,7 +245,7 @@ def run(bench: Bench) -> Outcome:
         finally:
             if worker is not None:
                 stop_process(worker)
-            clear_queue(redis_client)
+            clear_queue(redis_client, chosen)
             app.close()
             store.close()
     if ok != n_sources:
@@ -216,15 +257,25 @@ def run(bench: Bench) -> Outcome:
         f"(threads ×{CONCURRENCY}; each API call answers after {DELAY_SECONDS * 1000:.0f} ms)",
         target=10,
     )
+    per_run = {
+        "worker": worker_cpu / n_sources,
+        "postgres": postgres_cpu / n_sources,
+        "fake API and bench": bench_cpu / n_sources,
+    }
     outcome.notes.append(
-        f"the worker used {worker_cpu:.1f}s of CPU for {n_sources} runs "
-        f"({worker_cpu / n_sources * 1000:.0f} ms each; serial runs take "
-        f"{(serial / n_sources - DELAY_SECONDS) * 1000:.0f} ms beyond the 200 ms wait)"
+        "CPU per run during the fan-out: "
+        + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in per_run.items())
+        + f" (the machine has {os.cpu_count()} cores; a serial run spends "
+        f"{(serial / n_sources - DELAY_SECONDS) * 1000:.0f} ms beyond the 200 ms wait); "
+        f"{sessions} new PostgreSQL connections were opened for {n_sources} runs"
     )
+    if bench.profile:
+        outcome.raw["worker_profile"] = collapsed_profile(profile, top=25)
     outcome.raw.update(
         sources=n_sources,
         delay_seconds=DELAY_SECONDS,
         concurrency=CONCURRENCY,
+        broker=broker,
         serial_seconds=round(serial, 3),
         serial_per_run_seconds=round(serial / n_sources, 4),
         celery_seconds=round(fanned, 3),
@@ -232,9 +283,13 @@ def run(bench: Bench) -> Outcome:
         celery_mean_run_seconds=round(float(busy or 0.0) / n_sources, 4),
         http_requests_serial=serial_requests,
         # The worker is one process: with threads, its Python work per run is serialised by
-        # the GIL, so `sources × worker_cpu_per_run` bounds the wall time from below.
-        worker_cpu_seconds=round(worker_cpu, 3),
-        worker_cpu_per_run_seconds=round(worker_cpu / n_sources, 4),
+        # the GIL, and every process here shares the machine's cores.
+        cpu_seconds={
+            "worker": round(worker_cpu, 3),
+            "postgres_backends": round(postgres_cpu, 3),
+            "bench_process_with_fake_api": round(bench_cpu, 3),
+        },
+        postgres_connections_opened=sessions,
         ideal_seconds=round(-(-n_sources // CONCURRENCY) * serial / n_sources, 3),
     )
     return outcome

@@ -9,12 +9,14 @@ the raw numbers go alongside in `Outcome.raw`.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,7 +28,8 @@ import yaml
 from sqlalchemy import Engine, create_engine, text
 
 PG_ADMIN_URL = os.environ.get("DXKPI_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres")
-REDIS_URL = os.environ.get("DXKPI_BENCH_REDIS", "redis://127.0.0.1:6379/13")
+# A Redis server; fanout picks an empty database on it unless this names one (…/<db>).
+REDIS_URL = os.environ.get("DXKPI_BENCH_REDIS", "redis://127.0.0.1:6379")
 VENV_BIN = Path(sys.executable).parent
 MIB = 1024 * 1024
 
@@ -108,6 +111,8 @@ class Bench:
     scale: float
     database: Database
     workdir: Path
+    # Where profiles are kept (next to the JSON results, git-ignored).
+    artifacts: Path
     profile: bool = False
     # Figures one benchmark measures and a later one divides by (e.g. Store.write obs/s).
     shared: dict[str, float] = field(default_factory=dict)
@@ -147,6 +152,15 @@ class Database:
     def server_version(self) -> str:
         with self._engine.connect() as connection:
             return str(connection.execute(text("SHOW server_version")).scalar_one())
+
+    def sessions(self) -> int:
+        """Connections ever opened to this database (PostgreSQL 14+; 0 when unknown)."""
+        with self._engine.connect() as connection:
+            value = connection.execute(
+                text("SELECT sessions FROM pg_stat_database WHERE datname = :name"),
+                {"name": self.name},
+            ).scalar()
+        return int(value or 0)
 
     def schema_url(self, schema: str) -> str:
         """A URL whose connections work in `schema` (created empty; any old one dropped)."""
@@ -236,7 +250,13 @@ def dxkpi_command(config: Path, *args: str) -> list[str]:
 
 def child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    for name in ("DXKPI_CONFIG", "DXKPI_STORAGE_URL", "DXKPI_BROKER_URL", "DXKPI_DATA_DIR"):
+    for name in (
+        "DXKPI_CONFIG",
+        "DXKPI_STORAGE_URL",
+        "DXKPI_BROKER_URL",
+        "DXKPI_DATA_DIR",
+        "DXKPI_QUEUE",
+    ):
         env.pop(name, None)  # the config file says where everything is
     env.update(extra)
     return env
@@ -255,6 +275,84 @@ def cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def py_spy(pid: int, output: Path) -> Iterator[None]:
+    """Sample what holds `pid`'s GIL (py-spy, if installed) while the block runs."""
+    binary = VENV_BIN / "py-spy"
+    if not binary.exists():
+        yield
+        return
+    command = [str(binary), "record", "--pid", str(pid), "--gil", "--rate", "250"]
+    command += ["--format", "raw", "--output", str(output), "--nonblocking"]
+    recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # let it attach
+        yield
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        try:
+            recorder.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+
+
+OUR_CODE = ("collector/", "tasks/", "connectors/")
+
+
+def collapsed_profile(path: Path, top: int = 15) -> list[str]:
+    """Summarise py-spy's collapsed stacks: the lines of our code with the largest share of
+    samples (inclusive of what they call), and the heaviest leaf functions anywhere."""
+    inclusive: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    total = 0
+    if not path.exists():
+        return ["py-spy is not installed, or it recorded nothing"]
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame(f) for f in stack.split(";")]
+        total += count
+        for frame in set(frames):
+            if frame.split(" (", 1)[-1].startswith(OUR_CODE):
+                inclusive[frame] += count
+        leaves[frames[-1].rsplit(":", 1)[0]] += count
+    if not total:
+        return ["py-spy recorded no samples"]
+    lines = [f"{total} samples of the thread holding the GIL. Our lines, with what they call:"]
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in inclusive.most_common(top)]
+    lines.append("heaviest leaf functions (anywhere):")
+    lines += [f"  {n / total:6.1%}  {f}" for f, n in leaves.most_common(top)]
+    return lines
+
+
+def _frame(frame: str) -> str:
+    """`func (/abs/path/pkg/file.py:123)` -> `func (pkg/file.py:123)`."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in where:
+            where = where.split(marker, 1)[1]
+            break
+    return f"{name} ({where})" if where else name
+
+
+def backend_cpu_seconds(database: str) -> float:
+    """CPU used so far by the PostgreSQL backends serving `database` (from their titles)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if title.startswith("postgres:") and f" {database} " in title:
+                total += cpu_seconds(int(entry.name))
+        except OSError:  # the process ended meanwhile
+            continue
+    return total
 
 
 def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
