@@ -436,10 +436,12 @@ OPERATIONS = (
 )
 
 PERIODS = (
-    # (title, English, relative time, time shift)
-    ("今年度累計", "this fiscal year so far (from 1 April)", "now/fy", None),
-    ("今月", "this month so far", "now/M", None),
-    ("先月", "last month", "now/M", "1M/M"),
+    # (title, English, expression over the exporter's period sums, relative time, time shift)
+    ("今年度累計", "this fiscal year so far (from 1 April)", "{m}_fiscal_year_to_date", None, None),
+    ("今月", "this month so far", "{m}_month_to_date", None, None),
+    # The month-to-date sum peaks on the month's last day: its maximum over last month is the
+    # month's total.
+    ("先月", "last month", "max_over_time({m}_month_to_date[$__range])", "now/M", "1M/M"),
 )
 
 
@@ -447,20 +449,22 @@ def operations() -> Json:
     grid = Grid()
     for title, description, selector, by, unit, scale in OPERATIONS:
         grid.row(title)
-        for period, english, relative, shift in PERIODS:
-            item = stat(
-                period,
-                f"{description} Total for {english}, summed over daily values.",
-                [query(daily_total(selector, scale=scale))],
-                unit=unit,
-                calc="sum",
-                interval="1d",
-                timeFrom=relative,
-                hideTimeOverride=False,
+        for period, english, expression, relative, shift in PERIODS:
+            extra: Json = {}
+            if relative:
+                extra = {"timeFrom": relative, "timeShift": shift, "hideTimeOverride": False}
+            grid.add(
+                stat(
+                    period,
+                    f"{description} Total for {english}: the exporter's exact sum of the stored "
+                    "periods, not rebuilt from daily samples.",
+                    [query(f"sum({expression.format(m=selector)}){scale}", instant=True)],
+                    unit=unit,
+                    **extra,
+                ),
+                4,
+                5,
             )
-            if shift:
-                item["timeShift"] = shift
-            grid.add(item, 4, 5)
         grid.add(
             timeseries(
                 "日別",

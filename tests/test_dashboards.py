@@ -63,7 +63,9 @@ RAW_METRICS = {
     "dxkpi_zoom_meeting_duration_seconds",
     "dxkpi_copy_paper_purchased_sheets",
 }
-EXPORTED_METRICS = frozenset(KPI_METRICS | SOURCE_METRICS | RAW_METRICS)
+# Summable stored metrics also come as exact period sums.
+PERIOD_SUMS = {f"{m}_{p}" for m in RAW_METRICS for p in ("fiscal_year_to_date", "month_to_date")}
+EXPORTED_METRICS = frozenset(KPI_METRICS | SOURCE_METRICS | RAW_METRICS | PERIOD_SUMS)
 
 # Values for Grafana's built-in and dashboard variables when a query runs outside Grafana.
 DEFAULT_VARIABLES = {
@@ -287,7 +289,7 @@ def test_units_suit_what_each_panel_shows() -> None:
             names = set().union(*(metric_names(e) for e in exprs))
             if any("progress" in name for name in names):
                 assert unit == "percentunit", item["title"]
-            elif any(re.search(r"(duration|time_saved)_seconds$", name) for name in names):
+            elif any(re.search(r"(duration|time_saved)_seconds(_\w+_to_date)?$", n) for n in names):
                 hours = unit == "suffix: h" and all("/ 3600" in e for e in exprs)
                 assert unit == "s" or hours, item["title"]
             elif any(name.endswith("_timestamp_seconds") for name in names):
