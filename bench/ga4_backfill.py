@@ -4,10 +4,11 @@ The local GA4 fake (`connectors/ga4/tests/fake_ga4.py`: service-account token en
 `runReport` with limit/offset paging) serves on loopback in this process; the backfill runs as
 its own process, exactly as an operator would: `dxkpi --config X backfill SOURCE --since ...`
 (windows split by the runner, each one through `collect_source` into PostgreSQL). About 1.46M
-observations. A one-day backfill through the same command is the baseline for start-up time
-and memory.
+observations. A one-day backfill through the same command is the baseline for memory (what
+the process needs before any volume).
 
-Figures: backfill obs/s (start-up excluded) / `Store.write` obs/s from `ingest` in this run
+Figures: backfill obs/s (from the first window's start to the last one's finish, as recorded in
+`collection_runs`: process start-up excluded) / `Store.write` obs/s from `ingest` in this run
 (target >= 0.5); the backfill process's peak RSS (its own rusage from wait4) / 500 MB (target
 <= 1). Without `ingest` in the run, a smaller Store.write measurement is made here instead.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from bench.harness import (
     tail,
     write_config,
 )
+from collector.contract import TOKYO
 from collector.storage import Store
 from collector.testing import loopback_server
 
@@ -92,6 +94,7 @@ def run(bench: Bench) -> Outcome:
     folder = bench.dir("ga4")
     key = new_key()
     fake = FakeGa4(public_key=key.public_key(), paths=[f"/pages/{i:05d}/" for i in range(n_paths)])
+    since_ts = datetime(SINCE.year, SINCE.month, SINCE.day, tzinfo=TOKYO).timestamp()
     with bench.database.schema("ga4") as url, loopback_server(fake) as (base_url, requests):
         fake.token_uri = f"{base_url}/token"
         config = write_config(
@@ -124,19 +127,22 @@ def run(bench: Bench) -> Outcome:
             measured = backfill(config, SINCE, days, key_text, folder / "ga4.log")
             stored = store.count_observations() - before
             requests_made = len(requests)
+            runs = [r for r in store.runs(SOURCE, limit=100_000) if r["window_start"] >= since_ts]
         finally:
             store.close()
     expected = days * (n_paths + 1)  # per day: one total of active users + each page's views
     if stored != expected:
         raise AssertionError(f"the backfill stored {stored} observations, expected {expected}")
 
-    working = max(measured["seconds"] - baseline["seconds"], 1e-9)
+    # From the first window's start to the last one's finish, as the runs table records them:
+    # the process's start-up (imports, config) is not part of the rate.
+    working = max(r["finished_at"] for r in runs) - min(r["started_at"] for r in runs)
     backfill_rate = per_second(stored, working)
     outcome.ratio(
         "backfill obs/s / Store.write obs/s",
         backfill_rate / rate,
-        f"{fmt(backfill_rate, 'obs/s')} ({stored:,} obs in {working:.1f}s after "
-        f"{baseline['seconds']:.1f}s start-up) vs {fmt(rate, 'obs/s')}",
+        f"{fmt(backfill_rate, 'obs/s')} ({stored:,} obs, {len(runs)} windows in {working:.1f}s; "
+        f"the process took {measured['seconds']:.1f}s) vs {fmt(rate, 'obs/s')}",
         target=0.5,
     )
     peak = measured["peak_rss_bytes"]
@@ -155,6 +161,8 @@ def run(bench: Bench) -> Outcome:
         http_requests=requests_made,
         store_write_obs_per_s=round(rate),
         backfill={k: round(v, 3) for k, v in measured.items()},
+        windows=len(runs),
+        windows_seconds=round(working, 3),
         one_day_baseline={k: round(v, 3) for k, v in baseline.items()},
     )
     return outcome

@@ -125,5 +125,5 @@ def measure(outcome: Outcome, count: int) -> None:
 def run(bench: Bench) -> Outcome:
     outcome = Outcome("render")
     for full in SIZES:
-        measure(outcome, bench.size(full, minimum=100))
+        measure(outcome, bench.size(full, minimum=full // 100))
     return outcome
