@@ -76,8 +76,24 @@ class Window:
         out = []
         while day < self.end:
             out.append(day)
-            day = (day + timedelta(days=1, hours=2)).replace(hour=0)
+            day = next_midnight(day)
         return out
+
+    def complete_days(self, tz: ZoneInfo = TOKYO) -> list[datetime]:
+        """Midnights (in `tz`) of the days the window touches that are over by its end.
+
+        For sources that report whole days: a day still running at the window's end would be
+        read partial, so it is left to a later window (the next run's lookback reads it whole).
+        The first day counts though the window may start after its midnight: the source is
+        asked for the whole day.
+        """
+        return [day for day in self.days(tz) if next_midnight(day) <= self.end]
+
+
+def next_midnight(day: datetime) -> datetime:
+    """The midnight that ends `day` (itself a midnight), in its timezone, also on a day that a
+    DST change makes 23 or 25 hours long."""
+    return (day + timedelta(days=1, hours=2)).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 Aggregation = Literal["sum", "last", "none"]

@@ -26,6 +26,7 @@ from collector.contract import (
     Observation,
     SourceContext,
     Window,
+    next_midnight,
 )
 from collector.errors import FatalSourceError, SourceAuthError, SourceDataError
 from collector.http import HttpClient
@@ -138,7 +139,7 @@ class AppStoreConnector(Connector[AppStoreSettings]):
         self._keys = app_keys((a.app, a.apple_id, a.sku) for a in settings.apps)
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
-        for day in self._complete_days(window):
+        for day in window.complete_days(self.context.timezone):
             units = self._read_day(day)
             if units is None:
                 continue
@@ -159,10 +160,6 @@ class AppStoreConnector(Connector[AppStoreSettings]):
         if self.settings.include_updates:
             return self.metrics
         return tuple(m for m in self.metrics if m.name != "app_updates")
-
-    def _complete_days(self, window: Window) -> list[datetime]:
-        # A daily report covers a whole day: a day still running at the window's end is left out.
-        return [d for d in window.days(self.context.timezone) if _next_day(d) <= window.end]
 
     def _read_day(self, day: datetime) -> dict[str, AppUnits] | None:
         """Units per app for the day; None when Apple has not published the day yet."""
@@ -223,12 +220,7 @@ class AppStoreConnector(Connector[AppStoreSettings]):
         )
 
     def _recent(self, day: datetime) -> bool:
-        return _next_day(day) + self.finality > self.context.clock()
-
-
-def _next_day(day: datetime) -> datetime:
-    # Midnight of the following day, safe across DST changes in zones that have them.
-    return (day + timedelta(days=1, hours=2)).replace(hour=0, minute=0, second=0, microsecond=0)
+        return next_midnight(day) + self.finality > self.context.clock()
 
 
 def _apple_detail(response: requests.Response) -> str:

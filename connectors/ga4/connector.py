@@ -13,7 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +119,7 @@ class Ga4Connector(Connector[Ga4Settings]):
         self.path = f"/v1beta/properties/{settings.property_id}:runReport"
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
-        days = complete_days(window, self.context)
+        days = window.complete_days(self.context.timezone)
         if not days:
             return
         date_range = {
@@ -229,9 +229,3 @@ class Ga4Connector(Connector[Ga4Settings]):
             where=f"POST {self.path}",
             hint="the Data API may have changed; the connector needs updating",
         )
-
-
-def complete_days(window: Window, context: SourceContext) -> list[datetime]:
-    """Midnights of the days the window touches and whose end it reaches."""
-    days = window.days(context.timezone)
-    return [d for d in days if (d + timedelta(days=1, hours=2)).replace(hour=0) <= window.end]

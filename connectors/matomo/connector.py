@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import Field, SecretStr
@@ -90,7 +90,7 @@ class MatomoConnector(Connector[MatomoSettings]):
         )
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
-        days = complete_days(window, self.context)
+        days = window.complete_days(self.context.timezone)
         if not days:
             return
         starts = {d.date().isoformat(): d for d in days}
@@ -179,9 +179,3 @@ class MatomoConnector(Connector[MatomoSettings]):
             where=where,
             hint="check site_id and base_url, and that the API is enabled",
         )
-
-
-def complete_days(window: Window, context: SourceContext) -> list[datetime]:
-    """Midnights of the days the window touches and whose end it reaches."""
-    days = window.days(context.timezone)
-    return [d for d in days if (d + timedelta(days=1, hours=2)).replace(hour=0) <= window.end]

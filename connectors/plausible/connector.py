@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from pydantic import Field, SecretStr
@@ -93,7 +93,7 @@ class PlausibleConnector(Connector[PlausibleSettings]):
         )
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
-        days = complete_days(window, self.context)
+        days = window.complete_days(self.context.timezone)
         if not days:
             return
         starts = {d.date().isoformat(): d for d in days}
@@ -136,9 +136,3 @@ class PlausibleConnector(Connector[PlausibleSettings]):
             where=f"POST {QUERY}",
             hint="the Stats API v2 may have changed; the connector needs updating",
         )
-
-
-def complete_days(window: Window, context: SourceContext) -> list[datetime]:
-    """Midnights of the days the window touches and whose end it reaches."""
-    days = window.days(context.timezone)
-    return [d for d in days if (d + timedelta(days=1, hours=2)).replace(hour=0) <= window.end]

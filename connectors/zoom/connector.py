@@ -144,7 +144,7 @@ class ZoomConnector(Connector[ZoomSettings]):
         return tuple(m for m in self.metrics if not m.labels)
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
-        days = complete_days(window, self.context)
+        days = window.complete_days(self.context.timezone)
         if not days:
             return
         for first, last in months(days[0].date(), days[-1].date()):
@@ -262,13 +262,6 @@ class ZoomConnector(Connector[ZoomSettings]):
             where=f"GET {path}",
             hint="Zoom may have changed the report; the connector needs updating",
         )
-
-
-def complete_days(window: Window, context: SourceContext) -> list[datetime]:
-    """Midnights of the days the window touches and whose end it reaches: a report of a day
-    still running would be partial (the next run's lookback reads it whole)."""
-    days = window.days(context.timezone)
-    return [d for d in days if (d + timedelta(days=1, hours=2)).replace(hour=0) <= window.end]
 
 
 def months(first: date, last: date) -> Iterator[tuple[date, date]]:
