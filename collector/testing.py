@@ -1,5 +1,7 @@
-"""Test helpers shared by every connector's tests: a real loopback HTTP server for vendor fakes,
-and the contract suite each connector's folder runs (`ConnectorContract`).
+"""Test helpers shared by every connector's tests: a real loopback HTTP server for vendor fakes
+(`loopback_server`, and `SharedServer` to keep one running for a whole test module), a clock
+that moves only when something sleeps on it (`FakeClock`), contexts that never really sleep
+(`context_for`), and the contract suite each connector's folder runs (`ConnectorContract`).
 
 Imported only by tests; it needs pytest at call time, not at import time.
 """
@@ -12,12 +14,19 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from collector.contract import Checkpoint, Connector, Observation, SourceContext, Window
+from collector.contract import (
+    AnyConnector,
+    Checkpoint,
+    Connector,
+    Observation,
+    SourceContext,
+    Window,
+)
 from collector.errors import FatalSourceError, RetryableSourceError, SourceError
 
 
@@ -104,6 +113,84 @@ def loopback_server(handler: Handler) -> Iterator[tuple[str, list[FakeRequest]]]
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _unplugged(request: FakeRequest) -> FakeResponse:
+    return FakeResponse(500, "no handler plugged into the shared test server")
+
+
+class SharedServer:
+    """One loopback server for a whole test module (starting and stopping one costs about half
+    a second), answering with the handler the running test plugged in.
+
+    At a test module's top level: `SERVER = SharedServer()` and `_serving =
+    SERVER.module_fixture()`; then each test (or its fixture) calls `SERVER.plug(fake)`.
+    """
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.seen: list[FakeRequest] = []
+        self._handler: Handler = _unplugged
+
+    def plug(self, handler: Handler) -> list[FakeRequest]:
+        """Answer with `handler` from now on and forget the requests seen so far; return the
+        list the next ones are appended to."""
+        self._handler = handler
+        self.seen.clear()
+        return self.seen
+
+    @contextmanager
+    def running(self) -> Iterator[SharedServer]:
+        with loopback_server(lambda request: self._handler(request)) as (url, seen):
+            self.url, self.seen = url, seen
+            try:
+                yield self
+            finally:
+                self.url, self.seen, self._handler = "", [], _unplugged
+
+    def module_fixture(self) -> Any:
+        """A module-scoped autouse pytest fixture that keeps this server running while the
+        module's tests run. Assign it to a module-level name: pytest finds it there."""
+        import pytest
+
+        @pytest.fixture(scope="module", autouse=True)
+        def serving() -> Iterator[SharedServer]:
+            with self.running():
+                yield self
+
+        return serving
+
+
+class FakeClock:
+    """The tests' time: it stands still until a test moves it or something sleeps on it.
+
+    Hand `now` and `sleep` to the code under test (`context_for(..., clock=fake_clock)` does),
+    and `timestamp` to a fake that checks token lifetimes. Every sleep is appended to `recorded`
+    (in seconds) and moves the clock on by as much, as real time would, so waits cost no time.
+    """
+
+    def __init__(self, start: datetime) -> None:
+        if start.tzinfo is None:
+            raise ValueError("a FakeClock needs a timezone-aware start")
+        self._now = start
+        self.recorded: list[float] = []
+
+    def now(self) -> datetime:
+        return self._now
+
+    def timestamp(self) -> float:
+        return self._now.timestamp()
+
+    def sleep(self, seconds: float) -> None:
+        self.recorded.append(seconds)
+        self._now += timedelta(seconds=seconds)
+
+    def advance(self, by: timedelta) -> None:
+        """Move on without sleeping (time passing between two runs)."""
+        self._now += by
+
+    def move_to(self, moment: datetime) -> None:
+        self._now = moment
 
 
 def observations(items: Iterator[Observation | Checkpoint] | Any) -> list[Observation]:
@@ -199,11 +286,41 @@ class ConnectorContract:
                 assert secret not in text, "a secret leaked into an error or log line"
 
 
-def context_for(source_id: str, **kwargs: Any) -> SourceContext:
-    """A SourceContext whose sleep records waits instead of sleeping (tests stay fast)."""
-    sleeps: list[float] = kwargs.pop("sleeps", [])
-    return SourceContext(source_id=source_id, sleep=sleeps.append, **kwargs)
+def context_for(
+    source_id: str,
+    *,
+    clock: FakeClock | Callable[[], datetime] | None = None,
+    sleeps: list[float] | None = None,
+    **kwargs: Any,
+) -> SourceContext:
+    """A SourceContext that never really sleeps (tests stay fast).
+
+    With a FakeClock, time is read from it and sleeping moves it on (waits land in its
+    `recorded`). Otherwise waits are appended to `sleeps`, and `clock` (if given) is used as is.
+    """
+    if isinstance(clock, FakeClock):
+        if sleeps is not None:
+            raise TypeError("a FakeClock records the sleeps itself: pass clock or sleeps")
+        return SourceContext(source_id=source_id, clock=clock.now, sleep=clock.sleep, **kwargs)
+    if clock is not None:
+        kwargs["clock"] = clock
+    waits = sleeps if sleeps is not None else []
+    return SourceContext(source_id=source_id, sleep=waits.append, **kwargs)
+
+
+C = TypeVar("C", bound=AnyConnector)
+
+
+def build(cls: type[C], settings: Mapping[str, Any], context: SourceContext, **overrides: Any) -> C:
+    """`cls` built as the core builds it: `settings` (with `overrides` on top) validated by its
+    settings model first, so a test's settings go through the same checks as a config's."""
+    return cls(cls.settings_model.model_validate({**settings, **overrides}), context)
 
 
 def window(start: datetime, end: datetime, cursor: str | None = None) -> Window:
     return Window(start=start, end=end, cursor=cursor)
+
+
+def days(first: datetime, count: int) -> Window:
+    """The window of `count` whole days from `first` (a midnight)."""
+    return Window(first, first + timedelta(days=count))

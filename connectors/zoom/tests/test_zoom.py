@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, SourceContext, Window
+from collector.contract import TOKYO, Observation, Window
 from collector.errors import (
     FatalSourceError,
     RetryableSourceError,
@@ -18,12 +18,16 @@ from collector.errors import (
 )
 from collector.testing import (
     ConnectorContract,
+    FakeClock,
     FakeRequest,
     FakeResponse,
-    loopback_server,
+    SharedServer,
+    build,
+    context_for,
+    days,
     observations,
 )
-from connectors.zoom import ZoomConnector, ZoomSettings, duration_seconds
+from connectors.zoom import ZoomConnector, duration_seconds
 from connectors.zoom.tests.fake_zoom import (
     ACCOUNT_ID,
     CLIENT_ID,
@@ -33,29 +37,16 @@ from connectors.zoom.tests.fake_zoom import (
 )
 
 MARCH_3 = datetime(2025, 3, 3, tzinfo=TOKYO)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2025, 3, 10, 9, 0, tzinfo=TOKYO)
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
+NOW = datetime(2025, 3, 10, 9, 0, tzinfo=TOKYO)
+SERVER = SharedServer()
+_serving = SERVER.module_fixture()
 
 
 class Server:
-    """One fake Zoom on loopback for the module; each test gets it reset."""
+    """A fresh fake Zoom, with March 2025's usage, behind the module's loopback server."""
 
-    def __init__(self, fake: FakeZoom, url: str, seen: list[FakeRequest]) -> None:
-        self.fake, self.url, self.seen = fake, url, seen
-
-    def reset(self) -> None:
-        self.fake.__init__()  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.fake = FakeZoom()
         for day in range(1, 32):
             self.fake.usage[date(2025, 3, day)] = {
                 "meetings": day,
@@ -64,39 +55,26 @@ class Server:
                 "new_users": day % 3,
             }
         self.fake.usage[date(2025, 3, 4)] = {}  # a day without any meeting
-        self.seen.clear()
+        self.seen = SERVER.plug(lambda request: self.fake(request))
 
-    def connector(self, clock: Clock | None = None, **settings: Any) -> ZoomConnector:
-        clock = clock or Clock()
+    def connector(self, clock: FakeClock | None = None, **settings: Any) -> ZoomConnector:
         base = {
             "account_id": ACCOUNT_ID,
             "client_id": CLIENT_ID,
             "client_secret": CLIENT_SECRET,
-            "api_base_url": self.url,
-            "oauth_base_url": self.url,
+            "api_base_url": SERVER.url,
+            "oauth_base_url": SERVER.url,
         }
-        context = SourceContext(source_id="zoom_main", sleep=clock.sleep, clock=clock)
-        return ZoomConnector(ZoomSettings.model_validate({**base, **settings}), context)
+        context = context_for("zoom_main", clock=clock or FakeClock(NOW))
+        return build(ZoomConnector, base, context, **settings)
 
     def api_requests(self) -> list[FakeRequest]:
         return [r for r in self.seen if r.path != "/oauth/token"]
 
 
-@pytest.fixture(scope="module")
-def module_server() -> Iterator[Server]:
-    fake = FakeZoom()
-    with loopback_server(fake) as (url, seen):
-        yield Server(fake, url, seen)
-
-
 @pytest.fixture
-def zoom(module_server: Server) -> Server:
-    module_server.reset()
-    return module_server
-
-
-def days(first: datetime, count: int) -> Window:
-    return Window(first, first + timedelta(days=count))
+def zoom() -> Server:
+    return Server()
 
 
 def by_key(got: list[Observation]) -> dict[tuple[str, str, date], float]:
@@ -254,14 +232,14 @@ def test_unknown_user_is_a_config_error_naming_the_user(zoom: Server) -> None:
 
 
 def test_one_token_serves_many_requests_and_is_renewed_after_an_hour(zoom: Server) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     connector = zoom.connector(clock=clock)
     list(connector.collect(days(datetime(2025, 2, 27, tzinfo=TOKYO), 4)))
     assert zoom.fake.tokens_issued == 1
     token_call = zoom.seen[0]
     assert token_call.method == "POST" and token_call.path == "/oauth/token"
     assert token_call.query == {"grant_type": ["account_credentials"], "account_id": [ACCOUNT_ID]}
-    clock.now += timedelta(hours=1)
+    clock.advance(timedelta(hours=1))
     list(connector.collect(days(MARCH_3, 1)))
     assert zoom.fake.tokens_issued == 2
 
@@ -292,8 +270,8 @@ def test_missing_scope_is_reported_with_zooms_message(zoom: Server) -> None:
 
 
 def test_daily_limit_429_waits_until_the_iso_retry_after(zoom: Server) -> None:
-    clock = Clock()
-    resume = (clock.now + timedelta(seconds=120)).astimezone().isoformat()
+    clock = FakeClock(NOW)
+    resume = (clock.now() + timedelta(seconds=120)).astimezone().isoformat()
     limited = FakeResponse(
         429,
         {"code": 429, "message": "You have exceeded the daily rate limit."},
@@ -301,27 +279,27 @@ def test_daily_limit_429_waits_until_the_iso_retry_after(zoom: Server) -> None:
     )
     zoom.fake.fail("/v2/report/daily", limited)
     assert observations(zoom.connector(clock=clock).collect(days(MARCH_3, 1)))
-    assert clock.sleeps == [120.0]
+    assert clock.recorded == [120.0]
 
 
 def test_daily_limit_beyond_the_retry_budget_is_retryable_with_the_wait(zoom: Server) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     limited = FakeResponse(429, {"code": 429}, {"Retry-After": "2025-03-11T00:00:00Z"})
     zoom.fake.fail("/v2/report/daily", limited)
     with pytest.raises(RetryableSourceError) as caught:
         list(zoom.connector(clock=clock).collect(days(MARCH_3, 1)))
     assert (
         caught.value.retry_after
-        == (datetime(2025, 3, 11, 9, tzinfo=TOKYO) - clock.now).total_seconds()
+        == (datetime(2025, 3, 11, 9, tzinfo=TOKYO) - clock.now()).total_seconds()
     )
-    assert clock.sleeps == []
+    assert clock.recorded == []
 
 
 def test_429_without_retry_after_and_5xx_back_off(zoom: Server) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     zoom.fake.fail("/v2/report/daily", FakeResponse(429, {"code": 429}), FakeResponse(502, ""))
     assert observations(zoom.connector(clock=clock).collect(days(MARCH_3, 1)))
-    assert len(clock.sleeps) == 2 and 1 <= clock.sleeps[0] < 2 and 2 <= clock.sleeps[1] < 3
+    assert len(clock.recorded) == 2 and 1 <= clock.recorded[0] < 2 and 2 <= clock.recorded[1] < 3
 
 
 def test_html_instead_of_json_is_a_data_error(zoom: Server) -> None:
