@@ -21,9 +21,12 @@ from collector.errors import (
 )
 from collector.testing import (
     ConnectorContract,
-    FakeRequest,
+    FakeClock,
     FakeResponse,
-    loopback_server,
+    SharedServer,
+    build,
+    context_for,
+    days,
     observations,
 )
 from connectors.ga4 import Ga4Connector, Ga4Settings
@@ -37,65 +40,38 @@ from connectors.ga4.tests.fake_ga4 import (
 )
 
 APRIL_1 = datetime(2025, 4, 1, tzinfo=TOKYO)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2025, 4, 20, 9, 0, tzinfo=TOKYO)
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
+NOW = datetime(2025, 4, 20, 9, 0, tzinfo=TOKYO)
+KEY = new_key()
+KEY_JSON = key_file(KEY, "https://oauth2.googleapis.com/token")
+SERVER = SharedServer()
+_serving = SERVER.module_fixture()
 
 
 class Server:
-    """One fake Google on loopback for the module; each test gets it reset."""
+    """A fresh fake Google behind the module's loopback server."""
 
-    def __init__(self, url: str, seen: list[FakeRequest]) -> None:
-        self.url, self.seen = url, seen
-        key = new_key()
-        self.public_key = key.public_key()
-        self.key_json = key_file(key, "https://oauth2.googleapis.com/token")
+    def __init__(self) -> None:
+        self.url = SERVER.url
+        self.key_json = KEY_JSON
         # A line of the private key's body: it must never appear in an error or a log line.
-        self.key_line = json.loads(self.key_json)["private_key"].splitlines()[3]
-        self.fake = FakeGa4(self.public_key)
+        self.key_line = json.loads(KEY_JSON)["private_key"].splitlines()[3]
+        self.fake = FakeGa4(KEY.public_key(), token_uri=f"{self.url}/token")
+        self.seen = SERVER.plug(lambda request: self.fake(request))
 
-    def reset(self) -> None:
-        self.fake = FakeGa4(self.public_key, token_uri=f"{self.url}/token")
-        self.seen.clear()
-
-    def connector(self, clock: Clock | None = None, **settings: Any) -> Ga4Connector:
-        clock = clock or Clock()
+    def connector(self, clock: FakeClock | None = None, **settings: Any) -> Ga4Connector:
         base = {
             "property_id": PROPERTY_ID,
             "service_account_json": self.key_json,
             "api_base_url": self.url,
             "token_uri": f"{self.url}/token",
         }
-        context = SourceContext(source_id="ga4_main", sleep=clock.sleep, clock=clock)
-        return Ga4Connector(Ga4Settings.model_validate({**base, **settings}), context)
-
-
-@pytest.fixture(scope="module")
-def module_server() -> Iterator[Server]:
-    holder: list[Server] = []
-    with loopback_server(lambda request: holder[0].fake(request)) as (url, seen):
-        holder.append(Server(url, seen))
-        yield holder[0]
+        context = context_for("ga4_main", clock=clock or FakeClock(NOW))
+        return build(Ga4Connector, base, context, **settings)
 
 
 @pytest.fixture
-def ga4(module_server: Server) -> Server:
-    module_server.reset()
-    return module_server
-
-
-def days(first: datetime, count: int) -> Window:
-    return Window(first, first + timedelta(days=count))
+def ga4() -> Server:
+    return Server()
 
 
 def by_key(got: list[Observation]) -> dict[tuple[str, str, date], float]:
@@ -290,14 +266,14 @@ def test_invalid_key_json_never_echoes_the_secret(ga4: Server) -> None:
 
 
 def test_resource_exhausted_then_success_backs_off(ga4: Server) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     ga4.fake.fail(
         "/v1beta/",
         google_error(429, "RESOURCE_EXHAUSTED", "Exhausted concurrent requests quota."),
         FakeResponse(503, {"error": {"code": 503, "status": "UNAVAILABLE"}}),
     )
     assert observations(ga4.connector(clock=clock).collect(days(APRIL_1, 1)))
-    assert len(clock.sleeps) == 2 and 1 <= clock.sleeps[0] < 2 and 2 <= clock.sleeps[1] < 3
+    assert len(clock.recorded) == 2 and 1 <= clock.recorded[0] < 2 and 2 <= clock.recorded[1] < 3
 
 
 def test_persistent_quota_exhaustion_is_retryable(ga4: Server) -> None:
@@ -328,16 +304,16 @@ def test_a_row_outside_the_dates_asked_is_a_data_error(ga4: Server) -> None:
 
 
 def test_the_token_is_renewed_when_its_hour_is_up(ga4: Server) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     connector = ga4.connector(clock=clock)
     list(connector.collect(days(APRIL_1, 1)))
-    clock.now += timedelta(minutes=58, seconds=59)  # within the last minute of 3599 s
+    clock.advance(timedelta(minutes=58, seconds=59))  # within the last minute of 3599 s
     list(connector.collect(days(APRIL_1, 1)))
     assert ga4.fake.tokens_issued == 2
 
 
 def test_retry_after_from_a_proxy_in_front_of_google_is_honoured(ga4: Server) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     ga4.fake.fail("/v1beta/", FakeResponse(429, {"error": {"code": 429}}, {"Retry-After": "17"}))
     assert observations(ga4.connector(clock=clock).collect(days(APRIL_1, 1)))
-    assert clock.sleeps == [17.0]
+    assert clock.recorded == [17.0]
