@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, SourceContext, Window
+from collector.contract import TOKYO, Observation, Window
 from collector.errors import (
     FatalSourceError,
     RetryableSourceError,
@@ -18,12 +18,15 @@ from collector.errors import (
 )
 from collector.testing import (
     ConnectorContract,
-    FakeRequest,
+    FakeClock,
     FakeResponse,
-    loopback_server,
+    SharedServer,
+    build,
+    context_for,
+    days,
     observations,
 )
-from connectors.plausible import PlausibleConnector, PlausibleSettings
+from connectors.plausible import PlausibleConnector
 from connectors.plausible.tests.fake_plausible import (
     API_KEY,
     SITE_ID,
@@ -32,58 +35,30 @@ from connectors.plausible.tests.fake_plausible import (
 )
 
 JUNE_2 = datetime(2025, 6, 2, tzinfo=TOKYO)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = datetime(2025, 6, 20, 9, 0, tzinfo=TOKYO)
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
+NOW = datetime(2025, 6, 20, 9, 0, tzinfo=TOKYO)
+SERVER = SharedServer()
+_serving = SERVER.module_fixture()
 
 
 class Server:
-    """One fake Plausible on loopback for the module; each test gets it reset."""
+    """A fresh fake Plausible, with June 2025's traffic, behind the module's loopback server."""
 
-    def __init__(self, url: str, seen: list[FakeRequest]) -> None:
-        self.url, self.seen = url, seen
-        self.fake = FakePlausible()
-
-    def reset(self) -> None:
+    def __init__(self) -> None:
         self.fake = FakePlausible(
             traffic={date(2025, 6, d): (100 + d, 40 + d) for d in range(1, 31)}
         )
         del self.fake.traffic[date(2025, 6, 3)]  # nobody came: Plausible says nothing
-        self.seen.clear()
+        self.seen = SERVER.plug(lambda request: self.fake(request))
 
-    def connector(self, clock: Clock | None = None, **settings: Any) -> PlausibleConnector:
-        clock = clock or Clock()
-        base = {"site_id": SITE_ID, "api_key": API_KEY, "base_url": self.url}
-        context = SourceContext(source_id="plausible_web", sleep=clock.sleep, clock=clock)
-        return PlausibleConnector(PlausibleSettings.model_validate({**base, **settings}), context)
-
-
-@pytest.fixture(scope="module")
-def module_server() -> Iterator[Server]:
-    holder: list[Server] = []
-    with loopback_server(lambda request: holder[0].fake(request)) as (url, seen):
-        holder.append(Server(url, seen))
-        yield holder[0]
+    def connector(self, clock: FakeClock | None = None, **settings: Any) -> PlausibleConnector:
+        base = {"site_id": SITE_ID, "api_key": API_KEY, "base_url": SERVER.url}
+        context = context_for("plausible_web", clock=clock or FakeClock(NOW))
+        return build(PlausibleConnector, base, context, **settings)
 
 
 @pytest.fixture
-def plausible(module_server: Server) -> Server:
-    module_server.reset()
-    return module_server
-
-
-def days(first: datetime, count: int) -> Window:
-    return Window(first, first + timedelta(days=count))
+def plausible() -> Server:
+    return Server()
 
 
 def by_key(got: list[Observation]) -> dict[tuple[str, date], float]:
@@ -168,9 +143,9 @@ def test_the_hourly_budget_waits_instead_of_hitting_429(plausible: Server, budge
     # The fake enforces a real sliding hour of 3 requests on the tests' clock.
     key = f"budget-test-key-{budgeted}"
     plausible.fake.keys.add(key)
-    clock = Clock()
+    clock = FakeClock(NOW)
     plausible.fake.hourly_limit = 3
-    plausible.fake.clock = clock
+    plausible.fake.clock = clock.now
     connector = plausible.connector(
         clock=clock, api_key=key, requests_per_hour=3 if budgeted else 600
     )
@@ -178,7 +153,7 @@ def test_the_hourly_budget_waits_instead_of_hitting_429(plausible: Server, budge
         list(connector.collect(days(JUNE_2, 1)))
     if budgeted:
         list(connector.collect(days(JUNE_2, 1)))
-        assert clock.sleeps == [3600.0]
+        assert clock.recorded == [3600.0]
         assert len(plausible.fake.queries) == 4  # none refused
     else:
         with pytest.raises(RetryableSourceError, match="limited to 3 requests per hour"):
@@ -187,26 +162,26 @@ def test_the_hourly_budget_waits_instead_of_hitting_429(plausible: Server, budge
 
 def test_budget_is_shared_by_sources_with_the_same_key(plausible: Server) -> None:
     plausible.fake.keys.add("shared-key")
-    clock = Clock()
+    clock = FakeClock(NOW)
     first = plausible.connector(clock=clock, api_key="shared-key", requests_per_hour=2)
     second = plausible.connector(clock=clock, api_key="shared-key", requests_per_hour=2)
     list(first.collect(days(JUNE_2, 1)))
     list(second.collect(days(JUNE_2, 1)))
-    assert clock.sleeps == []
+    assert clock.recorded == []
     list(first.collect(days(JUNE_2, 1)))
-    assert clock.sleeps == [3600.0]
+    assert clock.recorded == [3600.0]
 
 
 def test_429_is_retried_and_honours_retry_after(plausible: Server) -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     plausible.fake.fail(
         FakeResponse(429, {"error": "Too many API requests."}, {"Retry-After": "42"}),
         FakeResponse(429, {"error": "Too many API requests."}),
         FakeResponse(500, {"error": "Internal server error"}),
     )
     assert observations(plausible.connector(clock=clock).collect(days(JUNE_2, 1)))
-    assert clock.sleeps[0] == 42.0
-    assert len(clock.sleeps) == 3 and 2 <= clock.sleeps[1] < 3 and 4 <= clock.sleeps[2] < 5
+    assert clock.recorded[0] == 42.0
+    assert len(clock.recorded) == 3 and 2 <= clock.recorded[1] < 3 and 4 <= clock.recorded[2] < 5
 
 
 def test_over_the_hourly_limit_is_retryable(plausible: Server) -> None:
