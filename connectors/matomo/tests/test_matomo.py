@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, SourceContext, Window
+from collector.contract import TOKYO, Observation, Window
 from collector.errors import (
     FatalSourceError,
     RetryableSourceError,
@@ -18,53 +18,39 @@ from collector.errors import (
 )
 from collector.testing import (
     ConnectorContract,
-    FakeRequest,
     FakeResponse,
-    loopback_server,
+    SharedServer,
+    build,
+    context_for,
+    days,
     observations,
 )
-from connectors.matomo import MatomoConnector, MatomoSettings
+from connectors.matomo import MatomoConnector
 from connectors.matomo.tests.fake_matomo import PREFIX, SITE_ID, TOKEN, FakeMatomo, matomo_error
 
 JUNE_2 = datetime(2025, 6, 2, tzinfo=TOKYO)
+SERVER = SharedServer()
+_serving = SERVER.module_fixture()
 
 
 class Server:
-    """One fake Matomo on loopback for the module; each test gets it reset."""
+    """A fresh fake Matomo, with June 2025's visits, behind the module's loopback server."""
 
-    def __init__(self, url: str, seen: list[FakeRequest]) -> None:
-        self.url, self.seen = url, seen
-        self.fake = FakeMatomo()
-        self.sleeps: list[float] = []
-
-    def reset(self) -> None:
+    def __init__(self) -> None:
         self.fake = FakeMatomo(visits={date(2025, 6, d): 10 * d for d in range(1, 31)})
         self.fake.visits[date(2025, 6, 3)] = 0  # a day nobody visited
-        self.seen.clear()
-        self.sleeps = []
+        self.seen = SERVER.plug(lambda request: self.fake(request))
+        self.sleeps: list[float] = []
 
     def connector(self, **settings: Any) -> MatomoConnector:
-        base = {"base_url": f"{self.url}{PREFIX}/", "site_id": SITE_ID, "token_auth": TOKEN}
-        context = SourceContext(source_id="matomo_web", sleep=self.sleeps.append)
-        return MatomoConnector(MatomoSettings.model_validate({**base, **settings}), context)
-
-
-@pytest.fixture(scope="module")
-def module_server() -> Iterator[Server]:
-    holder: list[Server] = []
-    with loopback_server(lambda request: holder[0].fake(request)) as (url, seen):
-        holder.append(Server(url, seen))
-        yield holder[0]
+        base = {"base_url": f"{SERVER.url}{PREFIX}/", "site_id": SITE_ID, "token_auth": TOKEN}
+        context = context_for("matomo_web", sleeps=self.sleeps)
+        return build(MatomoConnector, base, context, **settings)
 
 
 @pytest.fixture
-def matomo(module_server: Server) -> Server:
-    module_server.reset()
-    return module_server
-
-
-def days(first: datetime, count: int) -> Window:
-    return Window(first, first + timedelta(days=count))
+def matomo() -> Server:
+    return Server()
 
 
 def by_key(got: list[Observation]) -> dict[tuple[str, date], float]:
