@@ -19,9 +19,13 @@ from collector.errors import (
 )
 from collector.testing import (
     ConnectorContract,
+    FakeClock,
+    FakeRequest,
     FakeResponse,
+    SharedServer,
+    build,
     context_for,
-    loopback_server,
+    days,
     observations,
 )
 from connectors.appstore import AppStoreConnector, AppStoreSettings
@@ -40,19 +44,9 @@ PEM, PUBLIC_KEY = new_team_key()
 OTHER_PEM, _ = new_team_key()
 RECORDED = (TESTDATA / "sales_summary_daily_2026-11-01.tsv").read_text(encoding="utf-8")
 NOV_1 = datetime(2026, 11, 1, tzinfo=TOKYO)
-
-
-class Clock:
-    """A settable clock shared by the connector's context and the fake server."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def timestamp(self) -> float:
-        return self.now.timestamp()
+NOW = datetime(2026, 11, 20, 9, tzinfo=TOKYO)
+SERVER = SharedServer()
+_serving = SERVER.module_fixture()
 
 
 def settings(base_url: str, **overrides: Any) -> dict[str, Any]:
@@ -71,44 +65,15 @@ def settings(base_url: str, **overrides: Any) -> dict[str, Any]:
     return values
 
 
-class Server:
-    """One loopback server for the whole module (each start/stop costs ~0.5 s); tests swap the
-    fake it serves."""
-
-    def __init__(self) -> None:
-        self.fake = FakeAppStore(PUBLIC_KEY)
-        self.url = ""
-        self.seen: list[Any] = []
-
-    def handle(self, request: Any) -> FakeResponse:
-        return self.fake.handle(request)
-
-
-SERVER = Server()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _server() -> Iterator[None]:
-    with loopback_server(SERVER.handle) as (url, seen):
-        SERVER.url, SERVER.seen = url, seen
-        yield
-
-
 @contextmanager
 def running(
-    fake: FakeAppStore, clock: Clock | None = None, sleeps: list[float] | None = None, **over: Any
-) -> Iterator[tuple[AppStoreConnector, list[Any]]]:
-    clock = clock or Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    fake: FakeAppStore, clock: FakeClock | None = None, **over: Any
+) -> Iterator[tuple[AppStoreConnector, list[FakeRequest]]]:
+    clock = clock or FakeClock(NOW)
     fake.clock = clock.timestamp
-    SERVER.fake = fake
-    SERVER.seen.clear()
-    context = context_for("appstore_main", clock=clock, sleeps=sleeps if sleeps is not None else [])
-    model = AppStoreSettings.model_validate(settings(SERVER.url, **over))
-    yield AppStoreConnector(model, context), SERVER.seen
-
-
-def days(first: datetime, count: int) -> Window:
-    return Window(first, first + timedelta(days=count))
+    seen = SERVER.plug(lambda request: fake.handle(request))
+    context = context_for("appstore_main", clock=clock)
+    yield build(AppStoreConnector, settings(SERVER.url), context, **over), seen
 
 
 def values(obs: list[Observation]) -> dict[tuple[str, str, str], float]:
@@ -184,7 +149,7 @@ def test_day_not_published_yet_is_skipped_while_recent() -> None:
     fake = FakeAppStore(
         PUBLIC_KEY, reports={"2026-11-01": RECORDED, "2026-11-02": not_yet_available()}
     )
-    clock = Clock(datetime(2026, 11, 3, 8, tzinfo=TOKYO))
+    clock = FakeClock(datetime(2026, 11, 3, 8, tzinfo=TOKYO))
     with running(fake, clock=clock) as (connector, _):
         got = observations(connector.collect(days(NOV_1, 2)))
     assert {o.start.date().isoformat() for o in got} == {"2026-11-01"}
@@ -223,11 +188,11 @@ def test_token_is_es256_with_kid_and_at_most_20_minutes() -> None:
 
 
 def test_token_is_reminted_after_15_minutes_never_reused_longer() -> None:
-    clock = Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    clock = FakeClock(NOW)
     fake = FakeAppStore(PUBLIC_KEY)
     with running(fake, clock=clock) as (connector, _):
         for minutes in (0, 10, 14, 16, 29, 31):
-            clock.now = datetime(2026, 11, 20, 9, tzinfo=TOKYO) + timedelta(minutes=minutes)
+            clock.move_to(NOW + timedelta(minutes=minutes))
             list(connector.collect(days(NOV_1, 1)))
     issued = sorted({int(c["iat"]) for c in fake.tokens_seen})
     start = int(datetime(2026, 11, 20, 9, tzinfo=TOKYO).timestamp())
@@ -287,20 +252,20 @@ def test_429_waits_exactly_retry_after() -> None:
         reports={"2026-11-01": RECORDED},
         script=[FakeResponse(429, {"errors": [{"status": "429"}]}, {"Retry-After": "7"})],
     )
-    sleeps: list[float] = []
-    with running(fake, sleeps=sleeps) as (connector, _):
+    clock = FakeClock(NOW)
+    with running(fake, clock=clock) as (connector, _):
         got = observations(connector.collect(days(NOV_1, 1)))
-    assert sleeps == [7.0] and len(got) == 4
+    assert clock.recorded == [7.0] and len(got) == 4
 
 
 def test_429_without_retry_after_backs_off_then_succeeds() -> None:
     fake = FakeAppStore(
         PUBLIC_KEY, reports={"2026-11-01": RECORDED}, script=[FakeResponse(429), FakeResponse(429)]
     )
-    sleeps: list[float] = []
-    with running(fake, sleeps=sleeps) as (connector, _):
+    clock = FakeClock(NOW)
+    with running(fake, clock=clock) as (connector, _):
         got = observations(connector.collect(days(NOV_1, 1)))
-    assert len(sleeps) == 2 and sleeps[1] > sleeps[0] > 0 and len(got) == 4
+    assert len(clock.recorded) == 2 and clock.recorded[1] > clock.recorded[0] > 0 and len(got) == 4
 
 
 def test_persistent_5xx_is_retryable() -> None:
