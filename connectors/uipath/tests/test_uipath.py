@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, SourceContext, Window
+from collector.contract import TOKYO, Observation, Window
 from collector.errors import (
     FatalSourceError,
     RetryableSourceError,
@@ -17,9 +17,13 @@ from collector.errors import (
 )
 from collector.testing import (
     ConnectorContract,
+    FakeClock,
     FakeRequest,
     FakeResponse,
-    loopback_server,
+    SharedServer,
+    build,
+    context_for,
+    days,
     observations,
 )
 from connectors.uipath import UiPathConnector, UiPathSettings
@@ -31,46 +35,9 @@ CLEANUP = "ログ整理"
 MINUTES = {INVOICE: 12, RESIDENT: 30}
 NOV_1 = datetime(2026, 11, 1, tzinfo=TOKYO)
 SECRET = FakeOrchestrator().client_secret
-
-
-class Clock:
-    """Shared by the connector and the fake: a wait the connector makes moves both."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def timestamp(self) -> float:
-        return self.now.timestamp()
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += timedelta(seconds=seconds)
-
-
-class Server:
-    """One loopback server for the module (each start/stop costs ~0.5 s); tests swap the fake."""
-
-    def __init__(self) -> None:
-        self.fake = FakeOrchestrator()
-        self.url = ""
-        self.seen: list[FakeRequest] = []
-
-    def handle(self, request: FakeRequest) -> FakeResponse:
-        return self.fake.handle(request)
-
-
-SERVER = Server()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _server() -> Iterator[None]:
-    with loopback_server(SERVER.handle) as (url, seen):
-        SERVER.url, SERVER.seen = url, seen
-        yield
+NOW = datetime(2026, 11, 20, 9, tzinfo=TOKYO)
+SERVER = SharedServer()
+_serving = SERVER.module_fixture()
 
 
 def settings(**overrides: Any) -> dict[str, Any]:
@@ -89,19 +56,13 @@ def settings(**overrides: Any) -> dict[str, Any]:
 
 @contextmanager
 def running(
-    fake: FakeOrchestrator | None = None, clock: Clock | None = None, **over: Any
+    fake: FakeOrchestrator | None = None, clock: FakeClock | None = None, **over: Any
 ) -> Iterator[tuple[UiPathConnector, list[FakeRequest]]]:
     fake = fake or FakeOrchestrator()
-    clock = clock or Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    clock = clock or FakeClock(NOW)
     fake.clock = clock.timestamp
-    SERVER.fake = fake
-    SERVER.seen.clear()
-    context = SourceContext("uipath_main", clock=clock, sleep=clock.sleep)
-    yield UiPathConnector(UiPathSettings.model_validate(settings(**over)), context), SERVER.seen
-
-
-def days(first: datetime, count: int) -> Window:
-    return Window(first, first + timedelta(days=count))
+    seen = SERVER.plug(lambda request: fake.handle(request))
+    yield build(UiPathConnector, settings(), context_for("uipath_main", clock=clock), **over), seen
 
 
 def table(obs: list[Observation]) -> dict[tuple[str, str, str, str], float]:
@@ -206,43 +167,43 @@ def test_a_job_shifting_pages_is_counted_once() -> None:
 def test_request_budget_keeps_under_the_tenant_rate_limit() -> None:
     # The real limit is 100 a minute; 5 keeps the test short (each request costs real time).
     many = [job(1000 + i, INVOICE, "Successful", "2026-11-01T01:00:00Z") for i in range(12)]
-    clock = Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    clock = FakeClock(NOW)
     fake = FakeOrchestrator(jobs=many, rate_limit=5)
     over = {"page_size": 1, "folder_ids": [201], "requests_per_minute": 5}
     with running(fake, clock, **over) as (connector, seen):
         got = table(observations(connector.collect(days(NOV_1, 1))))
     assert got["rpa_runs", "2026-11-01", INVOICE, "successful"] == 12
     assert fake.throttled == 0 and len([r for r in seen if r.arg("$top")]) == 12
-    assert 120 <= sum(clock.sleeps) <= 121  # two full minutes of waiting for 12 requests
+    assert 120 <= sum(clock.recorded) <= 121  # two full minutes of waiting for 12 requests
 
 
 def test_without_the_budget_the_tenant_limit_answers_429_and_we_wait_it_out() -> None:
     many = [job(1000 + i, INVOICE, "Successful", "2026-11-01T01:00:00Z") for i in range(7)]
-    clock = Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    clock = FakeClock(NOW)
     fake = FakeOrchestrator(jobs=many, rate_limit=5)
     over = {"page_size": 1, "folder_ids": [201], "requests_per_minute": 1000}
     with running(fake, clock, **over) as (connector, _):
         got = table(observations(connector.collect(days(NOV_1, 1))))
     assert got["rpa_runs", "2026-11-01", INVOICE, "successful"] == 7
-    assert fake.throttled == 1 and clock.sleeps == [61.0]
+    assert fake.throttled == 1 and clock.recorded == [61.0]
 
 
 def test_429_waits_exactly_retry_after() -> None:
-    clock = Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    clock = FakeClock(NOW)
     fake = FakeOrchestrator(
         script=[FakeResponse(429, {"message": "Too many"}, {"Retry-After": "9"})]
     )
     with running(fake, clock) as (connector, _):
         got = observations(connector.collect(days(NOV_1, 1)))
-    assert clock.sleeps == [9.0] and got
+    assert clock.recorded == [9.0] and got
 
 
 def test_429_without_retry_after_backs_off() -> None:
-    clock = Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    clock = FakeClock(NOW)
     fake = FakeOrchestrator(script=[FakeResponse(429), FakeResponse(502)])
     with running(fake, clock) as (connector, _):
         got = observations(connector.collect(days(NOV_1, 1)))
-    assert len(clock.sleeps) == 2 and clock.sleeps[1] > clock.sleeps[0] > 0 and got
+    assert len(clock.recorded) == 2 and clock.recorded[1] > clock.recorded[0] > 0 and got
 
 
 def test_persistent_5xx_is_retryable_and_names_the_request() -> None:
@@ -271,11 +232,11 @@ def test_expired_token_is_fetched_again_once() -> None:
 
 
 def test_token_is_renewed_before_it_runs_out() -> None:
-    clock = Clock(datetime(2026, 11, 20, 9, tzinfo=TOKYO))
+    clock = FakeClock(NOW)
     fake = FakeOrchestrator()
     with running(fake, clock) as (connector, _):
         for minutes in (0, 40, 58, 70):
-            clock.now = datetime(2026, 11, 20, 9, tzinfo=TOKYO) + timedelta(minutes=minutes)
+            clock.move_to(NOW + timedelta(minutes=minutes))
             list(connector.collect(days(NOV_1, 1)))
     assert len(fake.token_forms) == 2
 
