@@ -17,10 +17,12 @@ from collector.errors import (
 )
 from collector.testing import (
     ConnectorContract,
+    FakeClock,
     FakeRequest,
     FakeResponse,
+    SharedServer,
+    build,
     context_for,
-    loopback_server,
     observations,
 )
 from connectors.googleplay import GooglePlayConnector, GooglePlaySettings
@@ -34,39 +36,8 @@ KURASHI = "jp.example.kurashi"
 OCT = "installs_jp.example.kurashi_202610_overview.csv"
 NOV = "installs_jp.example.kurashi_202611_overview.csv"
 NOW = datetime(2026, 11, 20, 9, tzinfo=TOKYO)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def timestamp(self) -> float:
-        return self.now.timestamp()
-
-
-class Server:
-    """One loopback server for the module (each start/stop costs ~0.5 s); tests swap the fake."""
-
-    def __init__(self) -> None:
-        self.handler: Callable[[FakeRequest], FakeResponse] = lambda r: FakeResponse(500)
-        self.url = ""
-        self.seen: list[FakeRequest] = []
-
-    def handle(self, request: FakeRequest) -> FakeResponse:
-        return self.handler(request)
-
-
-SERVER = Server()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _server() -> Iterator[None]:
-    with loopback_server(SERVER.handle) as (url, seen):
-        SERVER.url, SERVER.seen = url, seen
-        yield
+SERVER = SharedServer()
+_serving = SERVER.module_fixture()
 
 
 def play(*testdata: str) -> FakeGcs:
@@ -91,19 +62,16 @@ def settings(**overrides: Any) -> dict[str, Any]:
 @contextmanager
 def running(
     fake: FakeGcs,
-    clock: Clock | None = None,
-    sleeps: list[float] | None = None,
+    clock: FakeClock | None = None,
     handler: Callable[[FakeRequest], FakeResponse] | None = None,
     **over: Any,
 ) -> Iterator[tuple[GooglePlayConnector, list[FakeRequest]]]:
-    clock = clock or Clock(NOW)
+    clock = clock or FakeClock(NOW)
     fake.clock = clock.timestamp
     fake.base_url = SERVER.url
-    SERVER.handler = handler or fake.handle
-    SERVER.seen.clear()
-    context = context_for("play_main", clock=clock, sleeps=sleeps if sleeps is not None else [])
-    model = GooglePlaySettings.model_validate(settings(**over))
-    yield GooglePlayConnector(model, context), SERVER.seen
+    seen = SERVER.plug(handler or (lambda request: fake.handle(request)))
+    context = context_for("play_main", clock=clock)
+    yield build(GooglePlayConnector, settings(), context, **over), seen
 
 
 def between(first: str, last: str) -> Window:
@@ -154,7 +122,7 @@ def test_every_published_day_is_present_and_unpublished_days_are_not() -> None:
 def test_old_column_names_are_read() -> None:
     fake = play("installs_jp.example.bousai_201905_overview.csv")
     apps = [{"app": "bousai", "package": "jp.example.bousai"}]
-    with running(fake, clock=Clock(datetime(2019, 6, 10, tzinfo=TOKYO)), apps=apps) as (c, _):
+    with running(fake, clock=FakeClock(datetime(2019, 6, 10, tzinfo=TOKYO)), apps=apps) as (c, _):
         got = observations(c.collect(between("2019-05-09", "2019-05-10")))
     assert by_day(got, "app_first_time_downloads") == {"2019-05-09": 3, "2019-05-10": 4}
     assert by_day(got, "app_uninstalls") == {"2019-05-09": 0, "2019-05-10": 1}
@@ -277,7 +245,7 @@ def test_months_before_the_first_report_are_not_on_record() -> None:
 
 
 def test_current_month_without_a_file_yet_is_skipped() -> None:
-    clock = Clock(datetime(2026, 12, 1, 9, tzinfo=TOKYO))
+    clock = FakeClock(datetime(2026, 12, 1, 9, tzinfo=TOKYO))
     with running(play(OCT, NOV), clock=clock) as (connector, _):
         got = observations(connector.collect(between("2026-11-17", "2026-12-01")))
     assert sorted(by_day(got, "app_first_time_downloads")) == ["2026-11-17", "2026-11-18"]
@@ -306,10 +274,10 @@ def test_expired_token_is_refreshed_once() -> None:
 
 def test_token_is_renewed_before_it_runs_out() -> None:
     fake = play(NOV)
-    clock = Clock(NOW)
+    clock = FakeClock(NOW)
     with running(fake, clock=clock) as (connector, seen):
         for minutes in (0, 30, 58, 62):
-            clock.now = NOW + timedelta(minutes=minutes)
+            clock.move_to(NOW + timedelta(minutes=minutes))
             list(connector.collect(between("2026-11-01", "2026-11-01")))
     assert [r.path for r in seen].count("/token") == 2
     assert all(
@@ -345,19 +313,19 @@ def test_bucket_the_account_cannot_read_is_an_auth_error_with_the_play_console_h
 def test_429_waits_exactly_retry_after() -> None:
     fake = play(NOV)
     fake.script = [FakeResponse(429, {"error": {"code": 429}}, {"Retry-After": "12"})]
-    sleeps: list[float] = []
-    with running(fake, sleeps=sleeps) as (connector, _):
+    clock = FakeClock(NOW)
+    with running(fake, clock=clock) as (connector, _):
         got = observations(connector.collect(between("2026-11-01", "2026-11-01")))
-    assert sleeps == [12.0] and len(got) == 2
+    assert clock.recorded == [12.0] and len(got) == 2
 
 
 def test_429_without_retry_after_backs_off() -> None:
     fake = play(NOV)
     fake.script = [FakeResponse(429), FakeResponse(503)]
-    sleeps: list[float] = []
-    with running(fake, sleeps=sleeps) as (connector, _):
+    clock = FakeClock(NOW)
+    with running(fake, clock=clock) as (connector, _):
         got = observations(connector.collect(between("2026-11-01", "2026-11-01")))
-    assert len(sleeps) == 2 and sleeps[1] > sleeps[0] > 0 and len(got) == 2
+    assert len(clock.recorded) == 2 and clock.recorded[1] > clock.recorded[0] > 0 and len(got) == 2
 
 
 def test_persistent_5xx_is_retryable() -> None:
