@@ -43,6 +43,8 @@ APRIL_1 = datetime(2025, 4, 1, tzinfo=TOKYO)
 NOW = datetime(2025, 4, 20, 9, 0, tzinfo=TOKYO)
 KEY = new_key()
 KEY_JSON = key_file(KEY, "https://oauth2.googleapis.com/token")
+# A line of the private key's body: it must never appear in an error or a log line.
+KEY_LINE = json.loads(KEY_JSON)["private_key"].splitlines()[3]
 SERVER = SharedServer()
 _serving = SERVER.module_fixture()
 
@@ -52,9 +54,7 @@ class Server:
 
     def __init__(self) -> None:
         self.url = SERVER.url
-        self.key_json = KEY_JSON
-        # A line of the private key's body: it must never appear in an error or a log line.
-        self.key_line = json.loads(KEY_JSON)["private_key"].splitlines()[3]
+        self.key_json, self.key_line = KEY_JSON, KEY_LINE
         self.fake = FakeGa4(KEY.public_key(), token_uri=f"{self.url}/token")
         self.seen = SERVER.plug(lambda request: self.fake(request))
 
@@ -87,11 +87,10 @@ def page_views(fake: FakeGa4, day: date) -> int:
 
 class TestGa4Contract(ConnectorContract):
     connector_name = "ga4"
+    secrets = (KEY_LINE,)
 
-    @pytest.fixture(autouse=True)
-    def _server(self, ga4: Server) -> None:
-        self.server = ga4
-        self.secrets = (ga4.key_line,)
+    def setup_method(self) -> None:
+        self.server = Server()
 
     def invalid_settings(self) -> list[dict[str, Any]]:
         good = {"property_id": "123", "service_account_file": "key.json"}

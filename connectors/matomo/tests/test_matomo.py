@@ -61,9 +61,8 @@ class TestMatomoContract(ConnectorContract):
     connector_name = "matomo"
     secrets = (TOKEN,)
 
-    @pytest.fixture(autouse=True)
-    def _server(self, matomo: Server) -> None:
-        self.server = matomo
+    def setup_method(self) -> None:
+        self.server = Server()
 
     def invalid_settings(self) -> list[dict[str, Any]]:
         good = {"base_url": "https://matomo.pref.example.jp/", "site_id": 1, "token_auth": "t"}

@@ -69,9 +69,8 @@ class TestPlausibleContract(ConnectorContract):
     connector_name = "plausible"
     secrets = (API_KEY,)
 
-    @pytest.fixture(autouse=True)
-    def _server(self, plausible: Server) -> None:
-        self.server = plausible
+    def setup_method(self) -> None:
+        self.server = Server()
 
     def invalid_settings(self) -> list[dict[str, Any]]:
         good = {"site_id": "pref.example.jp", "api_key": "k"}

@@ -88,9 +88,8 @@ class TestZoomContract(ConnectorContract):
     connector_name = "zoom"
     secrets = (CLIENT_SECRET,)
 
-    @pytest.fixture(autouse=True)
-    def _server(self, zoom: Server) -> None:
-        self.server = zoom
+    def setup_method(self) -> None:
+        self.server = Server()
 
     def invalid_settings(self) -> list[dict[str, Any]]:
         good = {"account_id": "a", "client_id": "c", "client_secret": "s"}
