@@ -6,7 +6,7 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from celery import Task
+from celery import Task, chain
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from collector.contract import Window
@@ -59,8 +59,8 @@ def collect(
         countdown = wait if wait is not None else backoff(retries)
         raise self.retry(exc=exc, countdown=countdown) from exc
     if result.status == "skipped" and kind == "backfill":
-        # Another run holds the lease: a backfill chunk must still run, later.
-        raise self.retry(countdown=30)
+        # Another run (a scheduled one) holds the lease: a backfill window must still run, later.
+        raise self.retry(countdown=10)
     return {"source": source_id, "status": result.status, "written": result.written}
 
 
@@ -72,7 +72,13 @@ def backfill(source_id: str, since: str, until: str) -> int:
     windows = backfill_windows(
         connector, datetime.fromisoformat(since), datetime.fromisoformat(until)
     )
-    for window in windows:
-        collect.delay(source_id, window.start.isoformat(), window.end.isoformat(), "backfill")
+    # A chain runs the windows one after another (they share the source's lease) and stops at a
+    # window that fails for good; its run record says where to resume.
+    chain(
+        *(
+            collect.si(source_id, window.start.isoformat(), window.end.isoformat(), "backfill")
+            for window in windows
+        )
+    ).apply_async()
     log.info("backfill of %s: queued %d windows", source_id, len(windows))
     return len(windows)

@@ -212,3 +212,21 @@ def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
     assert 'dxkpi_portal_page_views{page="/top",source="portal"} 130.0' in body
     assert (tmp_path / "data-dir" / "dxkpi.sqlite").exists()
     assert (tmp_path / "data-dir" / "broker.db").exists()
+
+
+def test_backfill_task_queues_one_collect_per_window(cluster: Any) -> None:
+    start, client, store, tmp = cluster
+    config = write_config(tmp)
+    start(config, "--concurrency", "2")
+    client.send_task(
+        "dxkpi.backfill", args=("portal", "2024-02-01T00:00:00+09:00", "2024-05-01T00:00:00+09:00")
+    )
+    # csvfile allows 31-day windows: Feb 1 + 31 days, + 31 days, then the rest = 3 windows
+    runs = wait_for(
+        lambda: (r := finished_runs(store, "portal")) and len(r) >= 3 and r,
+        what="three backfill runs",
+    )
+    assert sorted(r["kind"] for r in runs) == ["backfill"] * 3
+    assert all(r["status"] == "success" for r in runs)
+    assert store.count_observations() == 6
+    assert store.cursor("portal")[0] is None  # backfills leave the scheduled cursor alone
