@@ -9,7 +9,6 @@ rows) streams through in bounded memory.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -19,7 +18,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 
-from collector.auth import GOOGLE_TOKEN_URI, JwtBearerToken
+from collector.auth import JwtBearerToken
 from collector.contract import (
     Checkpoint,
     Connector,
@@ -32,6 +31,7 @@ from collector.contract import (
 )
 from collector.errors import FatalSourceError, SourceDataError
 from collector.http import HttpClient, paginate_offset
+from connectors._google import service_account_info
 
 log = logging.getLogger("dxkpi.connectors.ga4")
 
@@ -57,22 +57,10 @@ class Ga4Settings(ConnectorSettings):
         if (self.service_account_json is None) == (self.service_account_file is None):
             raise ValueError("give exactly one of service_account_json or service_account_file")
         if self.service_account_json is not None:
-            _key_fields(self.service_account_json.get_secret_value(), "service_account_json")
+            service_account_info(
+                self.service_account_json.get_secret_value(), "service_account_json"
+            )
         return self
-
-
-def _key_fields(text: str, where: str) -> dict[str, Any]:
-    """The key file's JSON; errors name what is missing, never a value."""
-    try:
-        info = json.loads(text)
-    except ValueError:
-        raise ValueError(f"{where} is not JSON: paste the whole key file") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{where} is not a service account key file")
-    missing = [k for k in ("client_email", "private_key") if not info.get(k)]
-    if missing:
-        raise ValueError(f"{where} lacks {', '.join(missing)}: use a service account JSON key")
-    return info
 
 
 class Ga4Connector(Connector[Ga4Settings]):
@@ -105,7 +93,7 @@ class Ga4Connector(Connector[Ga4Settings]):
             context,
             info,
             [SCOPE],
-            token_uri=settings.token_uri or str(info.get("token_uri") or GOOGLE_TOKEN_URI),
+            token_uri=settings.token_uri,
             hint="check the service account key is current (not deleted in Google Cloud IAM)",
         )
         self.client = HttpClient(
@@ -204,7 +192,7 @@ class Ga4Connector(Connector[Ga4Settings]):
 
     def _key_info(self) -> dict[str, Any]:
         if self.settings.service_account_json is not None:
-            return _key_fields(
+            return service_account_info(
                 self.settings.service_account_json.get_secret_value(), "service_account_json"
             )
         path = Path(self.settings.service_account_file or "")
@@ -218,7 +206,7 @@ class Ga4Connector(Connector[Ga4Settings]):
                 hint="check settings.service_account_file and the file's permissions",
             ) from None
         try:
-            return _key_fields(text, str(path))
+            return service_account_info(text, str(path))
         except ValueError as exc:
             raise FatalSourceError(self.context.source_id, str(exc)) from None
 

@@ -34,6 +34,7 @@ from collector.contract import (
 )
 from collector.errors import RetryableSourceError, SourceDataError
 from collector.http import HttpClient, paginate_cursor
+from connectors._google import service_account_info
 from connectors.googleplay._report import InstallsReport, ReportFormatError, decode, parse
 
 log = logging.getLogger("dxkpi.connectors.googleplay")
@@ -74,7 +75,7 @@ class GooglePlaySettings(ConnectorSettings):
     @field_validator("service_account_key")
     @classmethod
     def _key_file(cls, value: SecretStr) -> SecretStr:
-        service_account_info(value)
+        key_file_info(value)
         return value
 
     @field_validator("apps")
@@ -85,19 +86,13 @@ class GooglePlaySettings(ConnectorSettings):
         return apps
 
 
-def service_account_info(key: SecretStr) -> dict[str, Any]:
-    """The parsed key file; ValueError (never quoting the key) if it is not one."""
-    try:
-        info = json.loads(key.get_secret_value())
-    except ValueError:
+def key_file_info(key: SecretStr) -> dict[str, Any]:
+    """The parsed key file; ValueError (never quoting the key) if it is not a service account's."""
+    info = service_account_info(key.get_secret_value(), "the key file")
+    if info.get("type") != "service_account":
         raise ValueError(
-            "must be the JSON key file of a service account (not valid JSON)"
-        ) from None
-    if not isinstance(info, dict) or info.get("type") != "service_account":
-        raise ValueError('must be a service account key file ("type": "service_account")')
-    missing = [k for k in ("client_email", "private_key") if not info.get(k)]
-    if missing:
-        raise ValueError(f"the key file lacks {', '.join(missing)}")
+            'the key file is not a service account key ("type" is not "service_account")'
+        )
     return info
 
 
@@ -137,7 +132,7 @@ class GooglePlayConnector(Connector[GooglePlaySettings]):
 
     def __init__(self, settings: GooglePlaySettings, context: SourceContext) -> None:
         super().__init__(settings, context)
-        info = service_account_info(settings.service_account_key)
+        info = key_file_info(settings.service_account_key)
         token = JwtBearerToken.from_service_account(
             context,
             info,
