@@ -79,8 +79,7 @@ class Ga4Connector(Connector[Ga4Settings]):
             "アクティブユーザー数 / Distinct active users per day (GA4 activeUsers); "
             "days do not add up",
             "users",
-            (),
-            "none",
+            aggregation="none",
         ),
     )
     # GA4 keeps processing a day for 24-48 hours after it ends.

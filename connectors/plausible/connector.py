@@ -70,8 +70,7 @@ class PlausibleConnector(Connector[PlausibleSettings]):
             "plausible_visitors",
             "訪問者数 / Unique visitors per day (Plausible); days do not add up",
             "visitors",
-            (),
-            "none",
+            aggregation="none",
         ),
     )
     # A year per query keeps every answer far below the API's 10,000-row page.
