@@ -164,26 +164,29 @@ def test_a_job_shifting_pages_is_counted_once() -> None:
     assert got["rpa_runs", "2026-11-01", INVOICE, "successful"] == 6
 
 
-def test_request_budget_keeps_under_the_tenant_rate_limit() -> None:
-    # The real limit is 100 a minute; 5 keeps the test short (each request costs real time).
-    many = [job(1000 + i, INVOICE, "Successful", "2026-11-01T01:00:00Z") for i in range(12)]
+def rate_limited_run(
+    runs: int, requests_per_minute: int
+) -> tuple[dict[tuple[str, str, str, str], float], FakeOrchestrator, FakeClock, list[FakeRequest]]:
+    """One day of `runs` jobs, read a job a page from a tenant that allows 5 requests a minute
+    (the real limit is 100; 5 keeps the test short, as each request costs real time)."""
+    many = [job(1000 + i, INVOICE, "Successful", "2026-11-01T01:00:00Z") for i in range(runs)]
     clock = FakeClock(NOW)
     fake = FakeOrchestrator(jobs=many, rate_limit=5)
-    over = {"page_size": 1, "folder_ids": [201], "requests_per_minute": 5}
+    over = {"page_size": 1, "folder_ids": [201], "requests_per_minute": requests_per_minute}
     with running(fake, clock, **over) as (connector, seen):
         got = table(observations(connector.collect(days(NOV_1, 1))))
+    return got, fake, clock, seen
+
+
+def test_request_budget_keeps_under_the_tenant_rate_limit() -> None:
+    got, fake, clock, seen = rate_limited_run(12, requests_per_minute=5)
     assert got["rpa_runs", "2026-11-01", INVOICE, "successful"] == 12
     assert fake.throttled == 0 and len([r for r in seen if r.arg("$top")]) == 12
     assert 120 <= sum(clock.recorded) <= 121  # two full minutes of waiting for 12 requests
 
 
 def test_without_the_budget_the_tenant_limit_answers_429_and_we_wait_it_out() -> None:
-    many = [job(1000 + i, INVOICE, "Successful", "2026-11-01T01:00:00Z") for i in range(7)]
-    clock = FakeClock(NOW)
-    fake = FakeOrchestrator(jobs=many, rate_limit=5)
-    over = {"page_size": 1, "folder_ids": [201], "requests_per_minute": 1000}
-    with running(fake, clock, **over) as (connector, _):
-        got = table(observations(connector.collect(days(NOV_1, 1))))
+    got, fake, clock, _ = rate_limited_run(7, requests_per_minute=1000)
     assert got["rpa_runs", "2026-11-01", INVOICE, "successful"] == 7
     assert fake.throttled == 1 and clock.recorded == [61.0]
 
