@@ -16,8 +16,8 @@ Figures: backfill obs/s (from the first window's start to the last one's finish,
 from __future__ import annotations
 
 import subprocess
-from contextlib import suppress
 import time
+from contextlib import suppress
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
