@@ -23,8 +23,8 @@ from collector.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
     Family,
+    label_part,
     render,
-    sample_prefix,
 )
 from collector.kpi import KpiCalculator, KpiState
 from collector.redact import redact
@@ -60,7 +60,8 @@ class SnapshotBuilder:
         self.store = store
         self.loaded = loaded
         self.kpis = KpiCalculator(store, loaded.config)
-        self._prefixes: dict[tuple[int, str], bytes] = {}
+        # Label sets never change for a series id: format each once, reuse on every rebuild.
+        self._label_parts: dict[int, str] = {}
 
     def families(self, now: float) -> list[Family]:
         rows = self.store.series_rows()
@@ -74,7 +75,7 @@ class SnapshotBuilder:
                 "dxkpi_snapshot_timestamp_seconds",
                 "gauge",
                 "When this snapshot was built.",
-                [(b"dxkpi_snapshot_timestamp_seconds", now)],
+                [("dxkpi_snapshot_timestamp_seconds", now)],
             ),
         ]
 
@@ -150,13 +151,12 @@ class SnapshotBuilder:
         family = families.get(name)
         if family is None:
             family = families[name] = Family(name, "gauge", f"{help_text} {CACHED}")
-        key = (row.id, suffix)
-        prefix = self._prefixes.get(key)
-        if prefix is None:
+        part = self._label_parts.get(row.id)
+        if part is None:
             labels = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
             labels["source"] = row.source
-            prefix = self._prefixes[key] = sample_prefix(name, labels)
-        family.add_prefixed(prefix, value)
+            part = self._label_parts[row.id] = label_part(labels)
+        family.add_prefixed(name + part, value)
 
 
 def kpi_families(states: list[KpiState]) -> list[Family]:

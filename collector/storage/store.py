@@ -70,14 +70,21 @@ class WriteStats:
     batches: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SeriesRow:
     id: int
     source: str
     metric: str
-    labels: dict[str, str]
+    labels_json: str
     last_start: int | None
     last_value: float | None
+
+    @property
+    def labels(self) -> dict[str, str]:
+        # Parsed on use: the exporter formats a series' labels once and KPIs match few series,
+        # so 100k series need not hold 100k dicts.
+        result: dict[str, str] = json.loads(self.labels_json)
+        return result
 
 
 @dataclass(frozen=True)
@@ -385,7 +392,7 @@ class Store:
                     id=row.id,
                     source=row.source,
                     metric=row.metric,
-                    labels=json.loads(row.labels),
+                    labels_json=row.labels,
                     last_start=row.last_start,
                     last_value=row.last_value,
                 )
