@@ -21,8 +21,8 @@ from bench.harness import Bench, Outcome, best_time, fmt_ms, timed
 from bench.workload import METRIC, page_path, value
 from collector.config import Config, LoadedConfig
 from collector.exporter import SnapshotBuilder
-from collector.exposition import Family, escape_help, format_value, render
-from collector.storage import SeriesRow, Store
+from collector.exposition import Family, escape_help, render
+from collector.storage import SeriesRow, Store, labels_key
 
 SIZES = (10_000, 100_000)
 SOURCE = "bench"
@@ -34,7 +34,7 @@ def series_rows(count: int) -> list[SeriesRow]:
             id=i + 1,
             source=SOURCE,
             metric=METRIC,
-            labels={"page_path": page_path(i)},
+            labels_json=labels_key({"page_path": page_path(i)}),
             last_start=1_700_000_000,
             last_value=value(i, 0),
         )
@@ -67,11 +67,12 @@ def gauge_registry(families: list[Family], rows: list[SeriesRow]) -> CollectorRe
 
 
 def preformatted_lines(families: list[Family]) -> list[bytes]:
+    """The body's lines, each already encoded: what a byte join needs and nothing more."""
     lines: list[bytes] = []
     for family in families:
         help_text = escape_help(family.help)
         lines.append(f"# HELP {family.name} {help_text}\n# TYPE {family.name} gauge\n".encode())
-        lines.extend(prefix + b" " + format_value(v) + b"\n" for prefix, v in family.samples)
+        lines.extend(f"{prefix} {value}\n".encode() for prefix, value in family.samples)
     return lines
 
 
