@@ -2,10 +2,11 @@
 
 `dxkpi --config X exporter` runs as its own process against a PostgreSQL store holding 100k
 series (written through `Store.write`, one day each); after one full scrape its VmRSS (and peak,
-VmHWM) is read from /proc/<pid>/status. The metric is declared summable, so each series
-exports three samples (latest, fiscal year to date, month to date). The same exporter over an empty store, started in the
-same run, is the baseline. Target: VmRSS <= 200 MB (10^6 bytes). Below --scale 1 the 100k figure
-is projected from the measured per-series cost, and that projection is held to the target.
+VmHWM) is read from /proc/<pid>/status. The metric is declared summable, so each series exports
+three samples (latest, fiscal year to date, month to date). The same exporter over an empty
+store, started in the same run, is the baseline. Target: VmRSS <= 200 MB (10^6 bytes). Below
+--scale 1 the 100k figure is projected from the measured per-series cost, and that projection
+is held to the target.
 """
 
 from __future__ import annotations
