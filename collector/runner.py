@@ -155,34 +155,32 @@ def collect_source(
         status = (
             "retrying" if isinstance(exc, RetryableSourceError) and not final_attempt else "failed"
         )
-        try:
-            store.finish_run(
-                run_id, status, 0, type(exc).__name__, redact(str(exc), secrets) or repr(exc)
-            )
-        except Exception:  # the store itself may be what failed; the task retries the run
-            log.exception("source %s: could not record the failed run %s", source_id, run_id)
+        message = redact(str(exc), secrets) or repr(exc)
         log.warning(
             "source %s: run %s %s after %.1fs: %s",
             source_id,
             run_id,
             status,
             time.monotonic() - started,
-            redact(str(exc), secrets),
+            message,
         )
-        raise
-    finally:
         try:
-            store.release_lease(source_id, holder)
-        except Exception:
-            log.exception(
-                "source %s: could not release the lease (it expires by itself)", source_id
+            store.finish_run(
+                run_id, status, 0, type(exc).__name__, message, release_lease_of=holder
             )
-    # Only scheduled runs move the cursor (forward only); backfills leave it where it is.
-    cursor_end = store.cursor(source_id)[0]
-    if kind == "scheduled":
-        cursor_end = max(cursor_end or 0.0, window.end.timestamp())
-    store.save_cursor(source_id, cursor_end, checkpoints[-1] if checkpoints else None)
-    store.finish_run(run_id, "success", stats.observations)
+        except Exception:  # the store itself may be what failed: the lease expires by itself
+            log.exception("source %s: could not record the failed run %s", source_id, run_id)
+        raise
+    # One transaction: the outcome, the cursor (scheduled runs only, forward only), the
+    # checkpoint, and the lease, released only once the cursor is saved.
+    store.finish_run(
+        run_id,
+        "success",
+        stats.observations,
+        advance_cursor_to=window.end.timestamp() if kind == "scheduled" else None,
+        checkpoint=checkpoints[-1] if checkpoints else None,
+        release_lease_of=holder,
+    )
     log.info(
         "source %s: run %s stored %d observations (%d changed) in %.1fs",
         source_id,

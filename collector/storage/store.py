@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, select, text, update
+from sqlalchemy import Connection, Engine, case, create_engine, event, select, text, update
 from sqlalchemy.engine import make_url
 
 from collector.contract import Observation
@@ -53,7 +54,14 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    # Thread-pool workers run many collections at once: keep enough connections pooled that
+    # none is opened and closed per run. Pre-ping makes a restarted server harmless.
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=int(os.environ.get("DXKPI_DB_POOL_SIZE", "10")),
+        max_overflow=int(os.environ.get("DXKPI_DB_MAX_OVERFLOW", "40")),
+    )
 
 
 def labels_key(labels: Mapping[str, str]) -> str:
@@ -117,6 +125,7 @@ class Store:
         self.engine = make_engine(self.url)
         self.dialect = self.engine.dialect.name
         self._series_ids: dict[tuple[str, str, str], int] = {}
+        self._known_sources: set[str] = set()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -209,6 +218,9 @@ class Store:
         return [self._series_ids[k] for k in keys]
 
     def _ensure_state(self, source: str) -> None:
+        # Rows in source_state are never deleted: insert each source's row once per process.
+        if source in self._known_sources:
+            return
         with self.engine.begin() as connection:
             connection.execute(
                 text(
@@ -217,6 +229,7 @@ class Store:
                 ),
                 {"s": source},
             )
+        self._known_sources.add(source)
 
     @staticmethod
     def _bump(connection: Connection, source: str) -> None:
@@ -256,7 +269,13 @@ class Store:
         written: int,
         error_class: str | None = None,
         error_message: str | None = None,
+        *,
+        advance_cursor_to: float | None = None,
+        checkpoint: str | None = None,
+        release_lease_of: str | None = None,
     ) -> None:
+        """Record a run's outcome; in the same transaction move the cursor forward (never back),
+        save the checkpoint, and release the lease if `release_lease_of` still holds it."""
         with self.engine.begin() as connection:
             source = connection.execute(
                 update(collection_runs)
@@ -270,7 +289,25 @@ class Store:
                 )
                 .returning(collection_runs.c.source)
             ).scalar_one()
-            self._bump(connection, source)
+            state = source_state.c
+            values: dict[str, Any] = {"generation": state.generation + 1}
+            if advance_cursor_to is not None:
+                values["cursor_end"] = case(
+                    (
+                        (state.cursor_end.is_(None)) | (state.cursor_end < advance_cursor_to),
+                        advance_cursor_to,
+                    ),
+                    else_=state.cursor_end,
+                )
+            if checkpoint is not None:
+                values["checkpoint"] = checkpoint
+            connection.execute(update(source_state).where(state.source == source).values(**values))
+            if release_lease_of is not None:
+                connection.execute(
+                    update(source_state)
+                    .where(state.source == source, state.lease_holder == release_lease_of)
+                    .values(lease_holder=None, lease_expires=None)
+                )
 
     def source_health(self) -> list[SourceHealth]:
         with self.engine.connect() as connection:
