@@ -126,6 +126,7 @@ class Store:
         self.dialect = self.engine.dialect.name
         self._series_ids: dict[tuple[str, str, str], int] = {}
         self._known_sources: set[str] = set()
+        self._ids_by_ident: dict[tuple[str, str, tuple[tuple[str, str], ...]], int] = {}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -196,6 +197,12 @@ class Store:
         return changed
 
     def _resolve_series(self, source: str, batch: Sequence[Observation]) -> list[int]:
+        # Fast path: (metric, labels as given) -> id, without canonicalising labels per row.
+        known = self._ids_by_ident
+        idents = [(source, obs.metric, tuple(obs.labels.items())) for obs in batch]
+        found_all = [known.get(ident) for ident in idents]
+        if None not in found_all:
+            return found_all  # type: ignore[return-value]
         keys = [(source, obs.metric, labels_key(obs.labels)) for obs in batch]
         missing = {k for k in keys if k not in self._series_ids}
         if missing:
@@ -215,7 +222,9 @@ class Store:
                 )
                 for series_id, metric, labels in found:
                     self._series_ids[(source, metric, labels)] = series_id
-        return [self._series_ids[k] for k in keys]
+        ids = [self._series_ids[k] for k in keys]
+        known.update(zip(idents, ids, strict=True))
+        return ids
 
     def _ensure_state(self, source: str) -> None:
         # Rows in source_state are never deleted: insert each source's row once per process.
@@ -529,10 +538,10 @@ def _upsert_postgres(
 ) -> int:
     keys = list(rows)
     params = {
-        "s": [k[0] for k in keys],
-        "p": [k[1] for k in keys],
-        "g": [k[2] for k in keys],
-        "v": list(rows.values()),
+        "s": _pg_array([k[0] for k in keys]),
+        "p": _pg_array([k[1] for k in keys]),
+        "g": _pg_array([k[2] for k in keys]),
+        "v": _pg_array(list(rows.values())),
         "now": now,
         "run": run_id,
     }
@@ -540,12 +549,18 @@ def _upsert_postgres(
     connection.exec_driver_sql(
         _PG_LATEST,
         {
-            "s": list(latest),
-            "p": [v[0] for v in latest.values()],
-            "v": [v[1] for v in latest.values()],
+            "s": _pg_array(list(latest)),
+            "p": _pg_array([v[0] for v in latest.values()]),
+            "v": _pg_array([v[1] for v in latest.values()]),
         },
     )
     return int(changed)
+
+
+def _pg_array(values: Sequence[int | float | str]) -> str:
+    """An array literal sent as one text parameter: psycopg would adapt a list element by
+    element in Python. Safe for what is sent here: ints, finite floats, granularity words."""
+    return "{" + ",".join(map(str, values)) + "}"
 
 
 _GENERIC_UPSERT = text(
