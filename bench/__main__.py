@@ -42,22 +42,27 @@ def run_one(name: str, bench: Bench) -> Outcome:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    rows = [("benchmark", "figure", "ratio", "target", "met", "measured in this run")]
+    header = ("benchmark", "figure", "ratio", "target", "met", "measured in this run")
+    rows: list[tuple[str, ...]] = []
     for outcome in outcomes:
         if outcome.status != "ok":
-            rows.append((outcome.name, outcome.status, "", "", "", ""))
+            # The first line only: an error's details are in the notes below the table.
+            rows.append((outcome.name, outcome.status.splitlines()[0][:160]))
             continue
         for ratio in outcome.ratios:
             met = {True: "yes", False: "MISS", None: ""}[ratio.met]
             value = f"{ratio.value:.3g}"
             rows.append((outcome.name, ratio.name, value, ratio.target_text, met, ratio.detail))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = []
-    for n, row in enumerate(rows):
-        cells = [cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True)]
-        lines.append("  ".join([*cells, row[5]]).rstrip())
-        if n == 0:
-            lines.append("-" * len(lines[0]))
+    full = [header, *(row for row in rows if len(row) == len(header))]
+    widths = [max(len(row[i]) for row in full) for i in range(len(header) - 1)]
+
+    def line(row: tuple[str, ...]) -> str:
+        if len(row) != len(header):
+            return f"{row[0].ljust(widths[0])}  {row[1]}"
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        return "  ".join([*cells, row[-1]]).rstrip()
+
+    lines = [line(header), "-" * len(line(header)), *(line(row) for row in rows)]
     for outcome in outcomes:
         for note in outcome.notes:
             lines.append(f"[{outcome.name}] {note}")
