@@ -67,30 +67,47 @@ class Family:
         self.samples.append((prefix, float(value) if finite else format_value(value)))
 
 
-def render(families: Sequence[Family], *, openmetrics: bool = False) -> bytes:
-    parts: list[str] = []
-    append = parts.append
+# One family rendered: its text-format header, its OpenMetrics header, and its sample lines,
+# which both formats share.
+Chunk = tuple[bytes, bytes, bytes]
+
+
+def _headers(family: Family) -> tuple[bytes, bytes]:
+    help_text = escape_help(family.help)
+    text_kind = "gauge" if family.type == "info" else family.type
+    om_name = family.name
+    if family.type == "counter" and om_name.endswith("_total"):
+        om_name = om_name[: -len("_total")]
+    elif family.type == "info" and om_name.endswith("_info"):
+        om_name = om_name[: -len("_info")]
+    text = f"# HELP {family.name} {help_text}\n# TYPE {family.name} {text_kind}\n"
+    om = f"# HELP {om_name} {help_text}\n# TYPE {om_name} {family.type}\n"
+    return text.encode(), om.encode()
+
+
+def render_chunks(families: Sequence[Family]) -> list[Chunk]:
+    chunks = []
     for family in families:
         if not family.samples:
             continue
-        if openmetrics:
-            family_name = family.name
-            kind = family.type
-            if kind == "counter" and family_name.endswith("_total"):
-                family_name = family_name[: -len("_total")]
-            elif kind == "info" and family_name.endswith("_info"):
-                family_name = family_name[: -len("_info")]
-        else:
-            family_name = family.name
-            kind = "gauge" if family.type == "info" else family.type
-        help_text = escape_help(family.help)
-        append(f"# HELP {family_name} {help_text}\n# TYPE {family_name} {kind}\n")
         # str(float) is repr(float): the shortest text that reads back as the same value.
         # %-formatting a tuple is the fastest way Python has to build these lines.
-        append("".join(["%s %s\n" % sample for sample in family.samples]))  # noqa: UP031
+        body = "".join(["%s %s\n" % sample for sample in family.samples])  # noqa: UP031
+        chunks.append((*_headers(family), body.encode()))
+    return chunks
+
+
+def join_chunks(chunks: Sequence[Chunk], *, openmetrics: bool = False) -> bytes:
+    """The exposition in one format: a byte join of what `render_chunks` made."""
+    header = 1 if openmetrics else 0
+    parts = [part for chunk in chunks for part in (chunk[header], chunk[2])]
     if openmetrics:
-        append("# EOF\n")
-    return "".join(parts).encode()
+        parts.append(b"# EOF\n")
+    return b"".join(parts)
+
+
+def render(families: Sequence[Family], *, openmetrics: bool = False) -> bytes:
+    return join_chunks(render_chunks(families), openmetrics=openmetrics)
 
 
 def families_by_name(families: Iterable[Family]) -> dict[str, Family]:
