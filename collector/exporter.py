@@ -8,6 +8,8 @@ calendar). A scrape hands out the last rendered bytes: its cost does not grow wi
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gzip
 import logging
 import re
@@ -87,7 +89,7 @@ class SnapshotBuilder:
                 "dxkpi_snapshot_timestamp_seconds",
                 "gauge",
                 "When this snapshot was built.",
-                [("dxkpi_snapshot_timestamp_seconds", now)],
+                [("", now)],
             ),
         ]
 
@@ -168,7 +170,7 @@ class SnapshotBuilder:
             labels = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
             labels["source"] = row.source
             part = self._label_parts[row.id] = label_part(labels)
-        family.add_prefixed(name + part, value)
+        family.add_part(part, value)
 
 
 def kpi_families(states: list[KpiState]) -> list[Family]:
@@ -277,6 +279,8 @@ class Exporter:
         snapshot = Snapshot(render_chunks(families), built_at=now, generations=generations)
         self.snapshot = snapshot  # an atomic swap: scrapes see the old or the new, whole
         self.rebuilds += 1
+        del families
+        _return_freed_memory()
         return snapshot
 
     def refresh(self) -> None:
@@ -315,6 +319,13 @@ class Exporter:
         except Exception as exc:
             return False, redact(f"store unreachable: {type(exc).__name__}: {exc}")
         return True, "ok"
+
+
+def _return_freed_memory() -> None:
+    """Hand the rebuild's freed heap back to the OS (glibc keeps it otherwise): the exporter's
+    resident size then tracks the snapshot, not the rebuild's peak."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer:

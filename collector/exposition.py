@@ -33,11 +33,6 @@ def label_part(labels: Mapping[str, str]) -> str:
     return f"{{{inner}}}"
 
 
-def sample_prefix(name: str, labels: Mapping[str, str]) -> str:
-    """`name{a="1",b="2"}`: everything of a sample line but its value."""
-    return name + label_part(labels)
-
-
 def format_value(value: float) -> str:
     if math.isnan(value):
         return "NaN"
@@ -56,15 +51,17 @@ class Family:
     name: str
     type: MetricType
     help: str
+    # (label part `{a="1"}` or "", value): label parts are shared with the caller's cache, so a
+    # sample costs a tuple, not a new string.
     samples: list[tuple[str, Value]] = field(default_factory=list)
 
     def add(self, labels: Mapping[str, str], value: float) -> None:
-        self.add_prefixed(sample_prefix(self.name, labels), value)
+        self.add_part(label_part(labels), value)
 
-    def add_prefixed(self, prefix: str, value: float) -> None:
+    def add_part(self, part: str, value: float) -> None:
         # Non-finite values are formatted now, so rendering is one %-format per sample.
         finite = math.isfinite(value)
-        self.samples.append((prefix, float(value) if finite else format_value(value)))
+        self.samples.append((part, float(value) if finite else format_value(value)))
 
 
 # One family rendered: its text-format header, its OpenMetrics header, and its sample lines,
@@ -92,7 +89,8 @@ def render_chunks(families: Sequence[Family]) -> list[Chunk]:
             continue
         # str(float) is repr(float): the shortest text that reads back as the same value.
         # %-formatting a tuple is the fastest way Python has to build these lines.
-        body = "".join(["%s %s\n" % sample for sample in family.samples])  # noqa: UP031
+        line = family.name + "%s %s\n"  # metric names never contain "%"
+        body = "".join([line % sample for sample in family.samples])
         chunks.append((*_headers(family), body.encode()))
     return chunks
 
