@@ -72,7 +72,7 @@ def preformatted_lines(families: list[Family]) -> list[bytes]:
     for family in families:
         help_text = escape_help(family.help)
         lines.append(f"# HELP {family.name} {help_text}\n# TYPE {family.name} gauge\n".encode())
-        lines.extend(f"{prefix} {value}\n".encode() for prefix, value in family.samples)
+        lines.extend(f"{family.name}{part} {value}\n".encode() for part, value in family.samples)
     return lines
 
 
