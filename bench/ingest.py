@@ -14,6 +14,7 @@ says how much of the store's time is the database (and which statement) and how 
 from __future__ import annotations
 
 import cProfile
+import gc
 import io
 import pstats
 import time
@@ -104,6 +105,25 @@ def statement_times(engine: Engine) -> Iterator[dict[str, float]]:
         event.remove(engine, "after_cursor_execute", after)
 
 
+@contextmanager
+def gc_time() -> Iterator[list[float]]:
+    """Seconds the cyclic garbage collector ran during the block (total in result[0])."""
+    result = [0.0]
+    started: list[float] = []
+
+    def callback(phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            started.append(time.perf_counter())
+        elif started:
+            result[0] += time.perf_counter() - started.pop()
+
+    gc.callbacks.append(callback)
+    try:
+        yield result
+    finally:
+        gc.callbacks.remove(callback)
+
+
 def store_ingest(
     url: str, n_series: int, n_days: int, batch_size: int, *, again: bool = False
 ) -> dict[str, Any]:
@@ -114,7 +134,7 @@ def store_ingest(
         result: dict[str, Any] = {}
         passes = ("first", "again") if again else ("first",)
         for name in passes:
-            with statement_times(store.engine) as statements:
+            with statement_times(store.engine) as statements, gc_time() as collecting:
                 started = time.perf_counter()
                 stats = store.write(SOURCE, page_views(n_series, n_days), batch_size=batch_size)
                 seconds = time.perf_counter() - started
@@ -126,6 +146,7 @@ def store_ingest(
                 "obs_per_s": per_second(stats.observations, seconds),
                 "statement_seconds": {k: round(v, 3) for k, v in sorted(statements.items())},
                 "python_seconds": round(seconds - sum(statements.values()), 3),
+                "gc_seconds": round(collecting[0], 3),
             }
         return result
     finally:
@@ -210,7 +231,8 @@ def run(bench: Bench) -> Outcome:
     outcome.notes.append(
         f"first ingest {first['seconds']:.1f}s = statements "
         f"{first['seconds'] - first['python_seconds']:.1f}s (most: {slowest[0]!r} "
-        f"{slowest[1]:.1f}s) + Python {first['python_seconds']:.1f}s"
+        f"{slowest[1]:.1f}s) + Python {first['python_seconds']:.1f}s, of which the cyclic "
+        f"garbage collector {first['gc_seconds']:.1f}s"
     )
     if bench.profile:
         with bench.database.schema("ingest_profile") as url:
