@@ -1,7 +1,7 @@
 """2. render — the `/metrics` body at 10k and 100k series, three ways over the same samples.
 
 - ours: `collector.exposition.render` over the families `SnapshotBuilder.raw_families` builds
-  from `SeriesRow`s (the exporter's own code; its prefix cache warm, as after the first build);
+  from `SeriesRow`s (the exporter's own code; its label cache warm, as after the first build);
 - prometheus-client's plain Gauge path: one labelled `Gauge`, `.labels(...).set(v)` per series,
   then only `generate_latest(registry)` is timed;
 - a bare `b"".join` of the same lines, pre-formatted: the floor for producing those bytes.
@@ -50,7 +50,7 @@ def build_families(rows: list[SeriesRow]) -> tuple[list[Family], float]:
     store.migrate()
     builder = SnapshotBuilder(store, LoadedConfig(config=Config(), path=Path("bench.yaml")))
     now = time.time()
-    families = builder.raw_families(rows, now)  # fills the prefix cache, as a first build does
+    families = builder.raw_families(rows, now)  # fills the label cache, as a first build does
     warm = timed(lambda: builder.raw_families(rows, now))
     store.close()
     return families, warm
