@@ -9,6 +9,8 @@ write of the same (series, period) replaces the value in place; a changed value 
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
 import os
@@ -161,6 +163,19 @@ class Store:
         """Upsert observations in batches; each batch commits or rolls back whole."""
         stats = WriteStats()
         self._ensure_state(source)
+        with _gc_paused():
+            self._write_batches(source, items, run_id, batch_size, on_batch, stats)
+        return stats
+
+    def _write_batches(
+        self,
+        source: str,
+        items: Iterable[Observation],
+        run_id: int | None,
+        batch_size: int,
+        on_batch: BatchCallback | None,
+        stats: WriteStats,
+    ) -> None:
         for batch in _chunks(items, batch_size):
             changed = self._write_batch(source, batch, run_id)
             stats.observations += len(batch)
@@ -168,7 +183,6 @@ class Store:
             stats.batches += 1
             if on_batch is not None:
                 on_batch(stats)
-        return stats
 
     def _write_batch(self, source: str, batch: Sequence[Observation], run_id: int | None) -> int:
         # A key repeated within a batch: last value wins (a statement may not touch a row twice).
@@ -499,6 +513,20 @@ def _expanding(name: str) -> Any:
     from sqlalchemy import bindparam
 
     return bindparam(name, expanding=True)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while batches are built: they allocate millions of
+    short-lived, cycle-free objects, and collections triggered by them cost ingest about a
+    fifth of its time (bench/). Reference counting still frees everything as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _chunks(items: Iterable[Observation], size: int) -> Iterator[list[Observation]]:
