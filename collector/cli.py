@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -160,6 +161,9 @@ def worker(ctx: click.Context, pool: str, concurrency: int | None, beat: bool) -
     argv += ["--without-gossip", "--without-mingle"]
     if beat:
         argv.append("--beat")
+    # Everything imported so far lives as long as the worker: keep the cyclic GC from scanning
+    # it again on every collection (a large share of a short run's CPU with 32 threads).
+    gc.freeze()
     app.worker_main(argv)
 
 
