@@ -61,7 +61,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(
         url,
         pool_pre_ping=True,
-        pool_size=int(os.environ.get("DXKPI_DB_POOL_SIZE", "10")),
+        pool_size=int(os.environ.get("DXKPI_DB_POOL_SIZE", "20")),
         max_overflow=int(os.environ.get("DXKPI_DB_MAX_OVERFLOW", "40")),
     )
 
@@ -157,7 +157,7 @@ class Store:
         items: Iterable[Observation],
         *,
         run_id: int | None = None,
-        batch_size: int = 5000,
+        batch_size: int = 50_000,
         on_batch: BatchCallback | None = None,
     ) -> WriteStats:
         """Upsert observations in batches; each batch commits or rolls back whole."""
