@@ -14,6 +14,7 @@ A token endpoint that refuses us raises SourceAuthError naming the endpoint's pa
 from __future__ import annotations
 
 import base64
+import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -24,7 +25,7 @@ import jwt
 import requests
 from pydantic import SecretStr
 
-from collector.contract import SourceContext
+from collector.contract import SourceContext, real_clock
 from collector.errors import SourceAuthError
 from collector.http import HttpClient
 
@@ -64,10 +65,23 @@ class StaticToken:
         return self._secret.get_secret_value()
 
 
+# Tokens shared by every run in this process, keyed by a digest of who asks whom for what:
+# a connector is built anew for each run, and a worker runs a source every few minutes, so
+# without this each run would fetch a token the previous run already holds.
+_SHARED: dict[str, tuple[str, float]] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def share_key(*parts: str | None) -> str:
+    """A digest of the credentials and endpoint: the shared cache never holds secrets as keys."""
+    return hashlib.sha256("\x00".join(p or "" for p in parts).encode()).hexdigest()
+
+
 class CachedToken:
     """Caches the token `fetch()` returns as `(token, expires_in_seconds)` until `margin_seconds`
     before it expires (by `clock`), so a request never leaves with a token about to die.
-    Short-lived tokens are cached for at least half their life."""
+    Short-lived tokens are cached for at least half their life. With `share_as`, the token is
+    shared with every CachedToken of this process given the same key (see `share_key`)."""
 
     def __init__(
         self,
@@ -75,21 +89,27 @@ class CachedToken:
         clock: Callable[[], datetime],
         *,
         margin_seconds: float = 60.0,
+        share_as: str | None = None,
     ) -> None:
         self._fetch = fetch
         self._clock = clock
         self._margin = margin_seconds
         self._token: str | None = None
         self._expires_at = 0.0
-        self._lock = threading.Lock()
+        self._lock = _SHARED_LOCK if share_as else threading.Lock()
+        self._key = share_as
 
     def token(self, force_refresh: bool = False) -> str:
         with self._lock:
             now = self._clock().timestamp()
+            if self._key is not None and self._token is None and self._key in _SHARED:
+                self._token, self._expires_at = _SHARED[self._key]
             if force_refresh or self._token is None or now >= self._expires_at:
                 token, expires_in = self._fetch()
                 self._token = token
                 self._expires_at = now + expires_in - min(self._margin, expires_in / 2)
+                if self._key is not None:
+                    _SHARED[self._key] = (self._token, self._expires_at)
             return self._token
 
 
@@ -210,7 +230,16 @@ class ClientCredentialsToken:
             session=session,
             timeout=timeout,
         )
-        self._cache = CachedToken(self._fetch, context.clock, margin_seconds=margin_seconds)
+        # Shared across runs only on the real clock: tests that inject a clock keep their own.
+        shared = share_key(
+            token_url, client_id, self._client_secret, repr(sorted(self._params.items()))
+        )
+        self._cache = CachedToken(
+            self._fetch,
+            context.clock,
+            margin_seconds=margin_seconds,
+            share_as=shared if context.clock is real_clock() else None,
+        )
 
     def token(self, force_refresh: bool = False) -> str:
         return self._cache.token(force_refresh)
@@ -261,7 +290,13 @@ class JwtBearerToken:
         self._endpoint = _TokenEndpoint(
             context, token_uri, hint=hint, redact=[], session=session, timeout=timeout
         )
-        self._cache = CachedToken(self._fetch, context.clock, margin_seconds=margin_seconds)
+        shared = share_key(token_uri, issuer, self._private_key, self._scope, subject)
+        self._cache = CachedToken(
+            self._fetch,
+            context.clock,
+            margin_seconds=margin_seconds,
+            share_as=shared if context.clock is real_clock() else None,
+        )
 
     @classmethod
     def from_service_account(

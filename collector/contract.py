@@ -124,6 +124,11 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def real_clock() -> Callable[[], datetime]:
+    """The clock a SourceContext has unless a test injects another."""
+    return _utcnow
+
+
 @dataclass(frozen=True)
 class SourceContext:
     """What the core hands a connector besides its settings. Inject fakes here in tests."""

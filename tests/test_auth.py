@@ -306,3 +306,22 @@ def test_static_jwt_es256_like_app_store_connect() -> None:
     assert provider.token() == first  # reused while more than the margin remains
     clock.now += timedelta(seconds=1)
     assert provider.token() != first
+
+
+def test_runs_in_one_process_share_a_live_token(serve: Serve) -> None:
+    """A connector is built per run; on the real clock its token outlives the run."""
+    issued: list[FakeRequest] = []
+    url = serve(token_endpoint(issued))
+    real = SourceContext(source_id="zoom_main")
+
+    def provider() -> ClientCredentialsToken:
+        return ClientCredentialsToken(real, f"{url}/oauth/token", "cid", SecretStr(CLIENT_SECRET))
+
+    assert provider().token() == "at-1"
+    assert provider().token() == "at-1"
+    assert len(issued) == 1  # the second run reused the first run's token
+    other = ClientCredentialsToken(real, f"{url}/oauth/token", "cid2", SecretStr(CLIENT_SECRET))
+    with pytest.raises(SourceAuthError):  # other credentials never get someone else's token
+        other.token()
+    assert provider().token(force_refresh=True) == "at-3"  # a 401 refresh fetches anew
+    assert provider().token() == "at-3"  # ... for every later run too
