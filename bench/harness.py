@@ -36,6 +36,9 @@ MIB = 1024 * 1024
 Number = int | float
 Comparison = Literal[">=", "<="]
 
+# Profiles show paths relative to the checkout, wherever it is.
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
 
 class NotRun(Exception):
     """A benchmark that cannot run here (a missing connector, service or fake): say why."""
@@ -333,7 +336,7 @@ def _frame(frame: str) -> str:
     """`func (/abs/path/pkg/file.py:123)` -> `func (pkg/file.py:123)`."""
     name, _, where = frame.partition(" (")
     where = where.rstrip(")")
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+    for marker in ("site-packages/", f"{REPO_ROOT}/", "lib/python3.11/"):
         if marker in where:
             where = where.split(marker, 1)[1]
             break
