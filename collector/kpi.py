@@ -15,6 +15,10 @@ every April when the fiscal-year-to-date sum restarts. For fiscal_year_sum the e
 the path's annual value pro-rated to the part of the fiscal year elapsed, on the same footing as
 the year-to-date value it is drawn against.
 
+The forecast is the level a robust (Theil-Sen) trend over `forecast.window` of the trajectory
+reaches at the end of the target fiscal year; once that date has passed it is the level reached
+by then. `on_track` compares it with the target in the KPI's direction.
+
 The path runs straight from the baseline (start of its fiscal year) to the target (end of its
 fiscal year), through per-FY milestones (placed at the end of their fiscal year) if given.
 """
@@ -220,9 +224,13 @@ class KpiCalculator:
         span = kpi.target.value - kpi.baseline.value
         path_value = self.expected_at(kpi, now)
         progress = None if level is None else (level - kpi.baseline.value) / span
-        forecast = forecast_value(
-            trajectory, self.fy_end(kpi.target.fiscal_year), window_seconds=window
-        )
+        target_ts = self.fy_end(kpi.target.fiscal_year)
+        reached = [v for t, v in trajectory if t <= target_ts]
+        if now >= target_ts and reached:
+            # The target date has passed: what was reached by then is known, not forecast.
+            forecast: float | None = reached[-1]
+        else:
+            forecast = forecast_value(trajectory, target_ts, window_seconds=window)
         direction = 1 if kpi.direction == "up" else -1
         return KpiState(
             kpi=kpi,

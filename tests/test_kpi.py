@@ -150,3 +150,17 @@ def test_ratio_sums_each_side_over_the_fiscal_year(sqlite_store: Store) -> None:
     )
     state = compute(sqlite_store, cfg, datetime(2022, 5, 20, tzinfo=TOKYO))
     assert state.value == pytest.approx(120 / 200)
+
+
+def test_after_the_target_date_the_forecast_is_what_was_reached(sqlite_store: Store) -> None:
+    sqlite_store.write(
+        "s",
+        [
+            Observation("m", v, fy(y), Granularity.FISCAL_YEAR)
+            for y, v in [(2021, 100), (2022, 110), (2023, 120), (2024, 125), (2025, 201)]
+        ],
+    )
+    # FY2025's figure is recorded at FY2025's end, the target date; the trend alone says ~170
+    state = compute(sqlite_store, config(), datetime(2026, 11, 1, tzinfo=TOKYO))
+    assert state.forecast == 201
+    assert state.on_track is True
