@@ -176,18 +176,50 @@ class Store:
         on_batch: BatchCallback | None,
         stats: WriteStats,
     ) -> None:
-        for batch in _chunks(items, batch_size):
-            changed = self._write_batch(source, batch, run_id)
-            stats.observations += len(batch)
-            stats.changed += changed
-            stats.batches += 1
-            if on_batch is not None:
-                on_batch(stats)
+        # Each series' newest (period, value) among committed batches: applied to `series` once
+        # per write rather than once per batch (a backfill touches every series in every batch).
+        latest: dict[int, tuple[int, float]] = {}
+        try:
+            for batch in _chunks(items, batch_size):
+                changed = self._write_batch(source, batch, run_id, latest)
+                stats.observations += len(batch)
+                stats.changed += changed
+                stats.batches += 1
+                if on_batch is not None:
+                    on_batch(stats)
+        except BaseException:
+            # Keep what committed visible; the original error is what the caller must see.
+            if latest or stats.changed:
+                with contextlib.suppress(Exception):
+                    self._finish_write(source, latest, stats.changed > 0)
+            raise
+        if latest or stats.changed:
+            self._finish_write(source, latest, stats.changed > 0)
 
-    def _write_batch(self, source: str, batch: Sequence[Observation], run_id: int | None) -> int:
+    def _finish_write(
+        self, source: str, latest: dict[int, tuple[int, float]], changed: bool
+    ) -> None:
+        """Apply the series' latest values and move the change counter once, when the write
+        (or what of it committed) changed anything: the exporter then sees it whole."""
+        with self.engine.begin() as connection:
+            moved = 0
+            if latest and self.dialect == "postgresql":
+                moved = _latest_postgres(connection, latest)
+            elif latest:
+                moved = _latest_generic(connection, latest)
+            if changed or moved:
+                self._bump(connection, source)
+
+    def _write_batch(
+        self,
+        source: str,
+        batch: Sequence[Observation],
+        run_id: int | None,
+        latest: dict[int, tuple[int, float]],
+    ) -> int:
         # A key repeated within a batch: last value wins (a statement may not touch a row twice).
         rows: dict[tuple[int, int, str], float] = {}
-        latest: dict[int, tuple[int, float]] = {}
+        batch_latest: dict[int, tuple[int, float]] = {}
         ids = self._resolve_series(source, batch)
         for obs, series_id in zip(batch, ids, strict=True):
             if obs.start.tzinfo is None:
@@ -197,17 +229,20 @@ class Store:
                 raise ValueError(f"{source}: {obs.metric} at {obs.start} is not finite: {value}")
             start = int(obs.start.timestamp())
             rows[(series_id, start, obs.granularity.value)] = value
-            seen = latest.get(series_id)
+            seen = batch_latest.get(series_id)
             if seen is None or start >= seen[0]:
-                latest[series_id] = (start, value)
+                batch_latest[series_id] = (start, value)
         now = time.time()
         with self.engine.begin() as connection:
             if self.dialect == "postgresql":
-                changed = _upsert_postgres(connection, rows, latest, now, run_id)
+                changed = _upsert_postgres(connection, rows, now, run_id)
             else:
-                changed = _upsert_generic(connection, rows, latest, now, run_id)
-            if changed:
-                self._bump(connection, source)
+                changed = _upsert_generic(connection, rows, now, run_id)
+        # Only once committed: a rolled-back batch must not move any series' latest value.
+        for series_id, (start, value) in batch_latest.items():
+            seen = latest.get(series_id)
+            if seen is None or start >= seen[0]:
+                latest[series_id] = (start, value)
         return changed
 
     def _resolve_series(self, source: str, batch: Sequence[Observation]) -> list[int]:
@@ -560,7 +595,6 @@ WHERE series.id = t.s AND (series.last_start IS NULL OR t.p >= series.last_start
 def _upsert_postgres(
     connection: Connection,
     rows: dict[tuple[int, int, str], float],
-    latest: dict[int, tuple[int, float]],
     now: float,
     run_id: int | None,
 ) -> int:
@@ -573,16 +607,18 @@ def _upsert_postgres(
         "now": now,
         "run": run_id,
     }
-    changed = connection.exec_driver_sql(_PG_UPSERT, params).rowcount
-    connection.exec_driver_sql(
+    return int(connection.exec_driver_sql(_PG_UPSERT, params).rowcount)
+
+
+def _latest_postgres(connection: Connection, latest: dict[int, tuple[int, float]]) -> int:
+    return connection.exec_driver_sql(
         _PG_LATEST,
         {
             "s": _pg_array(list(latest)),
             "p": _pg_array([v[0] for v in latest.values()]),
             "v": _pg_array([v[1] for v in latest.values()]),
         },
-    )
-    return int(changed)
+    ).rowcount
 
 
 def _pg_array(values: Sequence[int | float | str]) -> str:
@@ -601,20 +637,23 @@ _GENERIC_UPSERT = text(
 
 _GENERIC_LATEST = text(
     "UPDATE series SET last_start = :p, last_value = :v "
-    "WHERE id = :s AND (last_start IS NULL OR :p >= last_start)"
+    "WHERE id = :s AND (last_start IS NULL OR :p >= last_start) "
+    "AND (last_start IS NOT :p OR last_value IS NOT :v)"
 )
 
 
 def _upsert_generic(
     connection: Connection,
     rows: dict[tuple[int, int, str], float],
-    latest: dict[int, tuple[int, float]],
     now: float,
     run_id: int | None,
 ) -> int:
     params = [
         {"s": s, "p": p, "g": g, "v": v, "now": now, "run": run_id} for (s, p, g), v in rows.items()
     ]
-    changed = connection.execute(_GENERIC_UPSERT, params).rowcount
-    connection.execute(_GENERIC_LATEST, [{"s": s, "p": p, "v": v} for s, (p, v) in latest.items()])
-    return int(changed)
+    return int(connection.execute(_GENERIC_UPSERT, params).rowcount)
+
+
+def _latest_generic(connection: Connection, latest: dict[int, tuple[int, float]]) -> int:
+    params = [{"s": s, "p": p, "v": v} for s, (p, v) in latest.items()]
+    return int(connection.execute(_GENERIC_LATEST, params).rowcount)
