@@ -7,7 +7,7 @@ little more than a byte join (bench/ measures it against prometheus-client's Gau
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -106,7 +106,3 @@ def join_chunks(chunks: Sequence[Chunk], *, openmetrics: bool = False) -> bytes:
 
 def render(families: Sequence[Family], *, openmetrics: bool = False) -> bytes:
     return join_chunks(render_chunks(families), openmetrics=openmetrics)
-
-
-def families_by_name(families: Iterable[Family]) -> dict[str, Family]:
-    return {f.name: f for f in families}
