@@ -99,7 +99,9 @@ def run(bench: Bench) -> Outcome:
             measured[name] = exporter_memory(config, folder / f"{name}.log")
 
     empty, full = measured["empty"]["vm_rss_bytes"], measured["full"]["vm_rss_bytes"]
-    per_series = (full - empty) / n_series
+    # At tiny scales the difference is noise and can come out negative (the full exporter may
+    # have returned more freed heap than the empty one): a series never costs less than nothing.
+    per_series = max(0.0, (full - empty) / n_series)
     label = f"{n_series // 1000}k series" if n_series >= 1000 else f"{n_series} series"
     if n_series == FULL_SERIES:
         outcome.ratio(
