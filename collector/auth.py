@@ -96,8 +96,10 @@ class CachedToken:
         self._margin = margin_seconds
         self._token: str | None = None
         self._expires_at = 0.0
-        self._lock = _SHARED_LOCK if share_as else threading.Lock()
-        self._key = share_as
+        # Shared only on the real clock: expiry times from an injected (test) clock mean nothing
+        # to anyone else.
+        self._key = share_as if clock is real_clock() else None
+        self._lock = _SHARED_LOCK if self._key else threading.Lock()
 
     def token(self, force_refresh: bool = False) -> str:
         with self._lock:
@@ -230,7 +232,6 @@ class ClientCredentialsToken:
             session=session,
             timeout=timeout,
         )
-        # Shared across runs only on the real clock: tests that inject a clock keep their own.
         shared = share_key(
             token_url, client_id, self._client_secret, repr(sorted(self._params.items()))
         )
@@ -238,7 +239,7 @@ class ClientCredentialsToken:
             self._fetch,
             context.clock,
             margin_seconds=margin_seconds,
-            share_as=shared if context.clock is real_clock() else None,
+            share_as=shared,
         )
 
     def token(self, force_refresh: bool = False) -> str:
@@ -295,7 +296,7 @@ class JwtBearerToken:
             self._fetch,
             context.clock,
             margin_seconds=margin_seconds,
-            share_as=shared if context.clock is real_clock() else None,
+            share_as=shared,
         )
 
     @classmethod
