@@ -20,7 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, create_engine, event, select, text, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    bindparam,
+    case,
+    create_engine,
+    event,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import make_url
 
 from collector.contract import Observation
@@ -512,7 +522,7 @@ class Store:
             "SELECT period_start, sum(value) FROM observations WHERE "
             + " AND ".join(clauses)
             + " GROUP BY period_start ORDER BY period_start"
-        ).bindparams(_expanding("ids"))
+        ).bindparams(bindparam("ids", expanding=True))
         with self.engine.connect() as connection:
             return [(int(p), float(v)) for p, v in connection.execute(sql, params)]
 
@@ -542,12 +552,6 @@ class Store:
     def count_observations(self) -> int:
         with self.engine.connect() as connection:
             return int(connection.execute(text("SELECT count(*) FROM observations")).scalar_one())
-
-
-def _expanding(name: str) -> Any:
-    from sqlalchemy import bindparam
-
-    return bindparam(name, expanding=True)
 
 
 @contextlib.contextmanager
