@@ -26,9 +26,10 @@ from collector.exposition import (
     TEXT_CONTENT_TYPE,
     Chunk,
     Family,
+    SeriesFamily,
+    SeriesRenderer,
     join_chunks,
     label_part,
-    render_chunks,
 )
 from collector.kpi import KpiCalculator, KpiState
 from collector.redact import redact
@@ -68,16 +69,20 @@ class Snapshot:
 
 
 class SnapshotBuilder:
-    """Builds metric families from the store. Keeps sample prefixes of raw series between builds."""
+    """Builds metric families from the store and renders them, keeping the raw series' rendered
+    lines between builds: a rebuild formats only the series whose value changed."""
 
     def __init__(self, store: Store, loaded: LoadedConfig) -> None:
         self.store = store
         self.loaded = loaded
         self.kpis = KpiCalculator(store, loaded.config)
-        # Label sets never change for a series id: format each once, reuse on every rebuild.
-        self._label_parts: dict[int, str] = {}
+        self.renderer = SeriesRenderer()
 
-    def families(self, now: float) -> list[Family]:
+    def chunks(self, now: float) -> list[Chunk]:
+        families = self.families(now)
+        return self.renderer.render(families)
+
+    def families(self, now: float) -> list[Family | SeriesFamily]:
         rows = self.store.series_rows()
         states = self.kpis.compute_all(now, rows)
         health = {h.source: h for h in self.store.source_health()}
@@ -128,10 +133,24 @@ class SnapshotBuilder:
                 duration.add(labels, h.last_finished_at - h.last_started_at)
         return [up, last_success, duration, runs, interval]
 
-    def raw_families(self, rows: list[SeriesRow], now: float) -> list[Family]:
+    def raw_families(self, rows: list[SeriesRow], now: float) -> list[SeriesFamily]:
         """Each stored metric's latest period, and for summable metrics the fiscal-year-to-date
         and month-to-date sums (exact totals for reports, not rebuilt from daily gauges)."""
-        families: dict[str, Family] = {}
+        families: dict[str, SeriesFamily] = {}
+        by_id: dict[int, SeriesRow] = {}
+        parts: dict[int, str] = {}  # this build's only: a series is in up to three families
+
+        def labels(series_id: int) -> str:
+            # Asked only for series the last render did not have: all of them on the first one.
+            part = parts.get(series_id)
+            if part is None:
+                if not by_id:
+                    by_id.update((row.id, row) for row in rows)
+                row = by_id[series_id]
+                names = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
+                part = parts[series_id] = label_part({**names, "source": row.source})
+            return part
+
         specs = self.loaded.metric_specs
         calendar = self.kpis
         starts = {
@@ -144,13 +163,16 @@ class SnapshotBuilder:
                 continue
             spec = specs.get(row.source, {}).get(row.metric)
             help_text = f"{spec.help} Unit: {spec.unit}." if spec else row.metric
-            self._sample(families, row, "", f"{help_text} Latest period's value.", row.last_value)
+            self._sample(
+                families, labels, row, "", f"{help_text} Latest period's value.", row.last_value
+            )
             if spec is None or spec.aggregation != "sum":
                 continue
             for suffix, totals in sums.items():
                 what = suffix.replace("_", " ").replace("to date", "so far")
                 self._sample(
                     families,
+                    labels,
                     row,
                     f"_{suffix}",
                     f"{help_text} Sum over this {what}.",
@@ -158,19 +180,20 @@ class SnapshotBuilder:
                 )
         return [families[name] for name in sorted(families)]
 
+    @staticmethod
     def _sample(
-        self, families: dict[str, Family], row: SeriesRow, suffix: str, help_text: str, value: float
+        families: dict[str, SeriesFamily],
+        labels: Callable[[int], str],
+        row: SeriesRow,
+        suffix: str,
+        help_text: str,
+        value: float,
     ) -> None:
         name = f"dxkpi_{row.metric}{suffix}"
         family = families.get(name)
         if family is None:
-            family = families[name] = Family(name, "gauge", f"{help_text} {CACHED}")
-        part = self._label_parts.get(row.id)
-        if part is None:
-            labels = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
-            labels["source"] = row.source
-            part = self._label_parts[row.id] = label_part(labels)
-        family.add_part(part, value)
+            family = families[name] = SeriesFamily(name, f"{help_text} {CACHED}", labels)
+        family.add(row.id, value)
 
 
 def kpi_families(states: list[KpiState]) -> list[Family]:
@@ -275,11 +298,9 @@ class Exporter:
         now = self.clock()
         if generations is None:
             generations = self.store.generations()
-        families = self.builder.families(now)
-        snapshot = Snapshot(render_chunks(families), built_at=now, generations=generations)
+        snapshot = Snapshot(self.builder.chunks(now), built_at=now, generations=generations)
         self.snapshot = snapshot  # an atomic swap: scrapes see the old or the new, whole
         self.rebuilds += 1
-        del families
         _return_freed_memory()
         return snapshot
 
@@ -300,6 +321,7 @@ class Exporter:
             log.warning("store unreachable, serving the last snapshot: %s", self.store_error)
 
     def start(self) -> None:
+        _map_large_blocks()
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="dxkpi-snapshot", daemon=True)
         self._thread.start()
@@ -319,6 +341,19 @@ class Exporter:
         except Exception as exc:
             return False, redact(f"store unreachable: {type(exc).__name__}: {exc}")
         return True, "ok"
+
+
+# glibc's M_MMAP_THRESHOLD: blocks at least this large get their own mapping.
+_M_MMAP_THRESHOLD = -3
+_LARGE_BLOCK_BYTES = 256 * 1024
+
+
+def _map_large_blocks() -> None:
+    """Give every large block (a scrape's body, a rebuild's buffers) its own mapping, returned to
+    the OS when freed. By default glibc raises that threshold to the largest block freed so far
+    (up to 32 MB), and the next body of that size would then stay in the heap after the scrape."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
+        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK_BYTES)
 
 
 def _return_freed_memory() -> None:

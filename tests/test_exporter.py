@@ -4,6 +4,7 @@ linted by promtool, served over HTTP on loopback."""
 from __future__ import annotations
 
 import gzip
+import math
 import shutil
 import subprocess
 import threading
@@ -18,9 +19,10 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from collector.config import LoadedConfig, load_config
-from collector.contract import TOKYO, Window
+from collector.contract import TOKYO, Observation, Window
 from collector.errors import SourceDataError
 from collector.exporter import Exporter, make_server
+from collector.exposition import SeriesFamily, SeriesRenderer, render_series
 from collector.runner import collect_source
 from collector.storage import Store
 from tests.conftest import IN_CI, write_config
@@ -213,3 +215,147 @@ def test_summable_metrics_carry_exact_fiscal_year_and_month_totals(tmp_path: Pat
     assert got[("dxkpi_portal_page_views_fiscal_year_to_date", key)] == 107  # FY2024 from 1 April
     assert got[("dxkpi_portal_page_views_month_to_date", key)] == 7
     store.close()
+
+
+# -- incremental rendering of stored series ----------------------------------------------------
+
+LABELS = {
+    1: '{page="/top",source="portal"}',
+    2: '{page="/a \\"quoted\\" \\\\ back\\nslash",source="portal"}',
+    3: '{page="/100% 本当",source="portal"}',
+    4: '{page="/new",source="portal"}',
+    5: '{page="/late",source="portal"}',
+}
+
+
+def label_text(series_id: int) -> str:
+    return LABELS.get(series_id, f'{{page="/p{series_id}",source="portal"}}')
+
+
+def series_family(values: dict[int, float], asked: list[int] | None = None) -> SeriesFamily:
+    def labels(series_id: int) -> str:
+        if asked is not None:
+            asked.append(series_id)
+        return label_text(series_id)
+
+    family = SeriesFamily("dxkpi_portal_page_views", "Views.", labels)
+    for series_id, value in values.items():
+        family.add(series_id, value)
+    return family
+
+
+def expected_lines(values: dict[int, float]) -> bytes:
+    """What each sample line must be, written out independently of the renderer."""
+
+    def text(value: float) -> str:
+        if math.isnan(value):
+            return "NaN"
+        return {math.inf: "+Inf", -math.inf: "-Inf"}.get(value, repr(value))
+
+    return "".join(
+        f"dxkpi_portal_page_views{label_text(i)} {text(v)}\n" for i, v in values.items()
+    ).encode()
+
+
+def test_incremental_renders_equal_fresh_ones_through_every_kind_of_change() -> None:
+    steps: list[dict[int, float]] = [
+        {1: 1.0, 2: 2.0, 3: 3.0},
+        {1: 1.0, 2: 2.5, 3: 3.0},  # one value of three: below the full-format share
+        {1: 1.0, 2: 2.5, 3: 3.0},  # nothing
+        {1: 7.0, 2: math.nan, 3: math.inf},  # most values, NaN and +Inf among them
+        {1: 7.0, 2: math.nan, 3: -math.inf},  # NaN stays NaN: only -Inf is new
+        {1: 0.0, 2: math.nan, 3: -math.inf},
+        {1: -0.0, 2: math.nan, 3: -math.inf},  # -0.0 == 0.0, but its text differs
+        {1: -0.0, 4: 4.0, 2: 1e-300, 3: 1e300},  # a new series in the middle
+        {1: -0.0, 4: 4.0, 3: 1e300, 5: 5.0},  # one gone, one new at the end
+        {4: 4.0},
+        {},
+        {5: 6.0, 1: 0.1 + 0.2},
+    ]
+    previous = None
+    for values in steps:
+        family = series_family(values)
+        lines = render_series(family, previous)
+        assert lines.body == expected_lines(values), values
+        assert lines.body == render_series(series_family(values), None).body
+        previous = lines
+
+
+def test_a_few_changed_lines_are_patched_into_the_last_body() -> None:
+    values = {i: float(i) for i in range(1, 21)}
+    previous = render_series(series_family(values), None)
+    # 4 of 20 (below the full-format share): the first two, one inside, the last.
+    changes: list[dict[int, float]] = [
+        {1: 0.5, 2: math.nan, 8: 1e-7, 20: math.inf},
+        {2: math.nan, 3: 33.0, 19: -math.inf, 20: 20.0},
+        {3: 3.0},
+    ]
+    for change in changes:
+        values = {**values, **change}
+        lines = render_series(series_family(values), previous)
+        assert lines.template is previous.template  # the patch path, not a full format
+        assert lines.body == expected_lines(values)
+        previous = lines
+
+
+def test_incremental_render_formats_only_what_changed() -> None:
+    values = {i: float(i) for i in range(1, 5)}
+    asked: list[int] = []
+    first = render_series(series_family(values, asked), None)
+    assert sorted(asked) == [1, 2, 3, 4]
+    asked.clear()
+    assert render_series(series_family(values, asked), first) is first  # unchanged: kept whole
+    again = render_series(series_family({**values, 3: 30.0, 5: 5.0}, asked), first)
+    assert asked == [5]  # known series keep their formatted labels
+    assert again.body == expected_lines({**values, 3: 30.0, 5: 5.0})
+
+
+def test_series_renderer_keeps_families_apart_and_forgets_dropped_ones() -> None:
+    renderer = SeriesRenderer()
+    totals = series_family({1: 1.0})
+    totals.name = "dxkpi_portal_page_views_month_to_date"
+    chunks = renderer.render([series_family({1: 1.0, 2: 2.0}), totals])
+    assert [c[2].split(b"{")[0] for c in chunks] == [
+        b"dxkpi_portal_page_views",
+        b"dxkpi_portal_page_views_month_to_date",
+    ]
+    renderer.render([series_family({1: 1.0, 2: 2.0})])
+    assert list(renderer.kept) == ["dxkpi_portal_page_views"]
+    assert renderer.render([series_family({})]) == []  # no samples: no HELP/TYPE either
+
+
+def page_views(day: int, views: dict[str, float]) -> list[Observation]:
+    start = datetime(2024, 4, day, tzinfo=TOKYO)
+    return [
+        Observation("portal_page_views", v, start, labels={"page": p}) for p, v in views.items()
+    ]
+
+
+def test_rebuilt_snapshot_equals_a_fresh_one_after_changes(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
+    """An exporter that rebuilt after each write serves what a newly started one would. (The store
+    holds finite values only; NaN and ±Inf are covered by the render tests above.)"""
+    loaded = load_config(write_config(tmp_path))
+    exporter = Exporter(sqlite_store, loaded, clock=lambda: NOW)
+    writes = [
+        page_views(1, {"/top": 10, "/a\\b": 1, '/"q"': 2, "/50%": 3, "/日本": 4}),
+        page_views(2, {"/top": 11}),  # one series moves on: a patch
+        page_views(2, {"/a\\b": 5, '/"q"': 6, "/50%": 7, "/日本": 0.5}),  # most move
+        page_views(3, {"/new": 1, "/top": 1e300}),  # a new series
+    ]
+    for observations in writes:
+        sqlite_store.write("portal", observations)
+        exporter.refresh()
+        fresh = Exporter(sqlite_store, loaded, clock=lambda: NOW).rebuild()
+        served = exporter.snapshot
+        assert served is not None
+        assert served.text == fresh.text
+        assert served.openmetrics == fresh.openmetrics
+    got = samples(served.text.decode())
+    assert got[("dxkpi_portal_page_views", (("page", "/new"), ("source", "portal")))] == 1
+    assert got[("dxkpi_portal_page_views", (("page", "/top"), ("source", "portal")))] == 1e300
+    assert got[("dxkpi_portal_page_views", (("page", "/日本"), ("source", "portal")))] == 0.5
+    assert got[("dxkpi_portal_page_views", (("page", "/50%"), ("source", "portal")))] == 7
+    assert got[("dxkpi_portal_page_views", (("page", '/"q"'), ("source", "portal")))] == 6
+    assert parse_om(served.openmetrics.decode())  # the strict parser accepts it
