@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import gzip
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +28,7 @@ from collector.exposition import (
     Family,
     SeriesFamily,
     SeriesRenderer,
+    chunk_parts,
     join_chunks,
     label_part,
 )
@@ -39,6 +40,12 @@ log = logging.getLogger("dxkpi.exporter")
 
 CACHED = "Cached: rebuilt from the store when new observations land."
 _LABEL_NAME = re.compile(r"[^a-zA-Z0-9_]")
+
+
+# A scrape's body is joined and sent this many chunk parts (about 100 kB) at a time: a scrape
+# copies its bytes once, as a whole-body join would, but never holds a body-sized copy (tens of
+# MB at 100k series, and one per concurrent scrape).
+_PARTS_PER_PIECE = 32
 
 
 @dataclass
@@ -63,9 +70,20 @@ class Snapshot:
         if not gzipped:
             return join_chunks(self.chunks, openmetrics=openmetrics)
         if openmetrics not in self._gzipped:
-            raw = join_chunks(self.chunks, openmetrics=openmetrics)
-            self._gzipped[openmetrics] = gzip.compress(raw, compresslevel=1)
+            # Compressed as it is joined: no whole uncompressed body in memory at once.
+            compressor = zlib.compressobj(1, wbits=16 + zlib.MAX_WBITS)  # gzip framing
+            pieces = [compressor.compress(p) for p in self.pieces(openmetrics=openmetrics)]
+            self._gzipped[openmetrics] = b"".join([*pieces, compressor.flush()])
         return self._gzipped[openmetrics]
+
+    def length(self, *, openmetrics: bool) -> int:
+        return sum(map(len, chunk_parts(self.chunks, openmetrics=openmetrics)))
+
+    def pieces(self, *, openmetrics: bool) -> Iterator[bytes]:
+        """The uncompressed body in consecutive pieces: what a scrape sends."""
+        parts = chunk_parts(self.chunks, openmetrics=openmetrics)
+        for start in range(0, len(parts), _PARTS_PER_PIECE):
+            yield b"".join(parts[start : start + _PARTS_PER_PIECE])
 
 
 class SnapshotBuilder:
@@ -375,10 +393,15 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
                     self._send(503, b"no snapshot yet: the store has not been read\n", "text/plain")
                     return
                 openmetrics = "application/openmetrics-text" in self.headers.get("Accept", "")
-                gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
-                body = snapshot.body(openmetrics=openmetrics, gzipped=gzipped)
                 content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-                self._send(200, body, content_type, gzipped=gzipped)
+                if "gzip" in self.headers.get("Accept-Encoding", ""):
+                    body = snapshot.body(openmetrics=openmetrics, gzipped=True)
+                    self._send(200, body, content_type, gzipped=True)
+                else:
+                    length = snapshot.length(openmetrics=openmetrics)
+                    self._send_pieces(
+                        snapshot.pieces(openmetrics=openmetrics), length, content_type
+                    )
             elif path == "/healthz":
                 ok, message = exporter.health()
                 self._send(200 if ok else 503, (message + "\n").encode(), "text/plain")
@@ -397,6 +420,14 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+
+        def _send_pieces(self, pieces: Iterator[bytes], length: int, content_type: str) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            for piece in pieces:
+                self.wfile.write(piece)
 
         def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)

@@ -67,9 +67,9 @@ class Family:
         self.samples.append((part, float(value) if finite else format_value(value)))
 
 
-# One family rendered: its text-format header, its OpenMetrics header, and its sample lines,
-# which both formats share.
-Chunk = tuple[bytes, bytes, bytes]
+# One family rendered: its text-format header, its OpenMetrics header, and its sample lines (in
+# one or more pieces, joined on a scrape), which both formats share.
+Chunk = tuple[bytes, bytes, tuple[bytes, ...]]
 
 
 def _headers(family: Family) -> tuple[bytes, bytes]:
@@ -86,7 +86,7 @@ def _headers(family: Family) -> tuple[bytes, bytes]:
 
 
 def render_chunks(families: Sequence[Family]) -> list[Chunk]:
-    chunks = []
+    chunks: list[Chunk] = []
     for family in families:
         if not family.samples:
             continue
@@ -94,17 +94,24 @@ def render_chunks(families: Sequence[Family]) -> list[Chunk]:
         # %-formatting a tuple is the fastest way Python has to build these lines.
         line = family.name + "%s %s\n"  # metric names never contain "%"
         body = "".join([line % sample for sample in family.samples])
-        chunks.append((*_headers(family), body.encode()))
+        chunks.append((*_headers(family), (body.encode(),)))
     return chunks
+
+
+def chunk_parts(chunks: Sequence[Chunk], *, openmetrics: bool = False) -> list[bytes]:
+    """The exposition in one format, in pieces: their concatenation is the body."""
+    parts: list[bytes] = []
+    for text_header, om_header, lines in chunks:
+        parts.append(om_header if openmetrics else text_header)
+        parts.extend(lines)
+    if openmetrics:
+        parts.append(b"# EOF\n")
+    return parts
 
 
 def join_chunks(chunks: Sequence[Chunk], *, openmetrics: bool = False) -> bytes:
     """The exposition in one format: a byte join of what `render_chunks` made."""
-    header = 1 if openmetrics else 0
-    parts = [part for chunk in chunks for part in (chunk[header], chunk[2])]
-    if openmetrics:
-        parts.append(b"# EOF\n")
-    return b"".join(parts)
+    return b"".join(chunk_parts(chunks, openmetrics=openmetrics))
 
 
 def render(families: Sequence[Family], *, openmetrics: bool = False) -> bytes:
@@ -132,27 +139,22 @@ class SeriesFamily:
         self.values.append(value)
 
 
+# Lines per block. A rebuild reformats the blocks holding a changed value and keeps the others'
+# bytes. Blocks, not lines: 100k small objects outliving a rebuild would pin the allocator's
+# arenas that the rebuild's transient rows and tuples lived in (the exporter's resident size
+# would keep the rebuild's peak), while a block is a few kB and a scrape joins a few thousand.
+BLOCK_LINES = 32
+
+
 @dataclass(frozen=True)
 class SeriesLines:
-    """A SeriesFamily rendered, kept to render the next one.
-
-    Everything is held in a few large buffers, not one object per series: small objects that
-    outlive a rebuild would pin the allocator's arenas that the rebuild's transient rows and
-    tuples lived in, and the exporter's resident size would keep the rebuild's peak.
-    """
+    """A SeriesFamily rendered, kept to render the next one."""
 
     headers: tuple[bytes, bytes]  # text format, OpenMetrics
-    body: bytes  # the sample lines, in `ids` order
-    lengths: array[int]  # each body line's length, without its "\n"
-    template: bytes  # the same lines with `%r` for the value (and "%" in labels as "%%")
-    template_lengths: array[int]
+    blocks: tuple[bytes, ...]  # the sample lines in `ids` order, BLOCK_LINES per block
+    templates: tuple[bytes, ...]  # the same blocks with `%r` for each value, "%" as "%%"
     ids: array[int]
     bits: array[int]  # each value's IEEE 754 bits: -0.0 vs 0.0 and NaN compare as their text does
-
-
-# Reformat every line (one C-level %-format of the whole template) when more than this share of
-# the values changed; below it, copy the unchanged runs of the last body and format the rest.
-_FULL_FORMAT_SHARE = 0.25
 
 
 class _Literal:
@@ -172,79 +174,53 @@ def _formattable(value: float) -> float | _Literal:
 def render_series(family: SeriesFamily, previous: SeriesLines | None) -> SeriesLines:
     """`family`'s lines, reusing what `previous` (its last render, if any) already formatted."""
     headers = _headers(Family(family.name, "gauge", family.help))
-    bits = array("q", family.values.tobytes())
+    values = family.values
+    bits = array("q", values.tobytes())
     if previous is not None and previous.ids == family.ids:
         if previous.bits == bits:
             return previous if previous.headers == headers else replace(previous, headers=headers)
-        changed = [
-            i for i, (old, new) in enumerate(zip(previous.bits, bits, strict=True)) if old != new
-        ]
-        if len(changed) <= _FULL_FORMAT_SHARE * len(bits):
-            return _patched(previous, changed, family.values, bits, headers)
-        template, template_lengths = previous.template, previous.template_lengths
+        templates, old_blocks = previous.templates, previous.blocks
+        old_bits = previous.bits.tobytes()  # bytes slices compare faster than memoryviews
     else:
-        template, template_lengths = _template(family, previous)
-    values = family.values
+        templates, old_blocks = _templates(family, previous), ()
+        old_bits = b""
+    new_bits = bits.tobytes()
     # The sum is finite only if every value is: then no value needs the NaN/Inf spelling.
-    args = tuple(values) if math.isfinite(sum(values)) else tuple(map(_formattable, values))
-    body = template % args
-    lengths = array("I", map(len, body.split(b"\n")))
-    lengths.pop()  # what follows the last "\n"
-    return SeriesLines(
-        headers, body, lengths, template, template_lengths, array("q", family.ids), bits
-    )
+    finite = math.isfinite(sum(values))
+    blocks = []
+    step = BLOCK_LINES * bits.itemsize
+    for k, template in enumerate(templates):
+        if (
+            old_blocks
+            and old_bits[k * step : (k + 1) * step] == new_bits[k * step : (k + 1) * step]
+        ):
+            blocks.append(old_blocks[k])
+            continue
+        # One C-level %-format per block: the fastest way Python has to build these lines.
+        chunk = values[k * BLOCK_LINES : (k + 1) * BLOCK_LINES]
+        blocks.append(template % (tuple(chunk) if finite else tuple(map(_formattable, chunk))))
+    return SeriesLines(headers, tuple(blocks), templates, array("q", family.ids), bits)
 
 
-def _patched(
-    previous: SeriesLines,
-    changed: list[int],
-    values: array[float],
-    bits: array[int],
-    headers: tuple[bytes, bytes],
-) -> SeriesLines:
-    """`previous` with the lines at `changed` (ascending) formatted anew: runs of unchanged lines
-    are copied from the last body as they are."""
-    old_body, old_lengths = memoryview(previous.body), previous.lengths
-    template, template_lengths = previous.template, previous.template_lengths
-    lengths = array("I", old_lengths)
-    pieces: list[bytes | memoryview] = []
-    line = start = template_start = copied_up_to = 0  # line `line` begins at these offsets
-    for i in changed:
-        # "+ (i - line)": the lengths leave out each line's "\n".
-        start += sum(old_lengths[line:i]) + (i - line)
-        template_start += sum(template_lengths[line:i]) + (i - line)
-        line = i
-        template_line = template[template_start : template_start + template_lengths[i] + 1]
-        text = template_line % _formattable(values[i])
-        pieces.append(old_body[copied_up_to:start])
-        pieces.append(text)
-        lengths[i] = len(text) - 1
-        copied_up_to = start + old_lengths[i] + 1
-    pieces.append(old_body[copied_up_to:])
-    return replace(previous, headers=headers, body=b"".join(pieces), lengths=lengths, bits=bits)
-
-
-def _template(family: SeriesFamily, previous: SeriesLines | None) -> tuple[bytes, array[int]]:
-    """The template lines of `family`'s series, in its order: those `previous` had are cut out
-    of its template, the others made from their labels."""
-    known: dict[int, tuple[int, int]] = {}  # series id -> its template line's offset and length
+def _templates(family: SeriesFamily, previous: SeriesLines | None) -> tuple[bytes, ...]:
+    """The template blocks of `family`'s series, in its order: the lines of series `previous`
+    had are taken from its templates, the others made from their labels."""
+    known: dict[int, bytes] = {}
     if previous is not None:
-        offset = 0
-        for series_id, length in zip(previous.ids, previous.template_lengths, strict=True):
-            known[series_id] = (offset, length)
-            offset += length + 1
-    old = previous.template if previous is not None else b""
+        lines = (line for block in previous.templates for line in block.split(b"\n")[:-1])
+        known = dict(zip(previous.ids, lines, strict=True))
     prefix = family.name.replace("%", "%%")
-    lines: list[bytes] = []
+    lines_now: list[bytes] = []
     for series_id in family.ids:
-        where = known.get(series_id)
-        if where is not None:
-            offset, length = where
-            lines.append(old[offset : offset + length + 1])
-        else:
+        line = known.get(series_id)
+        if line is None:
             part = family.labels(series_id).replace("%", "%%")
-            lines.append(f"{prefix}{part} %r\n".encode())
-    return b"".join(lines), array("I", [len(line) - 1 for line in lines])
+            line = f"{prefix}{part} %r".encode()
+        lines_now.append(line)
+    return tuple(
+        b"".join(line + b"\n" for line in lines_now[k : k + BLOCK_LINES])
+        for k in range(0, len(lines_now), BLOCK_LINES)
+    )
 
 
 class SeriesRenderer:
@@ -264,7 +240,7 @@ class SeriesRenderer:
                 chunks.extend(render_chunks([family]))
                 continue
             lines = kept[family.name] = render_series(family, self.kept.get(family.name))
-            if lines.body:
-                chunks.append((*lines.headers, lines.body))
+            if lines.blocks:
+                chunks.append((*lines.headers, lines.blocks))
         self.kept = kept
         return chunks

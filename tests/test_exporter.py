@@ -21,8 +21,14 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 from collector.config import LoadedConfig, load_config
 from collector.contract import TOKYO, Observation, Window
 from collector.errors import SourceDataError
-from collector.exporter import Exporter, make_server
-from collector.exposition import SeriesFamily, SeriesRenderer, render_series
+from collector.exporter import Exporter, Snapshot, make_server
+from collector.exposition import (
+    BLOCK_LINES,
+    SeriesFamily,
+    SeriesLines,
+    SeriesRenderer,
+    render_series,
+)
 from collector.runner import collect_source
 from collector.storage import Store
 from tests.conftest import IN_CI, write_config
@@ -228,6 +234,10 @@ LABELS = {
 }
 
 
+def body(lines: SeriesLines) -> bytes:
+    return b"".join(lines.blocks)
+
+
 def label_text(series_id: int) -> str:
     return LABELS.get(series_id, f'{{page="/p{series_id}",source="portal"}}')
 
@@ -276,25 +286,27 @@ def test_incremental_renders_equal_fresh_ones_through_every_kind_of_change() -> 
     for values in steps:
         family = series_family(values)
         lines = render_series(family, previous)
-        assert lines.body == expected_lines(values), values
-        assert lines.body == render_series(series_family(values), None).body
+        assert body(lines) == expected_lines(values), values
+        assert body(lines) == body(render_series(series_family(values), None))
         previous = lines
 
 
-def test_a_few_changed_lines_are_patched_into_the_last_body() -> None:
-    values = {i: float(i) for i in range(1, 21)}
+def test_only_blocks_holding_a_changed_value_are_formatted_again() -> None:
+    values = {i: float(i) for i in range(1, 101)}  # blocks of lines 1-32, 33-64, 65-96, 97-100
     previous = render_series(series_family(values), None)
-    # 4 of 20 (below the full-format share): the first two, one inside, the last.
+    assert [len(block.splitlines()) for block in previous.blocks] == [BLOCK_LINES] * 3 + [4]
     changes: list[dict[int, float]] = [
-        {1: 0.5, 2: math.nan, 8: 1e-7, 20: math.inf},
-        {2: math.nan, 3: 33.0, 19: -math.inf, 20: 20.0},
-        {3: 3.0},
+        {1: 0.5, 2: math.nan, 32: 1e-7, 100: math.inf},  # the first and the last block
+        {2: math.nan, 3: 33.0, 99: -math.inf, 100: 100.0},
+        {33: -0.0},  # the second block
     ]
     for change in changes:
         values = {**values, **change}
         lines = render_series(series_family(values), previous)
-        assert lines.template is previous.template  # the patch path, not a full format
-        assert lines.body == expected_lines(values)
+        assert body(lines) == expected_lines(values)
+        blocks_changed = {(i - 1) // BLOCK_LINES for i in change}
+        for k, block in enumerate(lines.blocks):
+            assert (block is previous.blocks[k]) == (k not in blocks_changed), (change, k)
         previous = lines
 
 
@@ -307,7 +319,7 @@ def test_incremental_render_formats_only_what_changed() -> None:
     assert render_series(series_family(values, asked), first) is first  # unchanged: kept whole
     again = render_series(series_family({**values, 3: 30.0, 5: 5.0}, asked), first)
     assert asked == [5]  # known series keep their formatted labels
-    assert again.body == expected_lines({**values, 3: 30.0, 5: 5.0})
+    assert body(again) == expected_lines({**values, 3: 30.0, 5: 5.0})
 
 
 def test_series_renderer_keeps_families_apart_and_forgets_dropped_ones() -> None:
@@ -315,7 +327,7 @@ def test_series_renderer_keeps_families_apart_and_forgets_dropped_ones() -> None
     totals = series_family({1: 1.0})
     totals.name = "dxkpi_portal_page_views_month_to_date"
     chunks = renderer.render([series_family({1: 1.0, 2: 2.0}), totals])
-    assert [c[2].split(b"{")[0] for c in chunks] == [
+    assert [c[2][0].split(b"{")[0] for c in chunks] == [
         b"dxkpi_portal_page_views",
         b"dxkpi_portal_page_views_month_to_date",
     ]
@@ -359,3 +371,27 @@ def test_rebuilt_snapshot_equals_a_fresh_one_after_changes(
     assert got[("dxkpi_portal_page_views", (("page", "/50%"), ("source", "portal")))] == 7
     assert got[("dxkpi_portal_page_views", (("page", '/"q"'), ("source", "portal")))] == 6
     assert parse_om(served.openmetrics.decode())  # the strict parser accepts it
+
+
+def test_a_large_body_is_served_whole_in_every_format(tmp_path: Path, sqlite_store: Store) -> None:
+    """A body of many chunk parts leaves in several pieces; the client gets it whole."""
+    loaded = load_config(write_config(tmp_path))
+    exporter = Exporter(sqlite_store, loaded, clock=lambda: NOW)
+    family = series_family({i: i / 7 for i in range(1, 5001)})
+    exporter.snapshot = Snapshot(SeriesRenderer().render([family]), NOW, generations={})
+    server = make_server(exporter, "127.0.0.1", 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+    try:
+        status, headers, body = get(url)
+        assert status == 200 and body == exporter.snapshot.text
+        assert int(headers["Content-Length"]) == len(body)
+        assert body.count(b"\n") == 5000 + 2
+        _, _, body = get(url, Accept="application/openmetrics-text; version=1.0.0")
+        assert body == exporter.snapshot.openmetrics and body.endswith(b"# EOF\n")
+        _, headers, body = get(url, **{"Accept-Encoding": "gzip"})
+        assert headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(body) == exporter.snapshot.text
+    finally:
+        server.shutdown()
+        server.server_close()
