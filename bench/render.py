@@ -90,11 +90,21 @@ def preformatted_lines(families: list[SeriesFamily]) -> list[bytes]:
     for family in families:
         help_text = escape_help(family.help)
         lines.append(f"# HELP {family.name} {help_text}\n# TYPE {family.name} gauge\n".encode())
+        # Label parts first: made in the same pass, their garbage would scatter the lines in
+        # memory and slow the join down (the floor must be the fastest join of these bytes).
+        parts = [family.labels(i) for i in family.ids]
         lines.extend(
-            f"{family.name}{family.labels(i)} {v!r}\n".encode()
-            for i, v in zip(family.ids, family.values, strict=True)
+            f"{family.name}{part} {v!r}\n".encode()
+            for part, v in zip(parts, family.values, strict=True)
         )
     return lines
+
+
+def spare_page_faults(size: int) -> None:
+    """Allocate and free `size` bytes. Freeing a large block raises glibc's mapping threshold to
+    its size, so a later join of up to that size reuses the heap instead of mapping fresh memory
+    each time: the byte-join floor is then the fastest join, without page faults."""
+    bytes(size)
 
 
 def sample_lines(body: bytes) -> set[bytes]:
@@ -148,6 +158,7 @@ def measure(outcome: Outcome, count: int) -> None:
 
     scrape = best_time(lambda: scrape_body(snapshot), repeats * 3)
     gauge = best_time(lambda: generate_latest(registry), repeats)
+    spare_page_faults(2 * len(served))
     join = best_time(lambda: b"".join(lines), repeats * 3)
 
     # 1 % of the series move on a day; then all of them do. Each rebuild starts from `kept`.

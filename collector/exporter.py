@@ -51,7 +51,7 @@ _PARTS_PER_PIECE = 32
 @dataclass
 class Snapshot:
     """The rendered families. Sample lines are kept once and shared by both formats; a scrape
-    joins them (a byte join: milliseconds at 100k series) instead of holding two copies."""
+    joins them piece by piece as it sends them (a byte join: a millisecond at 100k series)."""
 
     chunks: list[Chunk]
     built_at: float
@@ -88,7 +88,7 @@ class Snapshot:
 
 class SnapshotBuilder:
     """Builds metric families from the store and renders them, keeping the raw series' rendered
-    lines between builds: a rebuild formats only the series whose value changed."""
+    lines between builds: a rebuild formats again only the blocks of series whose value changed."""
 
     def __init__(self, store: Store, loaded: LoadedConfig) -> None:
         self.store = store
@@ -339,7 +339,6 @@ class Exporter:
             log.warning("store unreachable, serving the last snapshot: %s", self.store_error)
 
     def start(self) -> None:
-        _map_large_blocks()
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="dxkpi-snapshot", daemon=True)
         self._thread.start()
@@ -359,19 +358,6 @@ class Exporter:
         except Exception as exc:
             return False, redact(f"store unreachable: {type(exc).__name__}: {exc}")
         return True, "ok"
-
-
-# glibc's M_MMAP_THRESHOLD: blocks at least this large get their own mapping.
-_M_MMAP_THRESHOLD = -3
-_LARGE_BLOCK_BYTES = 256 * 1024
-
-
-def _map_large_blocks() -> None:
-    """Give every large block (a scrape's body, a rebuild's buffers) its own mapping, returned to
-    the OS when freed. By default glibc raises that threshold to the largest block freed so far
-    (up to 32 MB), and the next body of that size would then stay in the heap after the scrape."""
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, _LARGE_BLOCK_BYTES)
 
 
 def _return_freed_memory() -> None:

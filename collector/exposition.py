@@ -2,8 +2,8 @@
 
 A snapshot is rendered once per rebuild into byte chunks; a scrape only joins them (bench/
 measures that against prometheus-client's Gauge path). Stored series (`SeriesFamily`, 100k+
-samples) are rendered incrementally: the lines of the last render are kept as a few large
-buffers, and only series whose value changed are formatted again.
+samples) are rendered incrementally: the lines of the last render are kept in blocks of
+`BLOCK_LINES`, and only the blocks holding a changed value are formatted again.
 """
 
 from __future__ import annotations
@@ -112,10 +112,6 @@ def chunk_parts(chunks: Sequence[Chunk], *, openmetrics: bool = False) -> list[b
 def join_chunks(chunks: Sequence[Chunk], *, openmetrics: bool = False) -> bytes:
     """The exposition in one format: a byte join of what `render_chunks` made."""
     return b"".join(chunk_parts(chunks, openmetrics=openmetrics))
-
-
-def render(families: Sequence[Family], *, openmetrics: bool = False) -> bytes:
-    return join_chunks(render_chunks(families), openmetrics=openmetrics)
 
 
 # -- stored series: incremental rendering -----------------------------------------------------
