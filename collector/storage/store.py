@@ -1,10 +1,12 @@
 """The store: idempotent batched upserts of observations, runs, cursors, leases and reads.
 
 Writes go through `Store.write`, which groups observations into batches; each batch is one
-transaction (all or nothing) made of one multi-row upsert — PostgreSQL gets whole arrays through
-`unnest`, SQLite an `executemany` — so there is no per-row ORM round trip. A repeated or retried
-write of the same (series, period) replaces the value in place; a changed value is logged in
-`revisions` by a database trigger.
+transaction (all or nothing), with no per-row ORM round trip. On PostgreSQL a writer thread
+stores batch N while the caller's items make batch N+1; rows whose key is absent arrive by
+binary `COPY`, rows whose value differs by one multi-row upsert of `unnest` arrays, and unchanged
+rows are not sent. SQLite gets the upsert as an `executemany`. A repeated or retried write of
+the same (series, period) replaces the value in place; a changed value is logged in `revisions`
+by a database trigger.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -32,6 +37,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from collector.contract import Observation
 from collector.storage.schema import collection_runs, series, source_state
@@ -189,14 +195,25 @@ class Store:
         # Each series' newest (period, value) among committed batches: applied to `series` once
         # per write rather than once per batch (a backfill touches every series in every batch).
         latest: dict[int, tuple[int, float]] = {}
+
+        def committed(batch: _Batch, changed: int) -> None:
+            # Only once committed: a rolled-back batch must not move any series' latest value.
+            _merge_latest(latest, batch.latest)
+            stats.observations += batch.size
+            stats.changed += changed
+            stats.batches += 1
+            if on_batch is not None:
+                on_batch(stats)
+
+        batches = (self._prepare_batch(source, chunk) for chunk in _chunks(items, batch_size))
         try:
-            for batch in _chunks(items, batch_size):
-                changed = self._write_batch(source, batch, run_id, latest)
-                stats.observations += len(batch)
-                stats.changed += changed
-                stats.batches += 1
-                if on_batch is not None:
-                    on_batch(stats)
+            if self.dialect == "postgresql":
+                self._send_pipelined(batches, run_id, committed)
+            else:
+                for batch in batches:
+                    with self.engine.begin() as connection:
+                        changed = _upsert_generic(connection, batch.rows, time.time(), run_id)
+                    committed(batch, changed)
         except BaseException:
             # Keep what committed visible; the original error is what the caller must see.
             if latest or stats.changed:
@@ -205,6 +222,61 @@ class Store:
             raise
         if latest or stats.changed:
             self._finish_write(source, latest, stats.changed > 0)
+
+    def _send_pipelined(
+        self,
+        batches: Iterable[_Batch],
+        run_id: int | None,
+        committed: Callable[[_Batch, int], None],
+    ) -> None:
+        """Send each batch from a writer thread while the caller's items make the next one.
+
+        psycopg releases the GIL while the server works, so building batch N+1 overlaps with
+        storing batch N. One batch is in flight at most (memory stays bounded); a batch counts
+        only once its transaction committed, and an error from either side ends the write
+        after the batch in flight has committed or rolled back whole.
+        """
+        # Each series' newest stored period_start, as far as this write knows: rows newer than
+        # it cannot exist yet. Used by the writer thread only.
+        newest: dict[int, int] = {}
+        in_flight: tuple[_Batch, Future[int]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dxkpi-store-write") as writer:
+            try:
+                for batch in batches:
+                    if in_flight is not None:
+                        done, future = in_flight
+                        in_flight = None
+                        committed(done, future.result())
+                    in_flight = (batch, writer.submit(self._send_postgres, batch, run_id, newest))
+            except BaseException:
+                if in_flight is not None:
+                    # Wait for it whatever it does: the error being raised is what counts.
+                    with contextlib.suppress(Exception):
+                        committed(in_flight[0], in_flight[1].result())
+                raise
+            if in_flight is not None:
+                committed(in_flight[0], in_flight[1].result())
+
+    def _send_postgres(self, batch: _Batch, run_id: int | None, newest: dict[int, int]) -> int:
+        now = time.time()
+        try:
+            with self.engine.begin() as connection:
+                changed = _store_postgres(connection, batch.rows, now, run_id, newest)
+        except IntegrityError as error:
+            if not isinstance(error.orig, psycopg.errors.UniqueViolation):
+                raise
+            # Another writer inserted one of the keys this batch found absent: the batch rolled
+            # back whole; store it again with the upsert, which settles any conflict.
+            with self.engine.begin() as connection:
+                changed = _upsert_postgres(connection, batch.rows, now, run_id)
+            # What this write knew of these series is stale: look them up again next time.
+            for series_id in batch.latest:
+                newest.pop(series_id, None)
+            return changed
+        for series_id, (start, _value) in batch.latest.items():
+            if start > newest.get(series_id, _NO_PERIOD):
+                newest[series_id] = start
+        return changed
 
     def _finish_write(
         self, source: str, latest: dict[int, tuple[int, float]], changed: bool
@@ -220,40 +292,33 @@ class Store:
             if changed or moved:
                 self._bump(connection, source)
 
-    def _write_batch(
-        self,
-        source: str,
-        batch: Sequence[Observation],
-        run_id: int | None,
-        latest: dict[int, tuple[int, float]],
-    ) -> int:
-        # A key repeated within a batch: last value wins (a statement may not touch a row twice).
+    def _prepare_batch(self, source: str, batch: Sequence[Observation]) -> _Batch:
+        """Validate a batch and key its rows; a key repeated within it: last value wins (a
+        statement may not touch a row twice)."""
         rows: dict[tuple[int, int, str], float] = {}
         batch_latest: dict[int, tuple[int, float]] = {}
+        # Observations of one period usually share their datetime: convert each once.
+        # Keyed by equality, which ignores `fold` between datetimes of one zone: a datetime
+        # with fold=1 (the repeated hour when clocks go back) neither reads nor fills it.
+        timestamps: dict[datetime, int] = {}
         ids = self._resolve_series(source, batch)
         for obs, series_id in zip(batch, ids, strict=True):
-            if obs.start.tzinfo is None:
-                raise ValueError(f"{source}: {obs.metric} has a naive period start {obs.start}")
+            moment = obs.start
+            start = None if moment.fold else timestamps.get(moment)
+            if start is None:
+                if moment.tzinfo is None:
+                    raise ValueError(f"{source}: {obs.metric} has a naive period start {moment}")
+                start = int(moment.timestamp())
+                if not moment.fold:
+                    timestamps[moment] = start
             value = float(obs.value)
             if not math.isfinite(value):
-                raise ValueError(f"{source}: {obs.metric} at {obs.start} is not finite: {value}")
-            start = int(obs.start.timestamp())
+                raise ValueError(f"{source}: {obs.metric} at {moment} is not finite: {value}")
             rows[(series_id, start, obs.granularity.value)] = value
             seen = batch_latest.get(series_id)
             if seen is None or start >= seen[0]:
                 batch_latest[series_id] = (start, value)
-        now = time.time()
-        with self.engine.begin() as connection:
-            if self.dialect == "postgresql":
-                changed = _upsert_postgres(connection, rows, now, run_id)
-            else:
-                changed = _upsert_generic(connection, rows, now, run_id)
-        # Only once committed: a rolled-back batch must not move any series' latest value.
-        for series_id, (start, value) in batch_latest.items():
-            seen = latest.get(series_id)
-            if seen is None or start >= seen[0]:
-                latest[series_id] = (start, value)
-        return changed
+        return _Batch(rows, batch_latest, len(batch))
 
     def _resolve_series(self, source: str, batch: Sequence[Observation]) -> list[int]:
         # Fast path: (metric, labels as given) -> id, without canonicalising labels per row.
@@ -568,6 +633,24 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A validated batch: its rows by key (last value wins) and each series' newest row."""
+
+    rows: dict[tuple[int, int, str], float]
+    latest: dict[int, tuple[int, float]]
+    size: int
+
+
+def _merge_latest(
+    latest: dict[int, tuple[int, float]], batch: dict[int, tuple[int, float]]
+) -> None:
+    for series_id, (start, value) in batch.items():
+        seen = latest.get(series_id)
+        if seen is None or start >= seen[0]:
+            latest[series_id] = (start, value)
+
+
 def _chunks(items: Iterable[Observation], size: int) -> Iterator[list[Observation]]:
     batch: list[Observation] = []
     for item in items:
@@ -579,6 +662,9 @@ def _chunks(items: Iterable[Observation], size: int) -> Iterator[list[Observatio
         yield batch
 
 
+# A series without observations: every period is newer than this.
+_NO_PERIOD = -(2**63)
+
 _PG_UPSERT = """
 INSERT INTO observations (series_id, period_start, granularity, value, updated_at, run_id)
 SELECT s, p, g, v, %(now)s, %(run)s
@@ -588,6 +674,33 @@ SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.
 WHERE observations.value IS DISTINCT FROM EXCLUDED.value
 """
 
+# Each series' newest stored period, one index probe per series.
+_PG_NEWEST = """
+SELECT t.s, (SELECT max(o.period_start) FROM observations o WHERE o.series_id = t.s)
+FROM unnest(%(s)s::bigint[]) AS t(s)
+"""
+
+# The rows (1-based positions) whose key is absent (stored is NULL: values are never NULL) or
+# whose stored value differs. The scalar subquery makes it one index probe per row (a join
+# would be planned as a scan of the whole table); OFFSET 0 keeps it from being run twice.
+_PG_DIFFERING = """
+SELECT d.i, d.stored IS NULL FROM (
+  SELECT t.i, t.v, (SELECT o.value FROM observations o
+                    WHERE o.series_id = t.s AND o.period_start = t.p AND o.granularity = t.g)
+         AS stored
+  FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(g)s::text[], %(v)s::float8[])
+       WITH ORDINALITY AS t(s, p, g, v, i)
+  OFFSET 0
+) AS d
+WHERE d.stored IS DISTINCT FROM d.v
+"""
+
+_PG_COPY = (
+    "COPY observations (series_id, period_start, granularity, value, updated_at, run_id) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+_PG_COPY_TYPES = ["int8", "int8", "varchar", "float8", "float8", "int8"]
+
 _PG_LATEST = """
 UPDATE series SET last_start = t.p, last_value = t.v
 FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(v)s::float8[]) AS t(s, p, v)
@@ -596,22 +709,76 @@ WHERE series.id = t.s AND (series.last_start IS NULL OR t.p >= series.last_start
 """
 
 
+def _store_postgres(
+    connection: Connection,
+    rows: dict[tuple[int, int, str], float],
+    now: float,
+    run_id: int | None,
+    newest: dict[int, int],
+) -> int:
+    """Store a batch, touching only what changes: rows whose key is absent are inserted by
+    `COPY` (no per-row conflict handling, the fast path of a first ingest), rows whose value
+    differs go through the upsert (the trigger logs them as revisions), unchanged rows are not
+    sent. A key found absent that another writer inserts meanwhile makes `COPY` raise
+    `UniqueViolation` and the whole transaction roll back: the caller then upserts the batch."""
+    unseen = {key[0] for key in rows if key[0] not in newest}
+    if unseen:
+        params = {"s": _pg_array(list(unseen))}
+        for series_id, start in connection.exec_driver_sql(_PG_NEWEST, params):
+            newest[series_id] = _NO_PERIOD if start is None else start
+    absent: list[tuple[int, int, str, float, float, int | None]] = []
+    maybe_stored: dict[tuple[int, int, str], float] = {}
+    for key, value in rows.items():
+        if key[1] > newest[key[0]]:
+            absent.append((*key, value, now, run_id))
+        else:
+            maybe_stored[key] = value
+    changed = 0
+    if maybe_stored:
+        keys = list(maybe_stored)
+        differing: dict[tuple[int, int, str], float] = {}
+        for position, is_absent in connection.exec_driver_sql(
+            _PG_DIFFERING, _pg_arrays(keys, list(maybe_stored.values()))
+        ):
+            key = keys[position - 1]
+            if is_absent:
+                absent.append((*key, maybe_stored[key], now, run_id))
+            else:
+                differing[key] = maybe_stored[key]
+        if differing:
+            changed += _upsert_postgres(connection, differing, now, run_id)
+    if absent:
+        # COPY is the driver's own protocol: SQLAlchemy has no statement for it.
+        driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
+        try:
+            with driver.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
+                copy.set_types(_PG_COPY_TYPES)
+                for row in absent:
+                    copy.write_row(row)
+        except psycopg.Error as error:
+            # Raised as SQLAlchemy raises a statement's error: what callers retry on.
+            raise DBAPIError.instance(_PG_COPY, None, error, psycopg.Error) from error
+        changed += len(absent)
+    return changed
+
+
 def _upsert_postgres(
     connection: Connection,
     rows: dict[tuple[int, int, str], float],
     now: float,
     run_id: int | None,
 ) -> int:
-    keys = list(rows)
-    params = {
+    params = {**_pg_arrays(list(rows), list(rows.values())), "now": now, "run": run_id}
+    return int(connection.exec_driver_sql(_PG_UPSERT, params).rowcount)
+
+
+def _pg_arrays(keys: Sequence[tuple[int, int, str]], values: Sequence[float]) -> dict[str, str]:
+    return {
         "s": _pg_array([k[0] for k in keys]),
         "p": _pg_array([k[1] for k in keys]),
         "g": _pg_array([k[2] for k in keys]),
-        "v": _pg_array(list(rows.values())),
-        "now": now,
-        "run": run_id,
+        "v": _pg_array(values),
     }
-    return int(connection.exec_driver_sql(_PG_UPSERT, params).rowcount)
 
 
 def _latest_postgres(connection: Connection, latest: dict[int, tuple[int, float]]) -> int:
