@@ -207,6 +207,32 @@ def test_a_write_mixing_new_older_changed_and_unchanged_rows_changes_only_what_d
     assert (row.last_start, row.last_value) == (int(again[12].start.timestamp()), 13.0)
 
 
+def test_a_backfill_behind_stored_data_adds_the_older_days_and_keeps_the_latest(
+    store: Store,
+) -> None:
+    days = daily(20)
+    store.write("src", days[19:])
+    stats = store.write("src", days[:19] + days[17:], batch_size=4)
+    assert stats.changed == 19
+    assert store.count_observations() == 20
+    assert store.revisions() == []
+    [row] = store.series_rows()
+    assert (row.last_start, row.last_value) == (int(days[19].start.timestamp()), 20.0)
+
+
+def test_a_key_repeated_in_a_later_batch_of_one_write_is_revised_not_duplicated(
+    store: Store,
+) -> None:
+    store.write("src", daily(10)[5:])
+    older = daily(3)
+    repeated = Observation("pv", 100.0, older[0].start, labels={"page": "/top"})
+    stats = store.write("src", [older[0], older[1], older[2], repeated], batch_size=2)
+    assert stats.changed == 4
+    assert store.count_observations() == 8
+    [revision] = store.revisions()
+    assert (revision.old_value, revision.new_value) == (1.0, 100.0)
+
+
 def test_the_repeated_hour_of_a_dst_change_is_two_periods(store: Store) -> None:
     # 01:30 happens twice in New York on 2024-11-03; `fold` tells them apart.
     first = datetime(2024, 11, 3, 1, 30, tzinfo=ZoneInfo("America/New_York"))

@@ -236,9 +236,7 @@ class Store:
         only once its transaction committed, and an error from either side ends the write
         after the batch in flight has committed or rolled back whole.
         """
-        # Each series' newest stored period_start, as far as this write knows: rows newer than
-        # it cannot exist yet. Used by the writer thread only.
-        newest: dict[int, int] = {}
+        free = _FreePeriods()  # used by the writer thread only
         in_flight: tuple[_Batch, Future[int]] | None = None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dxkpi-store-write") as writer:
             try:
@@ -247,7 +245,7 @@ class Store:
                         done, future = in_flight
                         in_flight = None
                         committed(done, future.result())
-                    in_flight = (batch, writer.submit(self._send_postgres, batch, run_id, newest))
+                    in_flight = (batch, writer.submit(self._send_postgres, batch, run_id, free))
             except BaseException:
                 if in_flight is not None:
                     # Wait for it whatever it does: the error being raised is what counts.
@@ -257,11 +255,11 @@ class Store:
             if in_flight is not None:
                 committed(in_flight[0], in_flight[1].result())
 
-    def _send_postgres(self, batch: _Batch, run_id: int | None, newest: dict[int, int]) -> int:
+    def _send_postgres(self, batch: _Batch, run_id: int | None, free: _FreePeriods) -> int:
         now = time.time()
         try:
             with self.engine.begin() as connection:
-                changed = _store_postgres(connection, batch.rows, now, run_id, newest)
+                changed = _store_postgres(connection, batch.rows, now, run_id, free)
         except IntegrityError as error:
             if not isinstance(error.orig, psycopg.errors.UniqueViolation):
                 raise
@@ -270,12 +268,9 @@ class Store:
             with self.engine.begin() as connection:
                 changed = _upsert_postgres(connection, batch.rows, now, run_id)
             # What this write knew of these series is stale: look them up again next time.
-            for series_id in batch.latest:
-                newest.pop(series_id, None)
+            free.forget(batch.latest)
             return changed
-        for series_id, (start, _value) in batch.latest.items():
-            if start > newest.get(series_id, _NO_PERIOD):
-                newest[series_id] = start
+        free.committed(batch.latest)
         return changed
 
     def _finish_write(
@@ -662,8 +657,56 @@ def _chunks(items: Iterable[Observation], size: int) -> Iterator[list[Observatio
         yield batch
 
 
-# A series without observations: every period is newer than this.
-_NO_PERIOD = -(2**63)
+class _FreePeriods:
+    """Where, per series, no row can be stored yet, as far as one write knows: after the newest
+    stored period, and before the oldest one (above what this write put there itself, e.g. a
+    backfill behind live data). Looked up the first time the write meets a series (two index
+    probes), then moved by each batch the write commits."""
+
+    def __init__(self) -> None:
+        self.oldest: dict[int, int] = {}  # stored when looked up
+        self.newest: dict[int, int] = {}  # stored, or committed by this write
+        self.below: dict[int, int] = {}  # the newest this write committed before `oldest`
+        self._pending: dict[int, int] = {}  # the same, for the batch in progress
+
+    def look_up(self, connection: Connection, series_ids: Iterable[int]) -> None:
+        unseen = {series_id for series_id in series_ids if series_id not in self.newest}
+        if not unseen:
+            return
+        for series_id, oldest, newest in connection.exec_driver_sql(
+            _PG_SPANS, {"s": _pg_array(list(unseen))}
+        ):
+            self.below[series_id] = _PERIOD_MIN
+            if newest is None:  # nothing stored: every period after "nothing" is free
+                self.oldest[series_id] = self.newest[series_id] = _PERIOD_MIN
+            else:
+                self.oldest[series_id], self.newest[series_id] = oldest, newest
+
+    def free(self, series_id: int, start: int) -> bool:
+        if start > self.newest[series_id]:
+            return True
+        if self.below[series_id] < start < self.oldest[series_id]:
+            if start > self._pending.get(series_id, _PERIOD_MIN):
+                self._pending[series_id] = start
+            return True
+        return False
+
+    def committed(self, latest: dict[int, tuple[int, float]]) -> None:
+        """Move past a committed batch (`latest`: its newest row per series)."""
+        for series_id, (start, _value) in latest.items():
+            if start > self.newest[series_id]:
+                self.newest[series_id] = start
+        self.below.update(self._pending)
+        self._pending.clear()
+
+    def forget(self, series_ids: Iterable[int]) -> None:
+        for series_id in series_ids:
+            for known in (self.oldest, self.newest, self.below):
+                known.pop(series_id, None)
+        self._pending.clear()
+
+
+_PERIOD_MIN = -(2**63)
 
 _PG_UPSERT = """
 INSERT INTO observations (series_id, period_start, granularity, value, updated_at, run_id)
@@ -674,9 +717,11 @@ SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.
 WHERE observations.value IS DISTINCT FROM EXCLUDED.value
 """
 
-# Each series' newest stored period, one index probe per series.
-_PG_NEWEST = """
-SELECT t.s, (SELECT max(o.period_start) FROM observations o WHERE o.series_id = t.s)
+# Each series' oldest and newest stored period: two index probes per series.
+_PG_SPANS = """
+SELECT t.s,
+       (SELECT min(o.period_start) FROM observations o WHERE o.series_id = t.s),
+       (SELECT max(o.period_start) FROM observations o WHERE o.series_id = t.s)
 FROM unnest(%(s)s::bigint[]) AS t(s)
 """
 
@@ -714,22 +759,19 @@ def _store_postgres(
     rows: dict[tuple[int, int, str], float],
     now: float,
     run_id: int | None,
-    newest: dict[int, int],
+    free: _FreePeriods,
 ) -> int:
-    """Store a batch, touching only what changes: rows whose key is absent are inserted by
-    `COPY` (no per-row conflict handling, the fast path of a first ingest), rows whose value
-    differs go through the upsert (the trigger logs them as revisions), unchanged rows are not
-    sent. A key found absent that another writer inserts meanwhile makes `COPY` raise
-    `UniqueViolation` and the whole transaction roll back: the caller then upserts the batch."""
-    unseen = {key[0] for key in rows if key[0] not in newest}
-    if unseen:
-        params = {"s": _pg_array(list(unseen))}
-        for series_id, start in connection.exec_driver_sql(_PG_NEWEST, params):
-            newest[series_id] = _NO_PERIOD if start is None else start
+    """Store a batch, touching only what changes: rows whose key is absent (in a period `free`
+    knows to be free, or found absent by one index probe) are inserted by `COPY`, with no per-row
+    conflict handling (the fast path of a first ingest or a backfill); rows whose value differs
+    go through the upsert (the trigger logs them as revisions); unchanged rows are not sent. A
+    key found absent that another writer inserts meanwhile makes `COPY` raise `UniqueViolation`
+    and the whole transaction roll back: the caller then upserts the batch."""
+    free.look_up(connection, {key[0] for key in rows})
     absent: list[tuple[int, int, str, float, float, int | None]] = []
     maybe_stored: dict[tuple[int, int, str], float] = {}
     for key, value in rows.items():
-        if key[1] > newest[key[0]]:
+        if free.free(key[0], key[1]):
             absent.append((*key, value, now, run_id))
         else:
             maybe_stored[key] = value
