@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import math
 import os
@@ -647,13 +648,8 @@ def _merge_latest(
 
 
 def _chunks(items: Iterable[Observation], size: int) -> Iterator[list[Observation]]:
-    batch: list[Observation] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
         yield batch
 
 
