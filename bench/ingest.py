@@ -237,8 +237,9 @@ def run(bench: Bench) -> Outcome:
     outcome.notes.append(
         f"first ingest {first['seconds']:.1f}s; SQLAlchemy statements "
         f"{first['sqlalchemy_statement_seconds']:.1f}s (most: {slowest[0]!r} {slowest[1]:.1f}s) "
-        "in the writer thread, overlapping the Python that builds batches; the COPY of new "
-        f"rows not among them; cyclic garbage collector {first['gc_seconds']:.1f}s"
+        "(mostly from the store's writer thread, overlapping the Python that builds batches; "
+        "the COPY of new rows not among them); cyclic garbage collector "
+        f"{first['gc_seconds']:.1f}s"
     )
     if bench.profile:
         with bench.database.schema("ingest_profile") as url:

@@ -292,3 +292,11 @@ def test_a_batch_the_database_refuses_fails_the_write_with_its_own_error(
     assert pg_store.count_observations() == 6
     [row] = pg_store.series_rows()
     assert (row.last_start, row.last_value) == (int(daily(6)[5].start.timestamp()), 6.0)
+
+
+def test_label_values_with_any_text_make_distinct_series(store: Store) -> None:
+    pages = ['/a,"b"}{\\', "/ページ", "/a", "NULL", ""]
+    store.write("src", [obs for page in pages for obs in daily(2, page=page)])
+    rows = store.series_rows()
+    assert sorted(r.labels["page"] for r in rows) == sorted(pages)
+    assert store.count_observations() == 10

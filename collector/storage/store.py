@@ -323,18 +323,33 @@ class Store:
         found_all = [known.get(ident) for ident in idents]
         if None not in found_all:
             return found_all  # type: ignore[return-value]
-        keys = [(source, obs.metric, labels_key(obs.labels)) for obs in batch]
-        missing = {k for k in keys if k not in self._series_ids}
+        # Canonical labels once per distinct label set not met yet, not once per row.
+        keys = {
+            ident: (source, obs.metric, labels_key(obs.labels))
+            for ident, obs, found in zip(idents, batch, found_all, strict=True)
+            if found is None
+        }
+        missing = sorted({key for key in keys.values() if key not in self._series_ids})
         if missing:
             with self.engine.begin() as connection:
-                rows = [{"source": s, "metric": m, "labels": lab} for s, m, lab in sorted(missing)]
-                connection.execute(
-                    text(
-                        "INSERT INTO series (source, metric, labels) "
-                        "VALUES (:source, :metric, :labels) ON CONFLICT DO NOTHING"
-                    ),
-                    rows,
-                )
+                if self.dialect == "postgresql":
+                    # One statement of arrays rather than one INSERT per series.
+                    connection.exec_driver_sql(
+                        _PG_NEW_SERIES,
+                        {
+                            "source": source,
+                            "metrics": [metric for _, metric, _ in missing],
+                            "labels": [labels for _, _, labels in missing],
+                        },
+                    )
+                else:
+                    connection.execute(
+                        text(
+                            "INSERT INTO series (source, metric, labels) "
+                            "VALUES (:source, :metric, :labels) ON CONFLICT DO NOTHING"
+                        ),
+                        [{"source": s, "metric": m, "labels": lab} for s, m, lab in missing],
+                    )
                 found = connection.execute(
                     select(series.c.id, series.c.metric, series.c.labels).where(
                         series.c.source == source
@@ -342,9 +357,9 @@ class Store:
                 )
                 for series_id, metric, labels in found:
                     self._series_ids[(source, metric, labels)] = series_id
-        ids = [self._series_ids[k] for k in keys]
-        known.update(zip(idents, ids, strict=True))
-        return ids
+        for ident, key in keys.items():
+            known[ident] = self._series_ids[key]
+        return [known[ident] for ident in idents]
 
     def _ensure_state(self, source: str) -> None:
         # Rows in source_state are never deleted: insert each source's row once per process.
@@ -711,6 +726,16 @@ FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(g)s::text[], %(v)s::float8[]) AS
 ON CONFLICT (series_id, period_start, granularity) DO UPDATE
 SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.run_id
 WHERE observations.value IS DISTINCT FROM EXCLUDED.value
+"""
+
+# Series in the order given (their ids follow it); labels may hold any text, so the arrays are
+# adapted by psycopg, not written as literals.
+_PG_NEW_SERIES = """
+INSERT INTO series (source, metric, labels)
+SELECT %(source)s, t.m, t.l FROM unnest(%(metrics)s::text[], %(labels)s::text[])
+     WITH ORDINALITY AS t(m, l, i)
+ORDER BY t.i
+ON CONFLICT DO NOTHING
 """
 
 # Each series' oldest and newest stored period: two index probes per series.
