@@ -260,7 +260,7 @@ class Store:
         now = time.time()
         try:
             with self.engine.begin() as connection:
-                changed = _store_postgres(connection, batch.rows, now, run_id, free)
+                changed = _store_postgres(connection, batch, now, run_id, free)
         except IntegrityError as error:
             if not isinstance(error.orig, psycopg.errors.UniqueViolation):
                 raise
@@ -777,7 +777,7 @@ WHERE series.id = t.s AND (series.last_start IS NULL OR t.p >= series.last_start
 
 def _store_postgres(
     connection: Connection,
-    rows: dict[tuple[int, int, str], float],
+    batch: _Batch,
     now: float,
     run_id: int | None,
     free: _FreePeriods,
@@ -788,10 +788,10 @@ def _store_postgres(
     go through the upsert (the trigger logs them as revisions); unchanged rows are not sent. A
     key found absent that another writer inserts meanwhile makes `COPY` raise `UniqueViolation`
     and the whole transaction roll back: the caller then upserts the batch."""
-    free.look_up(connection, {key[0] for key in rows})
+    free.look_up(connection, batch.latest)  # every series of the batch, once
     absent: list[tuple[int, int, str, float, float, int | None]] = []
     maybe_stored: dict[tuple[int, int, str], float] = {}
-    for key, value in rows.items():
+    for key, value in batch.rows.items():
         if free.free(key[0], key[1]):
             absent.append((*key, value, now, run_id))
         else:
