@@ -177,7 +177,10 @@ class Store:
         batch_size: int = 50_000,
         on_batch: BatchCallback | None = None,
     ) -> WriteStats:
-        """Upsert observations in batches; each batch commits or rolls back whole."""
+        """Upsert observations in batches; each batch commits or rolls back whole.
+
+        `on_batch` runs in the calling thread after each batch committed (on PostgreSQL, once
+        the next batch has been built: one batch is stored while the next one is made)."""
         stats = WriteStats()
         self._ensure_state(source)
         with _gc_paused():
