@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 
 from collector.contract import TOKYO, Granularity, Observation
 from collector.storage import Store
@@ -185,3 +189,114 @@ def test_migration_downgrade_and_upgrade_round_trip(pg_url: str) -> None:
     store.write("src", daily(2))
     assert store.count_observations() == 2
     store.close()
+
+
+def test_a_write_mixing_new_older_changed_and_unchanged_rows_changes_only_what_differs(
+    store: Store,
+) -> None:
+    store.write("src", daily(10)[5:])
+    again = daily(13)  # days 0-4 absent but older than what is stored, 5-9 stored, 10-12 new
+    again[7] = Observation("pv", 70.0, again[7].start, labels={"page": "/top"})
+    stats = store.write("src", again, batch_size=4)
+    assert stats.changed == 5 + 1 + 3
+    assert store.count_observations() == 13
+    [revision] = store.revisions()
+    assert (revision.old_value, revision.new_value) == (8.0, 70.0)
+    assert store.write("src", again, batch_size=4).changed == 0
+    [row] = store.series_rows()
+    assert (row.last_start, row.last_value) == (int(again[12].start.timestamp()), 13.0)
+
+
+def test_a_backfill_behind_stored_data_adds_the_older_days_and_keeps_the_latest(
+    store: Store,
+) -> None:
+    days = daily(20)
+    store.write("src", days[19:])
+    stats = store.write("src", days[:19] + days[17:], batch_size=4)
+    assert stats.changed == 19
+    assert store.count_observations() == 20
+    assert store.revisions() == []
+    [row] = store.series_rows()
+    assert (row.last_start, row.last_value) == (int(days[19].start.timestamp()), 20.0)
+
+
+def test_a_key_repeated_in_a_later_batch_of_one_write_is_revised_not_duplicated(
+    store: Store,
+) -> None:
+    store.write("src", daily(10)[5:])
+    older = daily(3)
+    repeated = Observation("pv", 100.0, older[0].start, labels={"page": "/top"})
+    stats = store.write("src", [older[0], older[1], older[2], repeated], batch_size=2)
+    assert stats.changed == 4
+    assert store.count_observations() == 8
+    [revision] = store.revisions()
+    assert (revision.old_value, revision.new_value) == (1.0, 100.0)
+
+
+def test_the_repeated_hour_of_a_dst_change_is_two_periods(store: Store) -> None:
+    # 01:30 happens twice in New York on 2024-11-03; `fold` tells them apart.
+    first = datetime(2024, 11, 3, 1, 30, tzinfo=ZoneInfo("America/New_York"))
+    second = first.replace(fold=1)
+    store.write(
+        "src",
+        [
+            Observation("x", 1.0, first, Granularity.HOUR),
+            Observation("x", 2.0, second, Granularity.HOUR),
+            Observation("x", 3.0, first, Granularity.HOUR),
+        ],
+    )
+    assert store.count_observations() == 2
+    [row] = store.series_rows()
+    assert (row.last_start, row.last_value) == (int(second.timestamp()), 2.0)
+
+
+def test_a_key_another_writer_inserts_meanwhile_is_upserted_not_lost(pg_store: Store) -> None:
+    pg_store.write("src", daily(1))
+    [series_row] = pg_store.series_rows()
+    day1 = int(daily(2)[1].start.timestamp())
+    other = create_engine(pg_store.url)
+    with other.connect() as connection:
+        # Uncommitted: the store finds day 1 absent, and its insert waits on this one.
+        connection.execute(
+            text(
+                "INSERT INTO observations (series_id, period_start, granularity, value, "
+                "updated_at) VALUES (:s, :p, 'day', 50.0, 0)"
+            ),
+            {"s": series_row.id, "p": day1},
+        )
+        timer = threading.Timer(0.5, connection.commit)
+        timer.start()
+        stats = pg_store.write("src", daily(3))
+        timer.join()
+    other.dispose()
+    assert stats.changed == 2  # day 1 revised from the other writer's value, day 2 new
+    assert pg_store.count_observations() == 3
+    [revision] = pg_store.revisions()
+    assert (revision.old_value, revision.new_value) == (50.0, 2.0)
+
+
+def test_a_batch_the_database_refuses_fails_the_write_with_its_own_error(
+    pg_store: Store,
+) -> None:
+    pg_store.write("src", daily(1))
+    with pg_store.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE observations ADD CHECK (value < 8)"))
+    seen: list[int] = []
+    with pytest.raises(IntegrityError, match="check constraint") as raised:
+        pg_store.write(
+            "src", daily(12), batch_size=3, on_batch=lambda stats: seen.append(stats.batches)
+        )
+    assert isinstance(raised.value.orig, psycopg.errors.CheckViolation)
+    # Batches 1 and 2 (days 0-5) committed, batch 3 (values 7, 8, 9) rolled back whole.
+    assert seen == [1, 2]
+    assert pg_store.count_observations() == 6
+    [row] = pg_store.series_rows()
+    assert (row.last_start, row.last_value) == (int(daily(6)[5].start.timestamp()), 6.0)
+
+
+def test_label_values_with_any_text_make_distinct_series(store: Store) -> None:
+    pages = ['/a,"b"}{\\', "/ページ", "/a", "NULL", ""]
+    store.write("src", [obs for page in pages for obs in daily(2, page=page)])
+    rows = store.series_rows()
+    assert sorted(r.labels["page"] for r in rows) == sorted(pages)
+    assert store.count_observations() == 10

@@ -1,25 +1,31 @@
 """The store: idempotent batched upserts of observations, runs, cursors, leases and reads.
 
 Writes go through `Store.write`, which groups observations into batches; each batch is one
-transaction (all or nothing) made of one multi-row upsert — PostgreSQL gets whole arrays through
-`unnest`, SQLite an `executemany` — so there is no per-row ORM round trip. A repeated or retried
-write of the same (series, period) replaces the value in place; a changed value is logged in
-`revisions` by a database trigger.
+transaction (all or nothing), with no per-row ORM round trip. On PostgreSQL a writer thread
+stores batch N while the caller's items make batch N+1; rows whose key is absent arrive by
+binary `COPY`, rows whose value differs by one multi-row upsert of `unnest` arrays, and unchanged
+rows are not sent. SQLite gets the upsert as an `executemany`. A repeated or retried write of
+the same (series, period) replaces the value in place; a changed value is logged in `revisions`
+by a database trigger.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
+import itertools
 import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import psycopg
 from sqlalchemy import (
     Connection,
     Engine,
@@ -32,6 +38,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from collector.contract import Observation
 from collector.storage.schema import collection_runs, series, source_state
@@ -170,7 +177,10 @@ class Store:
         batch_size: int = 50_000,
         on_batch: BatchCallback | None = None,
     ) -> WriteStats:
-        """Upsert observations in batches; each batch commits or rolls back whole."""
+        """Upsert observations in batches; each batch commits or rolls back whole.
+
+        `on_batch` runs in the calling thread after each batch committed (on PostgreSQL, once
+        the next batch has been built: one batch is stored while the next one is made)."""
         stats = WriteStats()
         self._ensure_state(source)
         with _gc_paused():
@@ -189,14 +199,25 @@ class Store:
         # Each series' newest (period, value) among committed batches: applied to `series` once
         # per write rather than once per batch (a backfill touches every series in every batch).
         latest: dict[int, tuple[int, float]] = {}
+
+        def committed(batch: _Batch, changed: int) -> None:
+            # Only once committed: a rolled-back batch must not move any series' latest value.
+            _merge_latest(latest, batch.latest)
+            stats.observations += batch.size
+            stats.changed += changed
+            stats.batches += 1
+            if on_batch is not None:
+                on_batch(stats)
+
+        batches = (self._prepare_batch(source, chunk) for chunk in _chunks(items, batch_size))
         try:
-            for batch in _chunks(items, batch_size):
-                changed = self._write_batch(source, batch, run_id, latest)
-                stats.observations += len(batch)
-                stats.changed += changed
-                stats.batches += 1
-                if on_batch is not None:
-                    on_batch(stats)
+            if self.dialect == "postgresql":
+                self._send_pipelined(batches, run_id, committed)
+            else:
+                for batch in batches:
+                    with self.engine.begin() as connection:
+                        changed = _upsert_generic(connection, batch.rows, time.time(), run_id)
+                    committed(batch, changed)
         except BaseException:
             # Keep what committed visible; the original error is what the caller must see.
             if latest or stats.changed:
@@ -205,6 +226,56 @@ class Store:
             raise
         if latest or stats.changed:
             self._finish_write(source, latest, stats.changed > 0)
+
+    def _send_pipelined(
+        self,
+        batches: Iterable[_Batch],
+        run_id: int | None,
+        committed: Callable[[_Batch, int], None],
+    ) -> None:
+        """Send each batch from a writer thread while the caller's items make the next one.
+
+        psycopg releases the GIL while the server works, so building batch N+1 overlaps with
+        storing batch N. One batch is in flight at most (memory stays bounded); a batch counts
+        only once its transaction committed, and an error from either side ends the write
+        after the batch in flight has committed or rolled back whole.
+        """
+        free = _FreePeriods()  # used by the writer thread only
+        in_flight: tuple[_Batch, Future[int]] | None = None
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dxkpi-store-write") as writer:
+            try:
+                for batch in batches:
+                    if in_flight is not None:
+                        done, future = in_flight
+                        in_flight = None
+                        committed(done, future.result())
+                    in_flight = (batch, writer.submit(self._send_postgres, batch, run_id, free))
+            except BaseException:
+                if in_flight is not None:
+                    # Wait for it whatever it does: the error being raised is what counts.
+                    with contextlib.suppress(Exception):
+                        committed(in_flight[0], in_flight[1].result())
+                raise
+            if in_flight is not None:
+                committed(in_flight[0], in_flight[1].result())
+
+    def _send_postgres(self, batch: _Batch, run_id: int | None, free: _FreePeriods) -> int:
+        now = time.time()
+        try:
+            with self.engine.begin() as connection:
+                changed = _store_postgres(connection, batch, now, run_id, free)
+        except IntegrityError as error:
+            if not isinstance(error.orig, psycopg.errors.UniqueViolation):
+                raise
+            # Another writer inserted one of the keys this batch found absent: the batch rolled
+            # back whole; store it again with the upsert, which settles any conflict.
+            with self.engine.begin() as connection:
+                changed = _upsert_postgres(connection, batch.rows, now, run_id)
+            # What this write knew of these series is stale: look them up again next time.
+            free.forget(batch.latest)
+            return changed
+        free.committed(batch.latest)
+        return changed
 
     def _finish_write(
         self, source: str, latest: dict[int, tuple[int, float]], changed: bool
@@ -220,40 +291,33 @@ class Store:
             if changed or moved:
                 self._bump(connection, source)
 
-    def _write_batch(
-        self,
-        source: str,
-        batch: Sequence[Observation],
-        run_id: int | None,
-        latest: dict[int, tuple[int, float]],
-    ) -> int:
-        # A key repeated within a batch: last value wins (a statement may not touch a row twice).
+    def _prepare_batch(self, source: str, batch: Sequence[Observation]) -> _Batch:
+        """Validate a batch and key its rows; a key repeated within it: last value wins (a
+        statement may not touch a row twice)."""
         rows: dict[tuple[int, int, str], float] = {}
         batch_latest: dict[int, tuple[int, float]] = {}
+        # Observations of one period usually share their datetime: convert each once.
+        # Keyed by equality, which ignores `fold` between datetimes of one zone: a datetime
+        # with fold=1 (the repeated hour when clocks go back) neither reads nor fills it.
+        timestamps: dict[datetime, int] = {}
         ids = self._resolve_series(source, batch)
         for obs, series_id in zip(batch, ids, strict=True):
-            if obs.start.tzinfo is None:
-                raise ValueError(f"{source}: {obs.metric} has a naive period start {obs.start}")
+            moment = obs.start
+            start = None if moment.fold else timestamps.get(moment)
+            if start is None:
+                if moment.tzinfo is None:
+                    raise ValueError(f"{source}: {obs.metric} has a naive period start {moment}")
+                start = int(moment.timestamp())
+                if not moment.fold:
+                    timestamps[moment] = start
             value = float(obs.value)
             if not math.isfinite(value):
-                raise ValueError(f"{source}: {obs.metric} at {obs.start} is not finite: {value}")
-            start = int(obs.start.timestamp())
+                raise ValueError(f"{source}: {obs.metric} at {moment} is not finite: {value}")
             rows[(series_id, start, obs.granularity.value)] = value
             seen = batch_latest.get(series_id)
             if seen is None or start >= seen[0]:
                 batch_latest[series_id] = (start, value)
-        now = time.time()
-        with self.engine.begin() as connection:
-            if self.dialect == "postgresql":
-                changed = _upsert_postgres(connection, rows, now, run_id)
-            else:
-                changed = _upsert_generic(connection, rows, now, run_id)
-        # Only once committed: a rolled-back batch must not move any series' latest value.
-        for series_id, (start, value) in batch_latest.items():
-            seen = latest.get(series_id)
-            if seen is None or start >= seen[0]:
-                latest[series_id] = (start, value)
-        return changed
+        return _Batch(rows, batch_latest, len(batch))
 
     def _resolve_series(self, source: str, batch: Sequence[Observation]) -> list[int]:
         # Fast path: (metric, labels as given) -> id, without canonicalising labels per row.
@@ -262,18 +326,33 @@ class Store:
         found_all = [known.get(ident) for ident in idents]
         if None not in found_all:
             return found_all  # type: ignore[return-value]
-        keys = [(source, obs.metric, labels_key(obs.labels)) for obs in batch]
-        missing = {k for k in keys if k not in self._series_ids}
+        # Canonical labels once per distinct label set not met yet, not once per row.
+        keys = {
+            ident: (source, obs.metric, labels_key(obs.labels))
+            for ident, obs, found in zip(idents, batch, found_all, strict=True)
+            if found is None
+        }
+        missing = sorted({key for key in keys.values() if key not in self._series_ids})
         if missing:
             with self.engine.begin() as connection:
-                rows = [{"source": s, "metric": m, "labels": lab} for s, m, lab in sorted(missing)]
-                connection.execute(
-                    text(
-                        "INSERT INTO series (source, metric, labels) "
-                        "VALUES (:source, :metric, :labels) ON CONFLICT DO NOTHING"
-                    ),
-                    rows,
-                )
+                if self.dialect == "postgresql":
+                    # One statement of arrays rather than one INSERT per series.
+                    connection.exec_driver_sql(
+                        _PG_NEW_SERIES,
+                        {
+                            "source": source,
+                            "metrics": [metric for _, metric, _ in missing],
+                            "labels": [labels for _, _, labels in missing],
+                        },
+                    )
+                else:
+                    connection.execute(
+                        text(
+                            "INSERT INTO series (source, metric, labels) "
+                            "VALUES (:source, :metric, :labels) ON CONFLICT DO NOTHING"
+                        ),
+                        [{"source": s, "metric": m, "labels": lab} for s, m, lab in missing],
+                    )
                 found = connection.execute(
                     select(series.c.id, series.c.metric, series.c.labels).where(
                         series.c.source == source
@@ -281,9 +360,9 @@ class Store:
                 )
                 for series_id, metric, labels in found:
                     self._series_ids[(source, metric, labels)] = series_id
-        ids = [self._series_ids[k] for k in keys]
-        known.update(zip(idents, ids, strict=True))
-        return ids
+        for ident, key in keys.items():
+            known[ident] = self._series_ids[key]
+        return [known[ident] for ident in idents]
 
     def _ensure_state(self, source: str) -> None:
         # Rows in source_state are never deleted: insert each source's row once per process.
@@ -568,16 +647,80 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A validated batch: its rows by key (last value wins) and each series' newest row."""
+
+    rows: dict[tuple[int, int, str], float]
+    latest: dict[int, tuple[int, float]]
+    size: int
+
+
+def _merge_latest(
+    latest: dict[int, tuple[int, float]], batch: dict[int, tuple[int, float]]
+) -> None:
+    for series_id, (start, value) in batch.items():
+        seen = latest.get(series_id)
+        if seen is None or start >= seen[0]:
+            latest[series_id] = (start, value)
+
+
 def _chunks(items: Iterable[Observation], size: int) -> Iterator[list[Observation]]:
-    batch: list[Observation] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
         yield batch
 
+
+class _FreePeriods:
+    """Where, per series, no row can be stored yet, as far as one write knows: after the newest
+    stored period, and before the oldest one (above what this write put there itself, e.g. a
+    backfill behind live data). Looked up the first time the write meets a series (two index
+    probes), then moved by each batch the write commits."""
+
+    def __init__(self) -> None:
+        self.oldest: dict[int, int] = {}  # stored when looked up
+        self.newest: dict[int, int] = {}  # stored, or committed by this write
+        self.below: dict[int, int] = {}  # the newest this write committed before `oldest`
+        self._pending: dict[int, int] = {}  # the same, for the batch in progress
+
+    def look_up(self, connection: Connection, series_ids: Iterable[int]) -> None:
+        unseen = {series_id for series_id in series_ids if series_id not in self.newest}
+        if not unseen:
+            return
+        for series_id, oldest, newest in connection.exec_driver_sql(
+            _PG_SPANS, {"s": _pg_array(list(unseen))}
+        ):
+            self.below[series_id] = _PERIOD_MIN
+            if newest is None:  # nothing stored: every period after "nothing" is free
+                self.oldest[series_id] = self.newest[series_id] = _PERIOD_MIN
+            else:
+                self.oldest[series_id], self.newest[series_id] = oldest, newest
+
+    def free(self, series_id: int, start: int) -> bool:
+        if start > self.newest[series_id]:
+            return True
+        if self.below[series_id] < start < self.oldest[series_id]:
+            if start > self._pending.get(series_id, _PERIOD_MIN):
+                self._pending[series_id] = start
+            return True
+        return False
+
+    def committed(self, latest: dict[int, tuple[int, float]]) -> None:
+        """Move past a committed batch (`latest`: its newest row per series)."""
+        for series_id, (start, _value) in latest.items():
+            if start > self.newest[series_id]:
+                self.newest[series_id] = start
+        self.below.update(self._pending)
+        self._pending.clear()
+
+    def forget(self, series_ids: Iterable[int]) -> None:
+        for series_id in series_ids:
+            for known in (self.oldest, self.newest, self.below):
+                known.pop(series_id, None)
+        self._pending.clear()
+
+
+_PERIOD_MIN = -(2**63)
 
 _PG_UPSERT = """
 INSERT INTO observations (series_id, period_start, granularity, value, updated_at, run_id)
@@ -588,6 +731,45 @@ SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, run_id = EXCLUDED.
 WHERE observations.value IS DISTINCT FROM EXCLUDED.value
 """
 
+# Series in the order given (their ids follow it); labels may hold any text, so the arrays are
+# adapted by psycopg, not written as literals.
+_PG_NEW_SERIES = """
+INSERT INTO series (source, metric, labels)
+SELECT %(source)s, t.m, t.l FROM unnest(%(metrics)s::text[], %(labels)s::text[])
+     WITH ORDINALITY AS t(m, l, i)
+ORDER BY t.i
+ON CONFLICT DO NOTHING
+"""
+
+# Each series' oldest and newest stored period: two index probes per series.
+_PG_SPANS = """
+SELECT t.s,
+       (SELECT min(o.period_start) FROM observations o WHERE o.series_id = t.s),
+       (SELECT max(o.period_start) FROM observations o WHERE o.series_id = t.s)
+FROM unnest(%(s)s::bigint[]) AS t(s)
+"""
+
+# The rows (1-based positions) whose key is absent (stored is NULL: values are never NULL) or
+# whose stored value differs. The scalar subquery makes it one index probe per row (a join
+# would be planned as a scan of the whole table); OFFSET 0 keeps it from being run twice.
+_PG_DIFFERING = """
+SELECT d.i, d.stored IS NULL FROM (
+  SELECT t.i, t.v, (SELECT o.value FROM observations o
+                    WHERE o.series_id = t.s AND o.period_start = t.p AND o.granularity = t.g)
+         AS stored
+  FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(g)s::text[], %(v)s::float8[])
+       WITH ORDINALITY AS t(s, p, g, v, i)
+  OFFSET 0
+) AS d
+WHERE d.stored IS DISTINCT FROM d.v
+"""
+
+_PG_COPY = (
+    "COPY observations (series_id, period_start, granularity, value, updated_at, run_id) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+_PG_COPY_TYPES = ["int8", "int8", "varchar", "float8", "float8", "int8"]
+
 _PG_LATEST = """
 UPDATE series SET last_start = t.p, last_value = t.v
 FROM unnest(%(s)s::bigint[], %(p)s::bigint[], %(v)s::float8[]) AS t(s, p, v)
@@ -596,22 +778,73 @@ WHERE series.id = t.s AND (series.last_start IS NULL OR t.p >= series.last_start
 """
 
 
+def _store_postgres(
+    connection: Connection,
+    batch: _Batch,
+    now: float,
+    run_id: int | None,
+    free: _FreePeriods,
+) -> int:
+    """Store a batch, touching only what changes: rows whose key is absent (in a period `free`
+    knows to be free, or found absent by one index probe) are inserted by `COPY`, with no per-row
+    conflict handling (the fast path of a first ingest or a backfill); rows whose value differs
+    go through the upsert (the trigger logs them as revisions); unchanged rows are not sent. A
+    key found absent that another writer inserts meanwhile makes `COPY` raise `UniqueViolation`
+    and the whole transaction roll back: the caller then upserts the batch."""
+    free.look_up(connection, batch.latest)  # every series of the batch, once
+    absent: list[tuple[int, int, str, float, float, int | None]] = []
+    maybe_stored: dict[tuple[int, int, str], float] = {}
+    for key, value in batch.rows.items():
+        if free.free(key[0], key[1]):
+            absent.append((*key, value, now, run_id))
+        else:
+            maybe_stored[key] = value
+    changed = 0
+    if maybe_stored:
+        keys = list(maybe_stored)
+        differing: dict[tuple[int, int, str], float] = {}
+        for position, is_absent in connection.exec_driver_sql(
+            _PG_DIFFERING, _pg_arrays(keys, list(maybe_stored.values()))
+        ):
+            key = keys[position - 1]
+            if is_absent:
+                absent.append((*key, maybe_stored[key], now, run_id))
+            else:
+                differing[key] = maybe_stored[key]
+        if differing:
+            changed += _upsert_postgres(connection, differing, now, run_id)
+    if absent:
+        # COPY is the driver's own protocol: SQLAlchemy has no statement for it.
+        driver = cast("psycopg.Connection[Any]", connection.connection.driver_connection)
+        try:
+            with driver.cursor() as cursor, cursor.copy(_PG_COPY) as copy:
+                copy.set_types(_PG_COPY_TYPES)
+                for row in absent:
+                    copy.write_row(row)
+        except psycopg.Error as error:
+            # Raised as SQLAlchemy raises a statement's error: what callers retry on.
+            raise DBAPIError.instance(_PG_COPY, None, error, psycopg.Error) from error
+        changed += len(absent)
+    return changed
+
+
 def _upsert_postgres(
     connection: Connection,
     rows: dict[tuple[int, int, str], float],
     now: float,
     run_id: int | None,
 ) -> int:
-    keys = list(rows)
-    params = {
+    params = {**_pg_arrays(list(rows), list(rows.values())), "now": now, "run": run_id}
+    return int(connection.exec_driver_sql(_PG_UPSERT, params).rowcount)
+
+
+def _pg_arrays(keys: Sequence[tuple[int, int, str]], values: Sequence[float]) -> dict[str, str]:
+    return {
         "s": _pg_array([k[0] for k in keys]),
         "p": _pg_array([k[1] for k in keys]),
         "g": _pg_array([k[2] for k in keys]),
-        "v": _pg_array(list(rows.values())),
-        "now": now,
-        "run": run_id,
+        "v": _pg_array(values),
     }
-    return int(connection.exec_driver_sql(_PG_UPSERT, params).rowcount)
 
 
 def _latest_postgres(connection: Connection, latest: dict[int, tuple[int, float]]) -> int:
