@@ -186,6 +186,23 @@ def test_pages_through_row_count_with_limit_and_offset(ga4: Server) -> None:
     ]
 
 
+def test_every_page_and_day_read_across_pages(ga4: Server) -> None:
+    ga4.fake.empty_days = {date(2025, 4, 3)}
+    got = observations(ga4.connector(by_page_path=True, page_size=4).collect(days(APRIL_1, 5)))
+    values = by_key(got)
+    for day in [date(2025, 4, d) for d in (1, 2, 4, 5)]:
+        for i, path in enumerate(ga4.fake.paths):
+            assert values.pop(("ga4_page_views", path, day)) == ga4.fake.views(day, i)
+        assert values.pop(("ga4_active_users", "", day)) == ga4.fake.users(day)
+    assert values == {("ga4_active_users", "", date(2025, 4, 3)): 0}
+
+
+def test_totals_add_up_the_pages(ga4: Server) -> None:
+    got = observations(ga4.connector().collect(days(APRIL_1, 2)))
+    for day in (date(2025, 4, 1), date(2025, 4, 2)):
+        assert by_key(got)[("ga4_page_views", "", day)] == page_views(ga4.fake, day)
+
+
 def test_rows_stream_out_before_the_next_page_is_requested(ga4: Server) -> None:
     stream = iter(ga4.connector(by_page_path=True, page_size=3).collect(days(APRIL_1, 3)))
     first_page_view = next(o for o in stream if o.metric == "ga4_page_views" and o.labels)  # type: ignore[union-attr]
