@@ -220,6 +220,14 @@ def test_rows_stream_out_with_at_most_the_next_page_fetched_ahead(ga4: Server) -
     assert len(rest) == 3 * 3 - 1
 
 
+def test_a_stream_left_early_stops_fetching(ga4: Server) -> None:
+    stream = ga4.connector(by_page_path=True, page_size=3).collect(days(APRIL_1, 3))
+    next(o for o in stream if o.labels)
+    stream.close()  # e.g. the store failed: the page in flight is dropped, nothing more asked
+    time.sleep(0.1)
+    assert len(ga4.fake.reports) <= 3
+
+
 @pytest.mark.parametrize(
     ("failure", "error", "message"),
     [
