@@ -18,6 +18,7 @@ Rows are computed, not stored, so a report of a million rows costs no memory her
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -180,10 +181,15 @@ class FakeGa4:
         ]
         per_day = len(self.paths) if "pagePath" in dims else 1
         total = len(days) * per_day
-        rows = [
-            self._row(days[i // per_day], i % per_day, dims, metrics)
-            for i in range(offset, min(total, offset + limit))
-        ]
+        # A page allocates a hundred thousand containers and no cycle: the cyclic collector
+        # would only rescan them (it tripled the time the bench's fake took to answer).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            rows = self._rows(days, offset, min(total, offset + limit), dims, metrics)
+        finally:
+            if collecting:
+                gc.enable()
         report: dict[str, Any] = {
             "dimensionHeaders": [{"name": d} for d in dims],
             "metricHeaders": [{"name": m, "type": "TYPE_INTEGER"} for m in metrics],
@@ -193,16 +199,42 @@ class FakeGa4:
         if total:
             report["rows"] = rows
             report["rowCount"] = total
-        return FakeResponse(200, report)
+        # Rows share cells, never contain themselves: the encoder's cycle check is wasted work.
+        body = json.dumps(report, check_circular=False).encode()
+        return FakeResponse(200, body, {"Content-Type": "application/json"})
 
-    def _row(self, day: date, path_index: int, dims: list[str], metrics: list[str]) -> Any:
-        dim_values = {"date": day.strftime("%Y%m%d"), "pagePath": self.paths[path_index]}
-        if "pagePath" in dims:
-            views = self.views(day, path_index)
-        else:
-            views = sum(self.views(day, i) for i in range(len(self.paths)))
-        metric_values = {"screenPageViews": views, "activeUsers": self.users(day)}
-        return {
-            "dimensionValues": [{"value": dim_values[d]} for d in dims],
-            "metricValues": [{"value": str(metric_values[m])} for m in metrics],
-        }
+    def _rows(
+        self, days: list[date], first: int, end: int, dims: list[str], metrics: list[str]
+    ) -> list[Any]:
+        """Rows `first` to `end` (exclusive) of the report, day by day, pages in order.
+
+        Built per day, not per row: the bench serves 1.46M rows from this process, on the cores
+        the backfill it measures needs. Cells that repeat (a day's date, a page's path) are one
+        shared object each; the JSON is the same.
+        """
+        by_page = "pagePath" in dims
+        n_paths = len(self.paths)
+        per_day = n_paths if by_page else 1
+        path_cells = [{"value": path} for path in self.paths]
+        rows: list[Any] = []
+        for day_index in range(first // per_day, (end + per_day - 1) // per_day):
+            day = days[day_index]
+            date_cell = {"value": day.strftime("%Y%m%d")}
+            users = self.users(day)
+            # `views` grows by 10 per page in order: the site's total has a closed form.
+            first_views = self.views(day, 0)
+            total_views = n_paths * first_views + 5 * n_paths * (n_paths - 1)
+            day_start = day_index * per_day
+            for path_index in range(
+                max(first, day_start) - day_start, min(end - day_start, per_day)
+            ):
+                cells = {"date": date_cell, "pagePath": path_cells[path_index]}
+                views = first_views + 10 * path_index if by_page else total_views
+                values = {"screenPageViews": views, "activeUsers": users}
+                rows.append(
+                    {
+                        "dimensionValues": [cells[d] for d in dims],
+                        "metricValues": [{"value": str(values[m])} for m in metrics],
+                    }
+                )
+        return rows

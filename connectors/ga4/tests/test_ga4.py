@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
@@ -22,6 +23,7 @@ from collector.errors import (
 from collector.testing import (
     ConnectorContract,
     FakeClock,
+    FakeRequest,
     FakeResponse,
     SharedServer,
     build,
@@ -186,14 +188,87 @@ def test_pages_through_row_count_with_limit_and_offset(ga4: Server) -> None:
     ]
 
 
-def test_rows_stream_out_before_the_next_page_is_requested(ga4: Server) -> None:
+def test_every_page_and_day_read_across_pages(ga4: Server) -> None:
+    ga4.fake.empty_days = {date(2025, 4, 3)}
+    got = observations(ga4.connector(by_page_path=True, page_size=4).collect(days(APRIL_1, 5)))
+    values = by_key(got)
+    for day in [date(2025, 4, d) for d in (1, 2, 4, 5)]:
+        for i, path in enumerate(ga4.fake.paths):
+            assert values.pop(("ga4_page_views", path, day)) == ga4.fake.views(day, i)
+        assert values.pop(("ga4_active_users", "", day)) == ga4.fake.users(day)
+    assert values == {("ga4_active_users", "", date(2025, 4, 3)): 0}
+
+
+def test_totals_add_up_the_pages(ga4: Server) -> None:
+    got = observations(ga4.connector().collect(days(APRIL_1, 2)))
+    for day in (date(2025, 4, 1), date(2025, 4, 2)):
+        assert by_key(got)[("ga4_page_views", "", day)] == page_views(ga4.fake, day)
+
+
+def test_rows_stream_out_with_at_most_the_next_page_fetched_ahead(ga4: Server) -> None:
     stream = iter(ga4.connector(by_page_path=True, page_size=3).collect(days(APRIL_1, 3)))
     first_page_view = next(o for o in stream if o.metric == "ga4_page_views" and o.labels)  # type: ignore[union-attr]
     assert first_page_view.labels == {"page_path": "/"}  # type: ignore[union-attr]
-    assert len(ga4.fake.reports) == 2  # the totals and only the first page of pages
+    # The totals, the first page of pages, and (in the background) the second one: no further.
+    deadline = time.monotonic() + 5
+    while len(ga4.fake.reports) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert len(ga4.fake.reports) == 3
     rest = list(stream)
     assert len(ga4.fake.reports) == 1 + 3
     assert len(rest) == 3 * 3 - 1
+
+
+def test_a_stream_left_early_stops_fetching(ga4: Server) -> None:
+    stream = ga4.connector(by_page_path=True, page_size=3).collect(days(APRIL_1, 3))
+    next(o for o in stream if o.labels)
+    stream.close()  # e.g. the store failed: the page in flight is dropped, nothing more asked
+    time.sleep(0.1)
+    assert len(ga4.fake.reports) <= 3
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "message"),
+    [
+        (
+            google_error(403, "PERMISSION_DENIED", "User does not have sufficient permissions."),
+            SourceAuthError,
+            r"POST /v1beta/properties/\d+:runReport -> 403: credentials refused: User does not",
+        ),
+        (
+            FakeResponse(200, "<html>502</html>", {"Content-Type": "text/html"}),
+            SourceDataError,
+            r"POST /v1beta/properties/\d+:runReport -> 200",
+        ),
+        (
+            FakeResponse(
+                200,
+                {
+                    "rows": [{"dimensionValues": [], "metricValues": [{"value": "1"}]}],
+                    "rowCount": 9,
+                },
+            ),
+            SourceDataError,
+            r"a report row cannot be read \(IndexError",
+        ),
+    ],
+)
+def test_a_page_fetched_ahead_fails_as_it_would_in_line(
+    ga4: Server, failure: FakeResponse, error: type[Exception], message: str
+) -> None:
+    def second_page_fails(request: FakeRequest) -> FakeResponse:
+        body = request.json() if request.path.endswith(":runReport") else {}
+        if len(body.get("dimensions", ())) == 2 and body.get("offset") == "3":
+            return failure
+        return ga4.fake(request)
+
+    SERVER.plug(second_page_fails)
+    stream = ga4.connector(by_page_path=True, page_size=3).collect(days(APRIL_1, 3))
+    got = []
+    with pytest.raises(error, match=message):
+        got.extend(stream)
+    assert len([o for o in got if o.labels]) == 3  # the first page, then the error
 
 
 def test_an_empty_report_has_no_rows_and_no_row_count(ga4: Server) -> None:
