@@ -28,6 +28,9 @@ from collector.storage import Store, WriteStats
 log = logging.getLogger("dxkpi.runner")
 
 LEASE_TTL = 600.0
+# A run renews its lease between batches once this much of it has gone, not after every batch:
+# a renewal is a transaction, and most runs are one batch long.
+LEASE_RENEW_AFTER = LEASE_TTL / 10
 DEFAULT_CHUNK = timedelta(days=31)
 
 
@@ -68,8 +71,19 @@ def scheduled_window(
     now: datetime,
 ) -> Window:
     """[cursor - max(lookback, finality), now): late revisions inside the lookback are re-read."""
-    source = loaded.source(source_id)
     cursor_end, checkpoint = store.cursor(source_id)
+    return window_from_cursor(loaded, source_id, connector, now, cursor_end, checkpoint)
+
+
+def window_from_cursor(
+    loaded: LoadedConfig,
+    source_id: str,
+    connector: AnyConnector,
+    now: datetime,
+    cursor_end: float | None,
+    checkpoint: str | None,
+) -> Window:
+    source = loaded.source(source_id)
     lookback = max(source.lookback, connector.finality)
     if cursor_end is not None:
         start = datetime.fromtimestamp(cursor_end, UTC) - lookback
@@ -124,16 +138,25 @@ def collect_source(
         items = [i for i in connector.collect(window) if isinstance(i, Observation)]
         return RunResult(source_id, "dry-run", window, written=0, observations=items)
     assert store is not None
-    if window is None:
-        window = scheduled_window(loaded, store, source_id, connector, now)
+    given = window
+    planned: list[Window] = []
+
+    def plan(cursor_end: float | None, checkpoint: str | None) -> tuple[float, float]:
+        # Without a given window, the cursor read under the lease decides it.
+        chosen = given or window_from_cursor(
+            loaded, source_id, connector, now, cursor_end, checkpoint
+        )
+        planned.append(chosen)
+        return chosen.start.timestamp(), chosen.end.timestamp()
+
     holder = holder or holder_id()
-    if not store.acquire_lease(source_id, holder, LEASE_TTL):
+    run_id = store.start_leased_run(source_id, kind, holder, LEASE_TTL, plan, attempt)
+    if run_id is None:
         log.info("source %s: another run holds the lease; skipping", source_id)
-        return RunResult(source_id, "skipped", window)
+        skipped = given or scheduled_window(loaded, store, source_id, connector, now)
+        return RunResult(source_id, "skipped", skipped)
+    window = planned[-1]
     secrets = secrets_of(loaded.settings[source_id])
-    run_id = store.start_run(
-        source_id, kind, window.start.timestamp(), window.end.timestamp(), attempt
-    )
     checkpoints: list[str] = []
 
     def observations() -> Iterator[Observation]:
@@ -143,8 +166,13 @@ def collect_source(
             else:
                 yield item
 
+    leased_at = time.monotonic()
+
     def batch_done(stats: WriteStats) -> None:
-        store.acquire_lease(source_id, holder, LEASE_TTL)  # renew while we work
+        nonlocal leased_at
+        if time.monotonic() - leased_at >= LEASE_RENEW_AFTER:  # renew while we work
+            leased_at = time.monotonic()
+            store.acquire_lease(source_id, holder, LEASE_TTL)
         if on_batch is not None:
             on_batch(stats)
 
