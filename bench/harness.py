@@ -281,14 +281,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def py_spy(pid: int, output: Path) -> Iterator[None]:
-    """Sample what holds `pid`'s GIL (py-spy, if installed) while the block runs."""
+def py_spy(pid: int, output: Path, subprocesses: bool = False) -> Iterator[None]:
+    """Sample what holds `pid`'s GIL (and its children's) with py-spy, if installed, while the
+    block runs."""
     binary = VENV_BIN / "py-spy"
     if not binary.exists():
         yield
         return
     command = [str(binary), "record", "--pid", str(pid), "--gil", "--rate", "250"]
     command += ["--format", "raw", "--output", str(output), "--nonblocking"]
+    if subprocesses:
+        command.append("--subprocesses")
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)  # let it attach
