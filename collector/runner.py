@@ -70,7 +70,7 @@ def scheduled_window(
     connector: AnyConnector,
     now: datetime,
 ) -> Window:
-    """[cursor - max(lookback, finality), now): late revisions inside the lookback are re-read."""
+    """The window of a scheduled run, from the cursor as stored now (see `window_from_cursor`)."""
     cursor_end, checkpoint = store.cursor(source_id)
     return window_from_cursor(loaded, source_id, connector, now, cursor_end, checkpoint)
 
@@ -83,6 +83,7 @@ def window_from_cursor(
     cursor_end: float | None,
     checkpoint: str | None,
 ) -> Window:
+    """[cursor - max(lookback, finality), now): late revisions inside the lookback are re-read."""
     source = loaded.source(source_id)
     lookback = max(source.lookback, connector.finality)
     if cursor_end is not None:
@@ -143,12 +144,13 @@ def collect_source(
 
     def plan(cursor_end: float | None, checkpoint: str | None) -> tuple[float, float]:
         # Without a given window, the cursor read under the lease decides it.
-        chosen = given or window_from_cursor(
-            loaded, source_id, connector, now, cursor_end, checkpoint
-        )
+        chosen = given
+        if chosen is None:
+            chosen = window_from_cursor(loaded, source_id, connector, now, cursor_end, checkpoint)
         planned.append(chosen)
         return chosen.start.timestamp(), chosen.end.timestamp()
 
+    secrets = secrets_of(loaded.settings[source_id])
     holder = holder or holder_id()
     run_id = store.start_leased_run(source_id, kind, holder, LEASE_TTL, plan, attempt)
     if run_id is None:
@@ -156,7 +158,6 @@ def collect_source(
         skipped = given or scheduled_window(loaded, store, source_id, connector, now)
         return RunResult(source_id, "skipped", skipped)
     window = planned[-1]
-    secrets = secrets_of(loaded.settings[source_id])
     checkpoints: list[str] = []
 
     def observations() -> Iterator[Observation]:
