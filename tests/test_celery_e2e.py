@@ -106,10 +106,13 @@ def finished_runs(store: Store, source: str) -> list[dict[str, Any]]:
 def test_worker_collects_end_to_end_and_a_repeat_changes_nothing(cluster: Any) -> None:
     start, client, store, tmp = cluster
     config = write_config(tmp)
-    start(config, "--concurrency", "2")
+    worker = start(config, "--concurrency", "2")
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
     wait_for(lambda: finished_runs(store, "portal"), what="the first run")
     assert store.count_observations() == 6
+    # At INFO a run is one line, the runner's: not Celery's "received" and "succeeded" too.
+    log = wait_for(lambda: (t := worker.log.read_text()) and "stored 6 observations" in t and t)
+    assert "received" not in log and "succeeded" not in log
     # the same window delivered twice more at once (a retry, a second beat): still one row each
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
