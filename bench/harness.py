@@ -244,11 +244,13 @@ def free_port() -> int:
         return port
 
 
-def dxkpi_command(config: Path, *args: str) -> list[str]:
-    """`dxkpi --config X ...` as installed in this venv (or `python -m collector`)."""
+def dxkpi_command(config: Path, *args: str, log_level: str | None = "WARNING") -> list[str]:
+    """`dxkpi --config X ...` as installed in this venv (or `python -m collector`); with
+    `log_level=None`, at dxkpi's default level."""
     script = VENV_BIN / "dxkpi"
     head = [str(script)] if script.exists() else [sys.executable, "-m", "collector"]
-    return [*head, "--config", str(config), "--log-level", "WARNING", *args]
+    level = ["--log-level", log_level] if log_level else []
+    return [*head, "--config", str(config), *level, *args]
 
 
 def child_env(**extra: str) -> dict[str, str]:
