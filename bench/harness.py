@@ -244,11 +244,13 @@ def free_port() -> int:
         return port
 
 
-def dxkpi_command(config: Path, *args: str) -> list[str]:
-    """`dxkpi --config X ...` as installed in this venv (or `python -m collector`)."""
+def dxkpi_command(config: Path, *args: str, log_level: str | None = "WARNING") -> list[str]:
+    """`dxkpi --config X ...` as installed in this venv (or `python -m collector`); with
+    `log_level=None`, at dxkpi's default level."""
     script = VENV_BIN / "dxkpi"
     head = [str(script)] if script.exists() else [sys.executable, "-m", "collector"]
-    return [*head, "--config", str(config), "--log-level", "WARNING", *args]
+    level = ["--log-level", log_level] if log_level else []
+    return [*head, "--config", str(config), *level, *args]
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -281,14 +283,17 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def py_spy(pid: int, output: Path) -> Iterator[None]:
-    """Sample what holds `pid`'s GIL (py-spy, if installed) while the block runs."""
+def py_spy(pid: int, output: Path, subprocesses: bool = False) -> Iterator[None]:
+    """Sample what holds `pid`'s GIL (and its children's) with py-spy, if installed, while the
+    block runs."""
     binary = VENV_BIN / "py-spy"
     if not binary.exists():
         yield
         return
     command = [str(binary), "record", "--pid", str(pid), "--gil", "--rate", "250"]
     command += ["--format", "raw", "--output", str(output), "--nonblocking"]
+    if subprocesses:
+        command.append("--subprocesses")
     recorder = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)  # let it attach

@@ -147,24 +147,139 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     "--concurrency",
     default=None,
     type=int,
-    help=f"Parallel runs (recommended with threads: {RECOMMENDED_CONCURRENCY}; collection is I/O).",
+    help=f"Parallel runs per process (recommended with threads: {RECOMMENDED_CONCURRENCY}; "
+    "collection is I/O).",
+)
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes, each with its own pool (recommended: one per core; threads of one "
+    "process share one core).",
+)
+@click.option(
+    "--hostname",
+    default=None,
+    help="Celery node name (default celery@%h); with --processes N the processes are named "
+    "<name>1@… to <name>N@….",
 )
 @click.option("--beat/--no-beat", default=False, help="Also run the beat scheduler (one per site).")
 @click.pass_context
-def worker(ctx: click.Context, pool: str, concurrency: int | None, beat: bool) -> None:
+def worker(
+    ctx: click.Context,
+    pool: str,
+    concurrency: int | None,
+    processes: int,
+    hostname: str | None,
+    beat: bool,
+) -> None:
     """A Celery worker that runs collections."""
     runtime = _runtime(ctx)  # before importing the app: it is built from the current runtime
+    if processes > 1:
+        name, _, host = (hostname or "celery@%h").partition("@")
+        base = [*_child_args(ctx, runtime), "worker", "--pool", pool]
+        if concurrency is not None:
+            base += ["--concurrency", str(concurrency)]
+        commands = [
+            # Beat must run once per site: in the first process only.
+            [
+                *base,
+                "--hostname",
+                f"{name}{i}@{host or '%h'}",
+                *(["--beat"] if beat and i == 1 else []),
+            ]
+            for i in range(1, processes + 1)
+        ]
+        ctx.exit(_supervise(commands))
     from tasks.app import app
 
     argv = ["worker", "--loglevel", ctx.obj["log_level"], "--pool", pool, "-Q", runtime.queue]
     argv += ["--concurrency", str(concurrency or RECOMMENDED_CONCURRENCY)]
-    argv += ["--without-gossip", "--without-mingle"]
+    # One queue, no peers to learn from or report to: gossip, mingle and the event heartbeat
+    # cost every process CPU and round trips and give this deployment nothing.
+    argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if hostname:
+        argv += ["--hostname", hostname]
     if beat:
         argv.append("--beat")
+    _quiet_celery_per_task_lines()
+    _import_connectors(runtime)
+    # The store's engine imports its dialect and driver: at start, not in the first runs.
+    runtime.store  # noqa: B018
     # Everything imported so far lives as long as the worker: keep the cyclic GC from scanning
     # it again on every collection (a large share of a short run's CPU with 32 threads).
     gc.freeze()
     app.worker_main(argv)
+
+
+def _quiet_celery_per_task_lines() -> None:
+    """Celery logs two INFO lines per task (received, succeeded). The runner logs one line per
+    run and `collection_runs` records it, retries are logged by the task, failures stay at ERROR:
+    at INFO those two lines only cost every run CPU (about a tenth of it). DEBUG keeps them."""
+    if logging.getLogger().getEffectiveLevel() >= logging.INFO:
+        for name in ("celery.worker.strategy", "celery.app.trace"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _import_connectors(runtime: Runtime) -> None:
+    """Import the configured sources' connectors now rather than in a process's first runs (and
+    before `gc.freeze`). One that fails to import is left to fail its own runs, as it would."""
+    from collector.registry import load_connector
+
+    for name in sorted({source.connector for source in runtime.loaded.config.sources}):
+        try:
+            load_connector(name)
+        except Exception:
+            logging.getLogger("dxkpi.worker").warning("connector %s does not load", name)
+
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
+def _supervise(commands: list[list[str]]) -> int:
+    """Run one worker process per command until all have exited; return the exit code.
+
+    A signal is passed on to every process (Celery's meaning: TERM/INT a warm shutdown that
+    finishes running tasks, QUIT a cold one). The processes get a process group of their own so
+    that a Ctrl-C in a terminal reaches them once, through here, and not twice (a second INT is a
+    cold shutdown). If one process exits on its own, the others are stopped too and its code is
+    returned, so that whatever supervises `dxkpi worker` sees the failure and restarts the lot.
+    """
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    for signum in FORWARDED_SIGNALS:  # before the first start: no child may be left behind
+        signal.signal(signum, forward)
+    for command in commands:
+        if stopping:
+            break
+        children.append(subprocess.Popen(command, process_group=0))
+    code = 0
+    running = list(children)
+    while running:
+        time.sleep(0.2)
+        for child in [c for c in running if c.poll() is not None]:
+            running.remove(child)
+            status = child.returncode
+            # A process killed by a signal: the shell's convention, 128 + its number.
+            child_code = status if status >= 0 else 128 - status
+            if code == 0:
+                code = child_code
+            if not stopping:
+                console.print(
+                    f"worker process {child.pid} exited with {child_code}: stopping the others",
+                    highlight=False,
+                )
+                forward(signal.SIGTERM, None)
+    return code
 
 
 @main.command()

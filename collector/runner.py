@@ -28,6 +28,9 @@ from collector.storage import Store, WriteStats
 log = logging.getLogger("dxkpi.runner")
 
 LEASE_TTL = 600.0
+# A run renews its lease between batches once this much of it has gone, not after every batch:
+# a renewal is a transaction, and most runs are one batch long.
+LEASE_RENEW_AFTER = LEASE_TTL / 10
 DEFAULT_CHUNK = timedelta(days=31)
 # Observations per Store.write batch (one transaction each). Small enough that a source read
 # page by page goes to the database a page at a time, while a connector that fetches ahead
@@ -71,9 +74,21 @@ def scheduled_window(
     connector: AnyConnector,
     now: datetime,
 ) -> Window:
+    """The window of a scheduled run, from the cursor as stored now (see `window_from_cursor`)."""
+    cursor_end, checkpoint = store.cursor(source_id)
+    return window_from_cursor(loaded, source_id, connector, now, cursor_end, checkpoint)
+
+
+def window_from_cursor(
+    loaded: LoadedConfig,
+    source_id: str,
+    connector: AnyConnector,
+    now: datetime,
+    cursor_end: float | None,
+    checkpoint: str | None,
+) -> Window:
     """[cursor - max(lookback, finality), now): late revisions inside the lookback are re-read."""
     source = loaded.source(source_id)
-    cursor_end, checkpoint = store.cursor(source_id)
     lookback = max(source.lookback, connector.finality)
     if cursor_end is not None:
         start = datetime.fromtimestamp(cursor_end, UTC) - lookback
@@ -128,16 +143,25 @@ def collect_source(
         items = [i for i in connector.collect(window) if isinstance(i, Observation)]
         return RunResult(source_id, "dry-run", window, written=0, observations=items)
     assert store is not None
-    if window is None:
-        window = scheduled_window(loaded, store, source_id, connector, now)
-    holder = holder or holder_id()
-    if not store.acquire_lease(source_id, holder, LEASE_TTL):
-        log.info("source %s: another run holds the lease; skipping", source_id)
-        return RunResult(source_id, "skipped", window)
+    given = window
+    planned: list[Window] = []
+
+    def plan(cursor_end: float | None, checkpoint: str | None) -> tuple[float, float]:
+        # Without a given window, the cursor read under the lease decides it.
+        chosen = given
+        if chosen is None:
+            chosen = window_from_cursor(loaded, source_id, connector, now, cursor_end, checkpoint)
+        planned.append(chosen)
+        return chosen.start.timestamp(), chosen.end.timestamp()
+
     secrets = secrets_of(loaded.settings[source_id])
-    run_id = store.start_run(
-        source_id, kind, window.start.timestamp(), window.end.timestamp(), attempt
-    )
+    holder = holder or holder_id()
+    run_id = store.start_leased_run(source_id, kind, holder, LEASE_TTL, plan, attempt)
+    if run_id is None:
+        log.info("source %s: another run holds the lease; skipping", source_id)
+        skipped = given or scheduled_window(loaded, store, source_id, connector, now)
+        return RunResult(source_id, "skipped", skipped)
+    window = planned[-1]
     checkpoints: list[str] = []
 
     def observations() -> Iterator[Observation]:
@@ -147,8 +171,13 @@ def collect_source(
             else:
                 yield item
 
+    leased_at = time.monotonic()
+
     def batch_done(stats: WriteStats) -> None:
-        store.acquire_lease(source_id, holder, LEASE_TTL)  # renew while we work
+        nonlocal leased_at
+        if time.monotonic() - leased_at >= LEASE_RENEW_AFTER:  # renew while we work
+            leased_at = time.monotonic()
+            store.acquire_lease(source_id, holder, LEASE_TTL)
         if on_batch is not None:
             on_batch(stats)
 

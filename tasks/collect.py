@@ -57,6 +57,13 @@ def collect(
         wait = getattr(exc, "retry_after", None)
         # Honour the source's own Retry-After exactly; back off exponentially otherwise.
         countdown = wait if wait is not None else backoff(retries)
+        log.warning(
+            "source %s: attempt %d failed (%s); retrying in %.0fs",
+            source_id,
+            retries + 1,
+            type(exc).__name__,
+            countdown,
+        )
         raise self.retry(exc=exc, countdown=countdown) from exc
     if result.status == "skipped" and kind == "backfill":
         # Another run (a scheduled one) holds the lease: a backfill window must still run, later.

@@ -106,10 +106,13 @@ def finished_runs(store: Store, source: str) -> list[dict[str, Any]]:
 def test_worker_collects_end_to_end_and_a_repeat_changes_nothing(cluster: Any) -> None:
     start, client, store, tmp = cluster
     config = write_config(tmp)
-    start(config, "--concurrency", "2")
+    worker = start(config, "--concurrency", "2")
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
     wait_for(lambda: finished_runs(store, "portal"), what="the first run")
     assert store.count_observations() == 6
+    # At INFO a run is one line, the runner's: not Celery's "received" and "succeeded" too.
+    log = wait_for(lambda: (t := worker.log.read_text()) and "stored 6 observations" in t and t)
+    assert "received" not in log and "succeeded" not in log
     # the same window delivered twice more at once (a retry, a second beat): still one row each
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
@@ -136,6 +139,58 @@ def test_two_workers_never_run_one_source_at_once(cluster: Any) -> None:
             "two runs of one source overlapped"
         )
     assert store.count_observations() == 9000
+
+
+def test_worker_processes_share_the_queue_and_stop_together(cluster: Any) -> None:
+    start, client, store, tmp = cluster
+    rows = "\n".join(f"2024-04-{d:02d},/p{p},{d * p}" for d in range(1, 4) for p in range(2000))
+    config = write_config(tmp, csv="date,page,page_views\n" + rows + "\n")
+    worker = start(config, "--processes", "2", "--concurrency", "2")
+    replies = wait_for(
+        lambda: (r := client.control.ping(timeout=1.0)) and len(r) == 2 and r,
+        what="both worker processes",
+    )
+    nodes = sorted(name for reply in replies for name in reply)
+    assert [n.split("@")[0] for n in nodes] == ["celery1", "celery2"]
+    sent = 12
+    for _ in range(sent):
+        client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
+
+    def done_by_node() -> dict[str, int]:
+        stats = client.control.inspect(timeout=1.0).stats() or {}
+        return {n: int(s.get("total", {}).get("dxkpi.collect", 0)) for n, s in stats.items()}
+
+    counts = wait_for(
+        lambda: (c := done_by_node()) and sum(c.values()) >= sent and c,
+        what="every task to be taken",
+    )
+    assert sum(counts.values()) == sent, counts  # each task once
+    assert all(counts.get(node, 0) > 0 for node in nodes), counts  # by both processes
+    wait_for(lambda: not any(r["status"] == "running" for r in store.runs("portal")), what="runs")
+    runs = sorted(store.runs("portal"), key=lambda r: r["started_at"])
+    for a, b in itertools.pairwise(runs):  # the lease still serialises one source's runs
+        assert a["finished_at"] is not None and a["finished_at"] <= b["started_at"]
+    assert store.count_observations() == 6000
+    pids = [int(s["pid"]) for s in (client.control.inspect(timeout=1.0).stats() or {}).values()]
+    assert len(pids) == 2 and worker.process.pid not in pids
+    # One SIGTERM to `dxkpi worker` is a warm shutdown of every process, and a clean exit.
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=30) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_a_worker_process_that_dies_takes_the_others_down_with_its_code(cluster: Any) -> None:
+    start, client, _store, tmp = cluster
+    worker = start(write_config(tmp), "--processes", "2", "--concurrency", "1")
+    wait_for(lambda: len(client.control.ping(timeout=1.0)) == 2, what="both worker processes")
+    pids = [int(s["pid"]) for s in (client.control.inspect(timeout=1.0).stats() or {}).values()]
+    os.kill(pids[0], signal.SIGKILL)
+    # Whatever runs `dxkpi worker` (compose, systemd) sees the failure and restarts it whole.
+    assert worker.process.wait(timeout=30) == 128 + signal.SIGKILL
+    with pytest.raises(ProcessLookupError):
+        os.kill(pids[1], 0)
 
 
 def test_retryable_error_is_retried_with_the_sources_wait(cluster: Any) -> None:

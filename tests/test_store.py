@@ -125,6 +125,47 @@ def test_lease_excludes_a_second_holder_until_released_or_expired(store: Store) 
     assert store.acquire_lease("src", "worker-c", ttl=60)
 
 
+def test_a_leased_run_starts_in_one_step_from_the_cursor_the_holder_sees(store: Store) -> None:
+    store.save_cursor("src", 100.0, "etag-1")
+    seen: list[tuple[float | None, str | None]] = []
+
+    def plan(cursor_end: float | None, checkpoint: str | None) -> tuple[float, float]:
+        seen.append((cursor_end, checkpoint))
+        return (cursor_end or 0.0) - 10.0, 200.0
+
+    run_id = store.start_leased_run("src", "scheduled", "worker-a", 60, plan)
+    assert run_id is not None and seen == [(100.0, "etag-1")]
+    [run] = store.runs("src")
+    assert (run["id"], run["status"], run["window_start"], run["window_end"]) == (
+        run_id,
+        "running",
+        90.0,
+        200.0,
+    )
+    # Another holder gets nothing, and nothing is recorded for it.
+    assert store.start_leased_run("src", "scheduled", "worker-b", 60, plan) is None
+    assert len(store.runs("src")) == 1 and len(seen) == 1
+    # One statement records the outcome, moves the cursor forward only and releases the lease.
+    store.finish_run(run_id, "success", 0, advance_cursor_to=50.0, release_lease_of="worker-a")
+    assert store.cursor("src") == (100.0, "etag-1")
+    assert store.runs("src")[0]["status"] == "success"
+    assert store.start_leased_run("src", "scheduled", "worker-b", 60, plan) is not None
+
+
+def test_a_finished_run_releases_only_its_own_lease(store: Store) -> None:
+    def plan(cursor_end: float | None, checkpoint: str | None) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    late = store.start_leased_run("src", "scheduled", "worker-a", -1, plan)  # expires at once
+    assert late is not None
+    assert store.start_leased_run("src", "scheduled", "worker-b", 60, plan) is not None
+    store.finish_run(
+        late, "failed", 0, "X", "late", advance_cursor_to=1.0, release_lease_of="worker-a"
+    )
+    assert not store.acquire_lease("src", "worker-c", ttl=60)  # worker-b still holds it
+    assert store.cursor("src") == (1.0, None)
+
+
 def test_change_counter_moves_only_when_something_changed(store: Store) -> None:
     store.write("src", daily(3))
     before = store.generations()["src"]

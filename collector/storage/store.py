@@ -12,6 +12,7 @@ by a database trigger.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import itertools
 import json
@@ -23,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from select import POLLIN, poll
 from typing import Any, cast
 
 import psycopg
@@ -30,7 +32,6 @@ from sqlalchemy import (
     Connection,
     Engine,
     bindparam,
-    case,
     create_engine,
     event,
     select,
@@ -38,7 +39,8 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
+from sqlalchemy.sql.elements import TextClause
 
 from collector.contract import Observation
 from collector.storage.schema import collection_runs, series, source_state
@@ -74,13 +76,31 @@ def make_engine(url: str) -> Engine:
 
         return engine
     # Thread-pool workers run many collections at once: keep enough connections pooled that
-    # none is opened and closed per run. Pre-ping makes a restarted server harmless.
-    return create_engine(
+    # none is opened and closed per run.
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=int(os.environ.get("DXKPI_DB_POOL_SIZE", "20")),
         max_overflow=int(os.environ.get("DXKPI_DB_MAX_OVERFLOW", "40")),
     )
+    event.listen(engine, "checkout", _refuse_if_closed_by_server)
+    return engine
+
+
+def _refuse_if_closed_by_server(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Keep a restarted server harmless without `pool_pre_ping`'s round trip per checkout.
+
+    A server that restarts or ends a session sends its last message and closes the socket, so
+    the socket of an idle pooled connection is readable only if the server has gone (this store
+    never LISTENs). Raising DisconnectionError makes the pool reconnect (SQLAlchemy's "custom
+    pessimistic ping"). What this cannot see (a host that vanished without a word) fails the
+    statement instead, which invalidates the pool, and the task retries the run.
+    """
+    if dbapi_connection.closed:
+        raise DisconnectionError("the pooled connection is closed")
+    poller = poll()  # not select(): it cannot watch descriptors above 1023
+    poller.register(dbapi_connection.fileno(), POLLIN)
+    if poller.poll(0):
+        raise DisconnectionError("the server closed this pooled connection")
 
 
 def labels_key(labels: Mapping[str, str]) -> str:
@@ -136,6 +156,52 @@ class RevisionRow:
 
 
 BatchCallback = Callable[[WriteStats], None]
+# (cursor_end, checkpoint) read under the lease -> the run's (window_start, window_end).
+WindowPlan = Callable[[float | None, str | None], tuple[float, float]]
+
+
+# Take the lease unless someone else holds an unexpired one (the holder itself renews it).
+_CLAIM_LEASE = text(
+    "UPDATE source_state SET lease_holder = :holder, lease_expires = :expires "
+    "WHERE source = :source "
+    "AND (lease_holder IS NULL OR lease_expires < :now OR lease_holder = :holder) "
+    "RETURNING cursor_end, checkpoint"
+)
+_INSERT_RUN = text(
+    "INSERT INTO collection_runs (source, kind, window_start, window_end, started_at, status, "
+    "attempt, observations_written) "
+    "VALUES (:source, :kind, :window_start, :window_end, :now, 'running', :attempt, 0) "
+    "RETURNING id"
+)
+
+_FINISH_RUN = text(
+    "UPDATE collection_runs SET finished_at = :now, status = :status, "
+    "observations_written = :written, error_class = :error_class, error_message = :error_message "
+    "WHERE id = :run_id RETURNING source"
+)
+
+
+@functools.cache
+def _state_after_run(cursor: bool, checkpoint: bool, release: bool) -> TextClause:
+    """The source's row after a run: the change counter, and as asked the cursor (forward only),
+    the checkpoint, and the lease (if the run's holder still has it), in one statement."""
+    changes = ["generation = generation + 1"]
+    if cursor:
+        changes.append(
+            "cursor_end = CASE WHEN cursor_end IS NULL OR cursor_end < :cursor "
+            "THEN :cursor ELSE cursor_end END"
+        )
+    if checkpoint:
+        changes.append("checkpoint = :checkpoint")
+    if release:
+        # SET sees the row as it was: both columns test the holder before either changes.
+        changes.append(
+            "lease_holder = CASE WHEN lease_holder = :holder THEN NULL ELSE lease_holder END"
+        )
+        changes.append(
+            "lease_expires = CASE WHEN lease_holder = :holder THEN NULL ELSE lease_expires END"
+        )
+    return text(f"UPDATE source_state SET {', '.join(changes)} WHERE source = :source")
 
 
 class Store:
@@ -409,6 +475,51 @@ class Store:
             )
             return int(result.scalar_one())
 
+    def start_leased_run(
+        self,
+        source: str,
+        kind: str,
+        holder: str,
+        ttl: float,
+        plan_window: WindowPlan,
+        attempt: int = 1,
+    ) -> int | None:
+        """Take the source's lease, read its cursor and record the run as running, all in one
+        transaction: a run's bookkeeping costs the worker CPU and round trips, and several small
+        transactions cost more than one. `plan_window(cursor_end, checkpoint)` picks the window
+        from the cursor as the lease holder sees it. None, and nothing recorded, if another
+        holder has an unexpired lease."""
+        now = time.time()
+        with self.engine.begin() as connection:
+            if source not in self._known_sources:
+                connection.execute(
+                    text(
+                        "INSERT INTO source_state (source, generation) VALUES (:s, 0) "
+                        "ON CONFLICT DO NOTHING"
+                    ),
+                    {"s": source},
+                )
+            claimed = connection.execute(
+                _CLAIM_LEASE,
+                {"source": source, "holder": holder, "now": now, "expires": now + ttl},
+            ).first()
+            if claimed is None:
+                return None
+            window_start, window_end = plan_window(claimed[0], claimed[1])
+            run_id = connection.execute(
+                _INSERT_RUN,
+                {
+                    "source": source,
+                    "kind": kind,
+                    "window_start": window_start,
+                    "window_end": window_end,
+                    "now": now,
+                    "attempt": attempt,
+                },
+            ).scalar_one()
+        self._known_sources.add(source)
+        return int(run_id)
+
     def finish_run(
         self,
         run_id: int,
@@ -425,36 +536,29 @@ class Store:
         save the checkpoint, and release the lease if `release_lease_of` still holds it."""
         with self.engine.begin() as connection:
             source = connection.execute(
-                update(collection_runs)
-                .where(collection_runs.c.id == run_id)
-                .values(
-                    finished_at=time.time(),
-                    status=status,
-                    observations_written=written,
-                    error_class=error_class,
-                    error_message=error_message[:4000] if error_message else None,
-                )
-                .returning(collection_runs.c.source)
+                _FINISH_RUN,
+                {
+                    "run_id": run_id,
+                    "now": time.time(),
+                    "status": status,
+                    "written": written,
+                    "error_class": error_class,
+                    "error_message": error_message[:4000] if error_message else None,
+                },
             ).scalar_one()
-            state = source_state.c
-            values: dict[str, Any] = {"generation": state.generation + 1}
-            if advance_cursor_to is not None:
-                values["cursor_end"] = case(
-                    (
-                        (state.cursor_end.is_(None)) | (state.cursor_end < advance_cursor_to),
-                        advance_cursor_to,
-                    ),
-                    else_=state.cursor_end,
-                )
-            if checkpoint is not None:
-                values["checkpoint"] = checkpoint
-            connection.execute(update(source_state).where(state.source == source).values(**values))
-            if release_lease_of is not None:
-                connection.execute(
-                    update(source_state)
-                    .where(state.source == source, state.lease_holder == release_lease_of)
-                    .values(lease_holder=None, lease_expires=None)
-                )
+            connection.execute(
+                _state_after_run(
+                    advance_cursor_to is not None,
+                    checkpoint is not None,
+                    release_lease_of is not None,
+                ),
+                {
+                    "source": source,
+                    "cursor": advance_cursor_to,
+                    "checkpoint": checkpoint,
+                    "holder": release_lease_of,
+                },
+            )
 
     def source_health(self) -> list[SourceHealth]:
         with self.engine.connect() as connection:
@@ -537,17 +641,11 @@ class Store:
         self._ensure_state(source)
         now = time.time()
         with self.engine.begin() as connection:
-            result = connection.execute(
-                update(source_state)
-                .where(source_state.c.source == source)
-                .where(
-                    (source_state.c.lease_holder.is_(None))
-                    | (source_state.c.lease_expires < now)
-                    | (source_state.c.lease_holder == holder)
-                )
-                .values(lease_holder=holder, lease_expires=now + ttl)
-            )
-            return result.rowcount == 1
+            claimed = connection.execute(
+                _CLAIM_LEASE,
+                {"source": source, "holder": holder, "now": now, "expires": now + ttl},
+            ).first()
+            return claimed is not None
 
     def release_lease(self, source: str, holder: str) -> None:
         with self.engine.begin() as connection:
