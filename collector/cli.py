@@ -10,8 +10,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -21,6 +22,9 @@ from rich.table import Table
 from collector.errors import ConfigError, DxkpiError, SourceError
 from collector.redact import redact
 from collector.runtime import Runtime, resolve, set_current
+
+if TYPE_CHECKING:
+    from collector.contract import Window
 
 console = Console(stderr=True)
 out = Console()
@@ -374,7 +378,7 @@ def collect(
 @click.pass_context
 def backfill(ctx: click.Context, source: str, since: str, until: str | None, enqueue: bool) -> None:
     """Collect a past range, split into the source API's allowed windows."""
-    from collector.runner import backfill_windows, build_connector, collect_source
+    from collector.runner import ReadAhead, backfill_windows, build_connector, collect_source
 
     runtime = _runtime(ctx)
     start = _when(since, runtime)
@@ -393,6 +397,13 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
     store = runtime.store
     store.migrate()
     written = 0
+    # The next window's first items are read (in a thread) while this window's last batch is
+    # stored; the next window's own run stores them, or fails with the error met reading them.
+    ahead: list[ReadAhead] = []
+
+    def read_ahead(window: Window) -> Callable[[], None]:
+        return lambda: ahead.append(ReadAhead(build_connector(runtime.loaded, source), window))
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -402,27 +413,37 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
         console=console,
     ) as progress:
         task = progress.add_task(f"backfill {source}", total=len(windows), written=0)
-        for window in windows:
-            try:
-                result = collect_source(
-                    runtime.loaded, store, source, window=window, kind="backfill"
-                )
-            except SourceError as exc:
-                progress.stop()
-                click.echo(f"error: {exc}", err=True)
-                console.print(
-                    f"stored up to {window.start.isoformat()}; rerun with --since "
-                    f"{window.start.date().isoformat()} to continue (reruns are harmless)."
-                )
-                ctx.exit(1)
-            if result.status == "skipped":
-                progress.stop()
-                console.print(
-                    f"[red]error[/red] another run of {source} holds its lease; retry later"
-                )
-                ctx.exit(1)
-            written += result.written
-            progress.update(task, advance=1, written=written)
+        try:
+            for window, following in zip(windows, [*windows[1:], None], strict=True):
+                try:
+                    result = collect_source(
+                        runtime.loaded,
+                        store,
+                        source,
+                        window=window,
+                        kind="backfill",
+                        ahead=ahead.pop() if ahead else None,
+                        on_collected=read_ahead(following) if following else None,
+                    )
+                except SourceError as exc:
+                    progress.stop()
+                    click.echo(f"error: {exc}", err=True)
+                    console.print(
+                        f"stored up to {window.start.isoformat()}; rerun with --since "
+                        f"{window.start.date().isoformat()} to continue (reruns are harmless)."
+                    )
+                    ctx.exit(1)
+                if result.status == "skipped":
+                    progress.stop()
+                    console.print(
+                        f"[red]error[/red] another run of {source} holds its lease; retry later"
+                    )
+                    ctx.exit(1)
+                written += result.written
+                progress.update(task, advance=1, written=written)
+        finally:
+            for unused in ahead:  # its window's run did not happen
+                unused.close()
     out.print(f"{source}: backfilled {len(windows)} windows, {written} observations")
 
 

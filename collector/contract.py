@@ -37,12 +37,16 @@ class Granularity(enum.StrEnum):
     FISCAL_YEAR = "fiscal_year"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Observation:
     """One value of one series for one period.
 
     `start` is timezone-aware: the start of the period (midnight of the day in the source's
     timezone for DAY) or the instant itself. Values are in base units (seconds, not minutes).
+
+    Treat it as immutable. It is not frozen: a frozen dataclass's `__init__` sets each field
+    through `object.__setattr__`, three times the cost, and a backfill makes millions (it was
+    never hashable either way: `labels` is a dict).
     """
 
     metric: str

@@ -172,9 +172,11 @@ class Ga4Connector(Connector[Ga4Settings]):
     ) -> Iterator[T]:
         """What `read` makes of every page of a report, in order.
 
-        The next page is requested, parsed and read in a thread while the caller uses this
-        one: waiting on Google, parsing, and the caller's own waits (on the store) overlap. It
-        is never more than one page ahead, so at most two pages are in memory.
+        The next page is requested and parsed in a thread while `read` makes this one's items
+        and the caller uses them: waiting on Google overlaps with the work here. `read` runs
+        here, not in that thread, so the next request goes out as soon as a page is parsed:
+        Google prepares page N+1 while page N is read. Never more than one page ahead, so at
+        most two pages are in memory.
         """
         body: dict[str, Any] = {
             "dateRanges": [date_range],
@@ -185,8 +187,8 @@ class Ga4Connector(Connector[Ga4Settings]):
             "keepEmptyRows": False,
         }
 
-        def fetch(offset: int, limit: int) -> tuple[list[T], bool]:
-            """A page's items, and whether the report goes on after it."""
+        def fetch(offset: int, limit: int) -> tuple[list[Any], bool]:
+            """A page's rows, and whether the report goes on after it."""
             page = self.client.post_json(
                 self.path, json={**body, "offset": str(offset), "limit": str(limit)}
             )
@@ -202,17 +204,19 @@ class Ga4Connector(Connector[Ga4Settings]):
             rows = page.get("rows", [])
             total = page.get("rowCount")  # absent when nothing matched
             more = len(rows) >= limit and isinstance(total, int) and offset + limit < total
-            return read(rows), more
+            return rows, more
 
         limit = self.settings.page_size
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ga4-prefetch")
         try:
             offset = 0
-            pending: Future[tuple[list[T], bool]] | None = pool.submit(fetch, offset, limit)
+            pending: Future[tuple[list[Any], bool]] | None = pool.submit(fetch, offset, limit)
             while pending is not None:
-                items, more = pending.result()  # raises what the fetch raised, unchanged
+                rows, more = pending.result()  # raises what the fetch raised, unchanged
                 offset += limit
                 pending = pool.submit(fetch, offset, limit) if more else None
+                items = read(rows)
+                del rows
                 yield from items
                 del items
         finally:

@@ -18,7 +18,6 @@ Rows are computed, not stored, so a report of a million rows costs no memory her
 
 from __future__ import annotations
 
-import gc
 import itertools
 import json
 from dataclasses import dataclass, field
@@ -181,15 +180,6 @@ class FakeGa4:
         ]
         per_day = len(self.paths) if "pagePath" in dims else 1
         total = len(days) * per_day
-        # A page allocates a hundred thousand containers and no cycle: the cyclic collector
-        # would only rescan them (it tripled the time the bench's fake took to answer).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            rows = self._rows(days, offset, min(total, offset + limit), dims, metrics)
-        finally:
-            if collecting:
-                gc.enable()
         report: dict[str, Any] = {
             "dimensionHeaders": [{"name": d} for d in dims],
             "metricHeaders": [{"name": m, "type": "TYPE_INTEGER"} for m in metrics],
@@ -197,44 +187,60 @@ class FakeGa4:
             "kind": "analyticsData#runReport",
         }
         if total:
-            report["rows"] = rows
+            report["rows"] = _ROWS
             report["rowCount"] = total
-        # Rows share cells, never contain themselves: the encoder's cycle check is wasted work.
-        body = json.dumps(report, check_circular=False).encode()
+        rows = self._rows_json(days, offset, min(total, offset + limit), dims, metrics)
+        # The rows are written as text straight into the report's JSON (the same bytes
+        # `json.dumps` makes of them as dicts, in a fraction of the time).
+        body = json.dumps(report).replace(json.dumps(_ROWS), rows, 1).encode()
         return FakeResponse(200, body, {"Content-Type": "application/json"})
 
-    def _rows(
+    def _rows_json(
         self, days: list[date], first: int, end: int, dims: list[str], metrics: list[str]
-    ) -> list[Any]:
-        """Rows `first` to `end` (exclusive) of the report, day by day, pages in order.
+    ) -> str:
+        """Rows `first` to `end` (exclusive) of the report, day by day, pages in order, as
+        the JSON text of their list.
 
-        Built per day, not per row: the bench serves 1.46M rows from this process, on the cores
-        the backfill it measures needs. Cells that repeat (a day's date, a page's path) are one
-        shared object each; the JSON is the same.
+        Written as text, not built as dicts for `json.dumps`: the bench serves 1.46M rows from
+        this process, on the cores the backfill it measures needs. A cell that repeats (a day's
+        date, a page's path) is encoded once.
         """
         by_page = "pagePath" in dims
         n_paths = len(self.paths)
         per_day = n_paths if by_page else 1
-        path_cells = [{"value": path} for path in self.paths]
-        rows: list[Any] = []
+        path_cells = [json.dumps({"value": path}) for path in self.paths]
+        rows: list[str] = []
         for day_index in range(first // per_day, (end + per_day - 1) // per_day):
             day = days[day_index]
-            date_cell = {"value": day.strftime("%Y%m%d")}
-            users = self.users(day)
             # `views` grows by 10 per page in order: the site's total has a closed form.
             first_views = self.views(day, 0)
             total_views = n_paths * first_views + 5 * n_paths * (n_paths - 1)
+            # The day's row, with the page's cell as {0} and its views as {1}.
+            cells = {
+                "date": _literal(json.dumps({"value": day.strftime("%Y%m%d")})),
+                "pagePath": "{0}",
+            }
+            values = {"screenPageViews": "{1}", "activeUsers": str(self.users(day))}
+            row = (
+                '{{"dimensionValues": ['
+                + ", ".join([cells[d] for d in dims])
+                + '], "metricValues": ['
+                + ", ".join([f'{{{{"value": "{values[m]}"}}}}' for m in metrics])
+                + "]}}"
+            )
             day_start = day_index * per_day
             for path_index in range(
                 max(first, day_start) - day_start, min(end - day_start, per_day)
             ):
-                cells = {"date": date_cell, "pagePath": path_cells[path_index]}
                 views = first_views + 10 * path_index if by_page else total_views
-                values = {"screenPageViews": views, "activeUsers": users}
-                rows.append(
-                    {
-                        "dimensionValues": [cells[d] for d in dims],
-                        "metricValues": [{"value": str(values[m])} for m in metrics],
-                    }
-                )
-        return rows
+                rows.append(row.format(path_cells[path_index] if by_page else "", views))
+        return "[" + ", ".join(rows) + "]"
+
+
+def _literal(text: str) -> str:
+    """`text` as it reads in a `str.format` template."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+# Where the rows go in a report's JSON, until they are written in.
+_ROWS = "\x00rows\x00"

@@ -199,6 +199,45 @@ def test_every_page_and_day_read_across_pages(ga4: Server) -> None:
     assert values == {("ga4_active_users", "", date(2025, 4, 3)): 0}
 
 
+def test_the_fake_writes_rows_as_json_dumps_would() -> None:
+    # The fake writes its rows as text: the same bytes as dicts through `json.dumps`.
+    paths = ["/", '/"{0}"\\{x}/', "/くらし/", "/%E3%81%82/"]
+    fake = FakeGa4(KEY.public_key(), paths=paths, empty_days={date(2025, 4, 2)})
+    for dims, metrics in [
+        (["date", "pagePath"], ["screenPageViews"]),
+        (["pagePath", "date"], ["activeUsers", "screenPageViews"]),
+        (["date"], ["activeUsers", "screenPageViews"]),
+    ]:
+        body = fake._run_report(
+            {
+                "dateRanges": [{"startDate": "2025-04-01", "endDate": "2025-04-03"}],
+                "dimensions": [{"name": d} for d in dims],
+                "metrics": [{"name": m} for m in metrics],
+                "offset": "1",
+                "limit": "6",
+            }
+        ).body
+        report = json.loads(body)
+        by_page = "pagePath" in dims
+        expected = []
+        for day in (date(2025, 4, 1), date(2025, 4, 3)):
+            for i, path in enumerate(paths if by_page else [""]):
+                cells = {"date": day.strftime("%Y%m%d"), "pagePath": path}
+                values = {
+                    "screenPageViews": fake.views(day, i) if by_page else page_views(fake, day),
+                    "activeUsers": fake.users(day),
+                }
+                expected.append(
+                    {
+                        "dimensionValues": [{"value": cells[d]} for d in dims],
+                        "metricValues": [{"value": str(values[m])} for m in metrics],
+                    }
+                )
+        assert report["rows"] == expected[1:7]
+        assert report["rowCount"] == len(expected)
+        assert body == json.dumps(report).encode()
+
+
 def test_totals_add_up_the_pages(ga4: Server) -> None:
     got = observations(ga4.connector().collect(days(APRIL_1, 2)))
     for day in (date(2025, 4, 1), date(2025, 4, 2)):
