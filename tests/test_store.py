@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -199,13 +200,15 @@ def test_store_survives_a_postgres_restart_of_its_connections(pg_store: Store) -
     pg_store.write("src", daily(3))
     # What a server restart does to a pool: every open connection is killed.
     admin = create_engine(pg_store.url, isolation_level="AUTOCOMMIT")
+    others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     with admin.connect() as connection:
-        connection.execute(
-            text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        )
+        connection.execute(text(f"SELECT pg_terminate_backend(pid) {others}"))
+        # A restart is over once its old backends have exited (and closed their sockets):
+        # pg_terminate_backend only signals them.
+        deadline = time.monotonic() + 10
+        while connection.execute(text(f"SELECT count(*) {others}")).scalar_one():
+            assert time.monotonic() < deadline, "terminated backends did not exit"
+            time.sleep(0.01)
     admin.dispose()
     stats = pg_store.write("src", daily(6))
     assert stats.changed == 3
