@@ -160,6 +160,10 @@ BatchCallback = Callable[[WriteStats], None]
 WindowPlan = Callable[[float | None, str | None], tuple[float, float]]
 
 
+# Rows in source_state are never deleted: each source's row is inserted once per process.
+_ENSURE_STATE = text(
+    "INSERT INTO source_state (source, generation) VALUES (:source, 0) ON CONFLICT DO NOTHING"
+)
 # Take the lease unless someone else holds an unexpired one (the holder itself renews it).
 _CLAIM_LEASE = text(
     "UPDATE source_state SET lease_holder = :holder, lease_expires = :expires "
@@ -431,17 +435,10 @@ class Store:
         return [known[ident] for ident in idents]
 
     def _ensure_state(self, source: str) -> None:
-        # Rows in source_state are never deleted: insert each source's row once per process.
         if source in self._known_sources:
             return
         with self.engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO source_state (source, generation) VALUES (:s, 0) "
-                    "ON CONFLICT DO NOTHING"
-                ),
-                {"s": source},
-            )
+            connection.execute(_ENSURE_STATE, {"source": source})
         self._known_sources.add(source)
 
     @staticmethod
@@ -492,13 +489,7 @@ class Store:
         now = time.time()
         with self.engine.begin() as connection:
             if source not in self._known_sources:
-                connection.execute(
-                    text(
-                        "INSERT INTO source_state (source, generation) VALUES (:s, 0) "
-                        "ON CONFLICT DO NOTHING"
-                    ),
-                    {"s": source},
-                )
+                connection.execute(_ENSURE_STATE, {"source": source})
             claimed = connection.execute(
                 _CLAIM_LEASE,
                 {"source": source, "holder": holder, "now": now, "expires": now + ttl},
