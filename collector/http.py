@@ -27,9 +27,10 @@ import re
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HttpClient",
     "RequestBudget",
+    "fetched_ahead",
     "paginate_cursor",
     "paginate_odata",
     "paginate_offset",
@@ -490,6 +492,29 @@ def paginate_offset(
         offset += limit
         if short or not isinstance(total, int) or offset >= total:
             return
+
+
+T = TypeVar("T")
+_END = object()
+
+
+def fetched_ahead(pages: Iterator[T]) -> Iterator[T]:
+    """Yield `pages`, fetching the next one in a thread while the caller works on this one.
+
+    Waiting on the API then overlaps with parsing and storing. Never more than one page ahead,
+    so at most two are in memory; an error from `pages` is raised unchanged, in its place.
+    Left early (an error downstream), it does not wait for the request in flight: the page is
+    dropped when it arrives and nothing more is asked for.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dxkpi-fetch-ahead")
+    try:
+        pending = pool.submit(next, pages, _END)
+        while (page := pending.result()) is not _END:
+            pending = pool.submit(next, pages, _END)
+            yield cast(T, page)  # not _END: checked above
+            del page  # only the page in flight stays alive while the caller waits
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def paginate_odata(

@@ -23,6 +23,7 @@ from collector.errors import (
 from collector.http import (
     HttpClient,
     RequestBudget,
+    fetched_ahead,
     paginate_cursor,
     paginate_odata,
     paginate_offset,
@@ -356,6 +357,29 @@ def test_paginate_offset_stops_at_total() -> None:
 
     rows = [r for page in paginate_offset(fetch, 3, "rowCount") for r in page["rows"]]
     assert rows == data and asked == [(0, 3), (3, 3), (6, 3)]
+
+
+def test_fetched_ahead_keeps_order_stays_one_page_ahead_and_raises_in_place() -> None:
+    produced: list[int] = []
+
+    def pages() -> Iterator[int]:
+        for page in range(4):
+            produced.append(page)
+            yield page
+        raise SourceDataError("asc", "page 4 is malformed")
+
+    seen = []
+    with pytest.raises(SourceDataError, match="page 4 is malformed"):
+        for page in fetched_ahead(pages()):
+            # While the caller works on this page, the next one is fetched, and no further.
+            deadline = time.monotonic() + 5
+            while produced[-1] == page and page < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert produced[-1] == min(page + 1, 3)
+            time.sleep(0.02)
+            assert produced[-1] == min(page + 1, 3)
+            seen.append(page)
+    assert seen == [0, 1, 2, 3]
 
 
 def test_paginate_offset_stops_on_empty_page_without_total() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,7 +30,7 @@ from collector.contract import (
     Window,
 )
 from collector.errors import FatalSourceError, SourceDataError
-from collector.http import HttpClient
+from collector.http import HttpClient, fetched_ahead, paginate_offset
 from connectors._google import service_account_info
 
 log = logging.getLogger("dxkpi.connectors.ga4")
@@ -187,8 +186,7 @@ class Ga4Connector(Connector[Ga4Settings]):
             "keepEmptyRows": False,
         }
 
-        def fetch(offset: int, limit: int) -> tuple[list[Any], bool]:
-            """A page's rows, and whether the report goes on after it."""
+        def fetch(offset: int, limit: int) -> Any:
             page = self.client.post_json(
                 self.path, json={**body, "offset": str(offset), "limit": str(limit)}
             )
@@ -201,27 +199,14 @@ class Ga4Connector(Connector[Ga4Settings]):
                     self.context.source_id,
                     "+".join(dimensions),
                 )
-            rows = page.get("rows", [])
-            total = page.get("rowCount")  # absent when nothing matched
-            more = len(rows) >= limit and isinstance(total, int) and offset + limit < total
-            return rows, more
+            return page
 
-        limit = self.settings.page_size
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ga4-prefetch")
-        try:
-            offset = 0
-            pending: Future[tuple[list[Any], bool]] | None = pool.submit(fetch, offset, limit)
-            while pending is not None:
-                rows, more = pending.result()  # raises what the fetch raised, unchanged
-                offset += limit
-                pending = pool.submit(fetch, offset, limit) if more else None
-                items = read(rows)
-                del rows
-                yield from items
-                del items
-        finally:
-            # Left early (an error here or downstream): do not wait for a request in flight.
-            pool.shutdown(wait=False, cancel_futures=True)
+        pages = paginate_offset(fetch, self.settings.page_size, "rowCount", items_field="rows")
+        for page in fetched_ahead(pages):
+            items = read(page.get("rows", []))
+            del page
+            yield from items
+            del items
 
     def _bad_row(self, exc: Exception) -> SourceDataError:
         if isinstance(exc, KeyError) and re.fullmatch(r"'\d{8}'", str(exc)):
