@@ -206,16 +206,19 @@ def _templates(family: SeriesFamily, previous: SeriesLines | None) -> tuple[byte
         lines = (line for block in previous.templates for line in block.split(b"\n")[:-1])
         known = dict(zip(previous.ids, lines, strict=True))
     prefix = family.name.replace("%", "%%")
-    lines_now: list[bytes] = []
-    for series_id in family.ids:
-        line = known.get(series_id)
-        if line is None:
-            part = family.labels(series_id).replace("%", "%%")
-            line = f"{prefix}{part} %r".encode()
-        lines_now.append(line)
+
+    def line(series_id: int) -> bytes:
+        known_line = known.get(series_id)
+        if known_line is not None:
+            return known_line + b"\n"
+        part = family.labels(series_id).replace("%", "%%")
+        return f"{prefix}{part} %r\n".encode()
+
+    # Block by block: the lines of a whole family (100k and more) are never alive at once.
+    ids = family.ids
     return tuple(
-        b"".join(line + b"\n" for line in lines_now[k : k + BLOCK_LINES])
-        for k in range(0, len(lines_now), BLOCK_LINES)
+        b"".join([line(series_id) for series_id in ids[k : k + BLOCK_LINES]])
+        for k in range(0, len(ids), BLOCK_LINES)
     )
 
 

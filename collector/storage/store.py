@@ -659,12 +659,17 @@ class Store:
             }
 
     def series_rows(self) -> list[SeriesRow]:
-        with self.engine.connect() as connection:
+        # The exporter reads every series on each rebuild (100k and more): rows are streamed
+        # rather than buffered whole by the driver, and the source and metric names repeated on
+        # every row are shared, not held once per row.
+        shared: dict[str, str] = {}
+        streamed = {"stream_results": True, "yield_per": 10_000}
+        with self.engine.connect().execution_options(**streamed) as connection:
             return [
                 SeriesRow(
                     id=row.id,
-                    source=row.source,
-                    metric=row.metric,
+                    source=shared.setdefault(row.source, row.source),
+                    metric=shared.setdefault(row.metric, row.metric),
                     labels_json=row.labels,
                     last_start=row.last_start,
                     last_value=row.last_value,
