@@ -454,23 +454,21 @@ class Store:
     def start_run(
         self, source: str, kind: str, window_start: float, window_end: float, attempt: int = 1
     ) -> int:
+        """Record a run as running, without a lease (`start_leased_run` is what the runner uses)."""
         self._ensure_state(source)
         with self.engine.begin() as connection:
-            result = connection.execute(
-                collection_runs.insert()
-                .values(
-                    source=source,
-                    kind=kind,
-                    window_start=window_start,
-                    window_end=window_end,
-                    started_at=time.time(),
-                    status="running",
-                    attempt=attempt,
-                    observations_written=0,
-                )
-                .returning(collection_runs.c.id)
-            )
-            return int(result.scalar_one())
+            run_id = connection.execute(
+                _INSERT_RUN,
+                {
+                    "source": source,
+                    "kind": kind,
+                    "window_start": window_start,
+                    "window_end": window_end,
+                    "now": time.time(),
+                    "attempt": attempt,
+                },
+            ).scalar_one()
+            return int(run_id)
 
     def start_leased_run(
         self,
