@@ -15,7 +15,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -399,17 +399,21 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
                 self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
 
         def _send(self, status: int, body: bytes, content_type: str, gzipped: bool = False) -> None:
+            self._send_pieces([body], len(body), content_type, status=status, gzipped=gzipped)
+
+        def _send_pieces(
+            self,
+            pieces: Iterable[bytes],
+            length: int,
+            content_type: str,
+            *,
+            status: int = 200,
+            gzipped: bool = False,
+        ) -> None:
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             if gzipped:
                 self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _send_pieces(self, pieces: Iterator[bytes], length: int, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(length))
             self.end_headers()
             for piece in pieces:
