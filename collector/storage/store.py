@@ -178,6 +178,21 @@ _INSERT_RUN = text(
     "RETURNING id"
 )
 
+
+def _record_run(
+    connection: Connection,
+    source: str,
+    kind: str,
+    window: tuple[float, float],
+    now: float,
+    attempt: int,
+) -> int:
+    """Insert a run as running; its id."""
+    params = {"source": source, "kind": kind, "now": now, "attempt": attempt}
+    params.update(window_start=window[0], window_end=window[1])
+    return int(connection.execute(_INSERT_RUN, params).scalar_one())
+
+
 _FINISH_RUN = text(
     "UPDATE collection_runs SET finished_at = :now, status = :status, "
     "observations_written = :written, error_class = :error_class, error_message = :error_message "
@@ -457,18 +472,8 @@ class Store:
         """Record a run as running, without a lease (`start_leased_run` is what the runner uses)."""
         self._ensure_state(source)
         with self.engine.begin() as connection:
-            run_id = connection.execute(
-                _INSERT_RUN,
-                {
-                    "source": source,
-                    "kind": kind,
-                    "window_start": window_start,
-                    "window_end": window_end,
-                    "now": time.time(),
-                    "attempt": attempt,
-                },
-            ).scalar_one()
-            return int(run_id)
+            window = (window_start, window_end)
+            return _record_run(connection, source, kind, window, time.time(), attempt)
 
     def start_leased_run(
         self,
@@ -494,20 +499,10 @@ class Store:
             ).first()
             if claimed is None:
                 return None
-            window_start, window_end = plan_window(claimed[0], claimed[1])
-            run_id = connection.execute(
-                _INSERT_RUN,
-                {
-                    "source": source,
-                    "kind": kind,
-                    "window_start": window_start,
-                    "window_end": window_end,
-                    "now": now,
-                    "attempt": attempt,
-                },
-            ).scalar_one()
+            window = plan_window(claimed[0], claimed[1])
+            run_id = _record_run(connection, source, kind, window, now, attempt)
         self._known_sources.add(source)
-        return int(run_id)
+        return run_id
 
     def finish_run(
         self,
