@@ -180,12 +180,12 @@ def test_grafana_gets_the_provisioning_and_dashboards() -> None:
 def test_alertmanager_secret_files_are_the_ones_its_config_reads() -> None:
     service = services()["alertmanager"]
     script = service["command"][0]
-    written = set(re.findall(r"> (/run/\S+)", script))
+    written = set(re.findall(r"> (/run/alertmanager-secrets/\S+)", script))
     config = (ROOT / "prometheus" / "alertmanager.yml").read_text()
     read = set(re.findall(r"_file: (/run/\S+)", config))
     assert written == read and len(read) == 2
-    (tmpfs,) = service["tmpfs"]
-    assert {path.rsplit("/", 1)[0] for path in read} == {tmpfs.split(":")[0]}
+    secrets_tmpfs = [t for t in service["tmpfs"] if t.startswith("/run/alertmanager-secrets:")]
+    assert {path.rsplit("/", 1)[0] for path in read} == {secrets_tmpfs[0].split(":")[0]}
 
 
 def test_secrets_come_from_the_env_file_only() -> None:
