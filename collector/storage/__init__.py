@@ -1,5 +1,14 @@
 """Storage: SQLAlchemy Core tables, Alembic migrations, and the `Store` that writes and reads."""
 
+from collector.storage.revision import SchemaNotCurrentError, require_current_schema
 from collector.storage.store import SeriesRow, SourceHealth, Store, WriteStats, labels_key
 
-__all__ = ["SeriesRow", "SourceHealth", "Store", "WriteStats", "labels_key"]
+__all__ = [
+    "SchemaNotCurrentError",
+    "SeriesRow",
+    "SourceHealth",
+    "Store",
+    "WriteStats",
+    "labels_key",
+    "require_current_schema",
+]
