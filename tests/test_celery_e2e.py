@@ -256,6 +256,15 @@ class EmbeddedRun:
         except OSError:
             return ""
 
+    def portal_up(self, what: str) -> str:
+        """Wait until /metrics shows the portal source up; return the body."""
+        body: str = wait_for(
+            lambda: (b := self.scrape()) and 'dxkpi_source_up{source="portal"} 1.0' in b and b,
+            timeout=90,
+            what=what,
+        )
+        return body
+
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(timeout=30)
@@ -266,11 +275,7 @@ def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     run = EmbeddedRun(tmp_path, config, tmp_path / "run.log")
     try:
-        body = wait_for(
-            lambda: (b := run.scrape()) and 'dxkpi_source_up{source="portal"} 1.0' in b and b,
-            timeout=90,
-            what="the embedded worker's first collection on /metrics",
-        )
+        body = run.portal_up("the embedded worker's first collection on /metrics")
     finally:
         run.stop()
     assert 'dxkpi_portal_page_views{page="/top",source="portal"} 130.0' in body
@@ -285,20 +290,12 @@ def test_a_warm_start_collects_nothing_twice(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'data-dir' / 'dxkpi.sqlite'}")
     first = EmbeddedRun(tmp_path, config, tmp_path / "first.log")
     try:
-        wait_for(
-            lambda: 'dxkpi_source_up{source="portal"} 1.0' in first.scrape(),
-            timeout=90,
-            what="the first run",
-        )
+        first.portal_up("the first run")
     finally:
         first.stop()
     second = EmbeddedRun(tmp_path, config, tmp_path / "second.log")
     try:
-        wait_for(
-            lambda: 'dxkpi_source_up{source="portal"} 1.0' in second.scrape(),
-            timeout=90,
-            what="the second start's exporter",
-        )
+        second.portal_up("the second start's exporter")
         # Long enough for a kicked-off or caught-up run to have been taken and recorded.
         wait_for(
             lambda: (
