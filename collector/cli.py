@@ -6,6 +6,7 @@ import errno
 import gc
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -65,7 +66,7 @@ def _read_store(ctx: click.Context) -> tuple[Runtime, Store]:
 def exact(value: float) -> str:
     """A stored value as it is, with separators: 1070123 -> "1,070,123", 0.1 -> "0.1" (never
     rounded to six digits or written in e-notation)."""
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         return str(value)
     return f"{Decimal(repr(value)).normalize():,f}"
 
@@ -209,11 +210,11 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
         # Collect now what has no recent success, instead of waiting a whole interval for beat.
         for source_id in due:
             app.send_task("dxkpi.collect", args=(source_id,))
-        skipped = len(runtime.loaded.config.sources) - len(due)
-        console.print(
-            f"collecting {len(due)} source(s) now; {skipped} collected within their interval "
-            "wait for their schedule",
-            highlight=False,
+        recent = len(runtime.loaded.config.sources) - len(due)
+        click.echo(
+            f"collecting {len(due)} source(s) now; {recent} with a success within their "
+            "interval wait for their schedule",
+            err=True,
         )
         _serve(exp, server)
     except KeyboardInterrupt:
@@ -399,13 +400,10 @@ def collect(
     store = None
     if not dry_run:
         store = _read_store(ctx)[1]
-    try:
-        result = collect_source(
-            runtime.loaded, store, source, window=window, kind="manual", dry_run=dry_run
-        )
-    except (SourceError, DxkpiError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        ctx.exit(1)
+    # A source's failure is one `error:` line from the group.
+    result = collect_source(
+        runtime.loaded, store, source, window=window, kind="manual", dry_run=dry_run
+    )
     if dry_run:
         items = result.observations or []
         table = Table(title=f"{source}: {len(items)} observations would be stored (dry run)")
@@ -449,11 +447,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
         app.send_task("dxkpi.backfill", args=(source, start.isoformat(), end.isoformat()))
         out.print(f"queued backfill of {source} from {start.isoformat()} to {end.isoformat()}")
         return
-    try:
-        windows = backfill_windows(build_connector(runtime.loaded, source), start, end)
-    except DxkpiError as exc:
-        click.echo(f"error: {exc}", err=True)
-        ctx.exit(1)
+    windows = backfill_windows(build_connector(runtime.loaded, source), start, end)
     store = _read_store(ctx)[1]
     written = 0
     # The next window's first items are read (in a thread) while this window's last batch is

@@ -449,7 +449,16 @@ def load_config(path: str | Path) -> LoadedConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError([ConfigProblem(file, None, "", "config file not found")]) from exc
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file,
+                    None,
+                    "",
+                    "config file not found; give one with --config FILE or DXKPI_CONFIG",
+                )
+            ]
+        ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(file, None, "", "config must be UTF-8 text")]) from exc
     raw, lines = _compose(text, file)

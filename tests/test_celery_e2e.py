@@ -308,7 +308,7 @@ def test_a_warm_start_collects_nothing_twice(tmp_path: Path) -> None:
         time.sleep(6)
     finally:
         second.stop()
-    assert "collecting 0 source(s) now" in (tmp_path / "second.log").read_text()
+    assert "collecting 0 source(s) now; 1 with a success" in (tmp_path / "second.log").read_text()
     assert len(store.runs("portal")) == 1
 
 

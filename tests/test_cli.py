@@ -287,7 +287,9 @@ def test_startup_failures_are_one_line(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.yaml"
     result = CliRunner().invoke(main, ["--config", str(missing), "status"])
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
-    assert result.output.strip().splitlines() == [f"error: {missing}: config file not found"]
+    assert result.output.strip().splitlines() == [
+        f"error: {missing}: config file not found; give one with --config FILE or DXKPI_CONFIG"
+    ]
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("", encoding="utf-8")
     write_config(tmp_path)
