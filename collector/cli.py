@@ -6,7 +6,6 @@ import errno
 import gc
 import json
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -15,7 +14,6 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from datetime import time as dt_time
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -39,6 +37,7 @@ if TYPE_CHECKING:
 console = Console(stderr=True)
 out = Console()
 
+NAME_WIDTH = 20  # `status`: cells of a KPI name per line, two lines at most
 RECOMMENDED_POOL = "threads"
 RECOMMENDED_CONCURRENCY = 32
 
@@ -61,14 +60,6 @@ def _read_store(ctx: click.Context) -> tuple[Runtime, Store]:
     runtime = _runtime(ctx, read_only=True)
     require_current_schema(runtime.store)
     return runtime, runtime.store
-
-
-def exact(value: float) -> str:
-    """A stored value as it is, with separators: 1070123 -> "1,070,123", 0.1 -> "0.1" (never
-    rounded to six digits or written in e-notation)."""
-    if not math.isfinite(value):
-        return str(value)
-    return f"{Decimal(repr(value)).normalize():,f}"
 
 
 def _when(text: str | None, runtime: Runtime, *, default: datetime | None = None) -> datetime:
@@ -345,6 +336,7 @@ def exporter(ctx: click.Context, listen: str | None) -> None:
 
 def _bind(runtime: Runtime, listen: str | None) -> tuple[Exporter, ThreadingHTTPServer]:
     """The exporter and its listening socket; a busy or bad address is a one-line error."""
+    from collector import clock
     from collector.exporter import Exporter, make_server, parse_listen
 
     address = listen or runtime.loaded.config.exporter.listen
@@ -352,7 +344,8 @@ def _bind(runtime: Runtime, listen: str | None) -> tuple[Exporter, ThreadingHTTP
         host, port = parse_listen(address)
     except ValueError as exc:
         raise DxkpiError(str(exc)) from None
-    exp = Exporter(runtime.store, runtime.loaded)
+    tz = runtime.loaded.config.tz
+    exp = Exporter(runtime.store, runtime.loaded, clock=lambda: clock.now(tz))
     try:
         server = make_server(exp, host, port)
     except OSError as exc:
@@ -390,6 +383,7 @@ def collect(
 ) -> None:
     """Collect one source now, in this process."""
     from collector.contract import Window
+    from collector.present import format_exact
     from collector.runner import collect_source
 
     runtime = _runtime(ctx, read_only=True)
@@ -416,7 +410,7 @@ def collect(
             labels = ",".join(f"{k}={v}" for k, v in sorted(obs.labels.items()))
             local = obs.start.astimezone(runtime.loaded.config.tz)
             period = local.strftime("%Y-%m-%d" if local.time() == dt_time() else "%Y-%m-%d %H:%M")
-            table.add_row(obs.metric, labels, period, obs.granularity, exact(obs.value))
+            table.add_row(obs.metric, labels, period, obs.granularity, format_exact(obs.value))
         out.print(table)
         if len(items) > 50:
             out.print(f"… and {len(items) - 50} more")
@@ -583,7 +577,7 @@ def sources(ctx: click.Context, as_json: bool) -> None:
             str(row["schedule"]),
             "never"
             if row["last_status"] is None
-            else _ts_zoned(health[source.id].last_success_at, runtime),
+            else _ts(health[source.id].last_success_at, runtime),
             # The row names the source already; one line, cut to what fits (--json has it all).
             " ".join(str(row["last_error"] or "").removeprefix(f"source {source.id!r}: ").split()),
         ]
@@ -600,50 +594,146 @@ def sources(ctx: click.Context, as_json: bool) -> None:
     out.print(table)
 
 
-def _ts_zoned(ts: float | None, runtime: Runtime) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, runtime.loaded.config.tz).strftime("%Y-%m-%d %H:%M %Z")
-
-
 def _ts(ts: float | None, runtime: Runtime) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, runtime.loaded.config.tz).strftime("%Y-%m-%d %H:%M")
+    from collector.present import format_moment
+
+    return format_moment(ts, runtime.loaded.config.tz)
+
+
+def _as_of(text: str | None, runtime: Runtime) -> float:
+    """--as-of, else the shared clock (DXKPI_AS_OF, else now)."""
+    from collector import clock
+
+    tz = runtime.loaded.config.tz
+    try:
+        return clock.parse_moment(text, tz) if text else clock.now(tz)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--as-of / DXKPI_AS_OF") from None
+
+
+def _fiscal_year_option(text: str | None) -> int | None:
+    from collector.fiscal import parse_fiscal_year
+
+    if text is None:
+        return None
+    try:
+        return parse_fiscal_year(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--fiscal-year") from None
 
 
 @main.command()
+@click.option(
+    "--fiscal-year", "fiscal_year", help="Each KPI's figure for this fiscal year (R3, FY2021)."
+)
+@click.option("--as-of", "as_of", help="The figures as they stood then (ISO date or time).")
+@click.option("--lang", type=click.Choice(["ja", "en"]), default="ja", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 @click.pass_context
-def status(ctx: click.Context) -> None:
-    """Each KPI's value, baseline, target, progress and last change; each source's health."""
-    from collector.fiscal import reiwa_label
+def status(
+    ctx: click.Context, fiscal_year: str | None, as_of: str | None, lang: str, as_json: bool
+) -> None:
+    """Each KPI's reported figure, target, progress and status; each source's health.
+
+    A KPI's figure is that of its latest complete reported period (a fiscal year's total, a
+    month's value), or of the fiscal year given with --fiscal-year.
+    """
+    from rich import box
+    from rich.markup import escape
+
     from collector.kpi import KpiCalculator
+    from collector.present import (
+        STATUS_WORDS,
+        Lang,
+        clip,
+        format_ratio,
+        kpi_record,
+        period_label,
+        short_fiscal_year,
+        split_value,
+    )
 
     runtime = _runtime(ctx, read_only=True)
     store = runtime.store
     require_current_schema(store)
-    kpis = Table(title="KPIs")
-    kpis.add_column("KPI", no_wrap=True)
-    for column in ("name", "value", "baseline", "target", "progress", "expected", "last good move"):
-        kpis.add_column(column)
-    for state in KpiCalculator(store, runtime.loaded.config).compute_all(time.time()):
+    tz = runtime.loaded.config.tz
+    moment = _as_of(as_of, runtime)
+    year = _fiscal_year_option(fiscal_year)
+    states = KpiCalculator(store, runtime.loaded.config).compute_all(moment, fiscal_year=year)
+    health = {h.source: h for h in store.source_health()}
+    if as_json:
+        records = {
+            "as_of": datetime.fromtimestamp(moment, tz).isoformat(),
+            "fiscal_year": year,
+            "kpis": [kpi_record(state, tz) for state in states],
+            "sources": [
+                {
+                    "id": source.id,
+                    "connector": source.connector,
+                    "last_status": h.last_status if h else None,
+                    "last_success": (
+                        datetime.fromtimestamp(h.last_success_at, tz).isoformat()
+                        if h and h.last_success_at
+                        else None
+                    ),
+                    "last_error": h.last_error if h and h.last_status != "success" else None,
+                }
+                for source in runtime.loaded.config.sources
+                for h in [health.get(source.id)]
+            ],
+        }
+        out.print_json(json.dumps(records, ensure_ascii=False))
+        return
+    language: Lang = "ja" if lang == "ja" else "en"
+    when = _ts(moment, runtime)
+    title = f"KPIs as of {when}" + (f", {short_fiscal_year(year)} (FY{year})" if year else "")
+    kpis = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    # Two lines a KPI at 80 columns: the name wraps to two lines (cut with … past that), the
+    # unit and the target year go under their numbers.
+    kpis.add_column("指標 / KPI" if language == "ja" else "KPI", width=NAME_WIDTH, overflow="fold")
+    kpis.add_column("period", no_wrap=True)
+    kpis.add_column("value", justify="right", no_wrap=True)
+    kpis.add_column("target", justify="right", no_wrap=True)
+    kpis.add_column("prog.", justify="right", no_wrap=True)
+    kpis.add_column("path", justify="right", no_wrap=True)
+    kpis.add_column("status", no_wrap=True)
+    for state in states:
         kpi = state.kpi
+        name = kpi.name_ja if language == "ja" else kpi.name_en
+        word = STATUS_WORDS[state.status_word][language]
+        note = ""
+        if state.status_word == "overdue":
+            note = f"due {_ts(state.next_data_due_ts, runtime)[:10]}"
+        elif state.stalled and state.status_word != "stalled":
+            note = STATUS_WORDS["stalled"][language]
+        elif state.status_word == "no_data" and state.running_value is not None:
+            note = "partial"
+        value, unit = split_value(state.value, kpi.unit)
+        if not state.complete and state.value is not None:
+            value += "*"
+        target, _ = split_value(state.target.value, kpi.unit)
         kpis.add_row(
-            kpi.id,
-            kpi.name_ja,
-            "-" if state.value is None else f"{state.value:,.4g}",
-            f"{kpi.baseline.value:,.4g} ({reiwa_label(kpi.baseline.fiscal_year)})",
-            f"{kpi.target.value:,.4g} ({reiwa_label(kpi.target.fiscal_year)})",
-            "-" if state.progress is None else f"{state.progress:.0%}",
-            f"{state.expected_progress:.0%}",
-            _ts(state.last_change_ts, runtime),
+            escape(clip(name, NAME_WIDTH, lines=2)),
+            period_label(state, language, short=True),
+            f"{value}\n[dim]{escape(unit)}[/dim]",
+            f"{target}\n[dim]{short_fiscal_year(state.target.fiscal_year)}[/dim]",
+            format_ratio(state.progress),
+            format_ratio(state.expected_progress),
+            f"{word}\n[dim]{note}[/dim]",
         )
     out.print(kpis)
-    sources = Table(title="Sources")
-    sources.add_column("source", no_wrap=True)
-    for column in ("connector", "last run", "last success", "last error"):
-        sources.add_column(column)
-    health = {h.source: h for h in store.source_health()}
+    if not any(state.value is not None for state in states):
+        out.print(
+            "No KPI has a complete reported period yet: collect the sources "
+            "(`dxkpi collect SOURCE` or `dxkpi backfill SOURCE --since DATE`)."
+        )
+    if any(not state.complete and state.value is not None for state in states):
+        out.print("* the period is not complete yet: a partial figure.")
+    sources = Table(title="Sources", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    sources.add_column("source", overflow="fold")
+    for column in ("connector", "last run", "last success"):
+        sources.add_column(column, overflow="fold")
+    sources.add_column("last error", overflow="fold", ratio=2)
     for source in runtime.loaded.config.sources:
         h = health.get(source.id)
         sources.add_row(
@@ -651,7 +741,7 @@ def status(ctx: click.Context) -> None:
             source.connector,
             (h.last_status or "-") if h else "never",
             _ts(h.last_success_at if h else None, runtime),
-            (h.last_error or "")[:120] if h and h.last_status != "success" else "",
+            (h.last_error or "")[:200] if h and h.last_status != "success" else "",
         )
     out.print(sources)
 

@@ -34,6 +34,7 @@ from collector.durations import Duration
 from collector.errors import ConfigError, ConfigProblem, DxkpiError
 from collector.fiscal import format_fiscal_year, parse_fiscal_year
 from collector.registry import load_connector
+from collector.units import conversion_factor, known_units
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WHOLE_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -133,14 +134,18 @@ class MetricRef(_Model):
 
 
 FeedKind = Literal["latest", "fiscal_year_sum", "cumulative_sum", "ratio"]
+FeedWindow = Literal["fiscal_year", "trailing_12m"]
+Cadence = Literal["fiscal_year", "month", "continuous"]
 
 
 class FeedConfig(_Model):
-    """Where a KPI's value comes from.
+    """Where a KPI's figures come from (the semantics are in collector/kpi.py).
 
-    latest: the newest stored value of one series; fiscal_year_sum: the sum over the current
-    fiscal year to date; cumulative_sum: `initial` + the sum since `since`; ratio: numerator over
-    denominator, each summed over the current fiscal year to date.
+    latest: each period's stored value; fiscal_year_sum: the sum over each fiscal year (or, with
+    `window: trailing_12m`, over the twelve months to each month's end); cumulative_sum:
+    `initial` + the sum since `since`; ratio: numerator over denominator, each summed over the
+    same window. `unit` is the metric's unit when it differs from the KPI's (e.g. seconds for a
+    KPI in hours): values are converted.
     """
 
     kind: FeedKind = "latest"
@@ -151,6 +156,8 @@ class FeedConfig(_Model):
     initial: float = 0.0
     numerator: MetricRef | None = None
     denominator: MetricRef | None = None
+    window: FeedWindow = "fiscal_year"
+    unit: str | None = None
 
     @model_validator(mode="after")
     def _shape(self) -> FeedConfig:
@@ -163,6 +170,8 @@ class FeedConfig(_Model):
             raise ValueError(f"a {self.kind} feed takes `metric`, not numerator/denominator")
         if self.kind != "cumulative_sum" and (self.since is not None or self.initial):
             raise ValueError("`since` and `initial` only apply to cumulative_sum feeds")
+        if self.window != "fiscal_year" and self.kind not in ("fiscal_year_sum", "ratio"):
+            raise ValueError("`window` only applies to fiscal_year_sum and ratio feeds")
         return self
 
     def refs(self) -> list[MetricRef]:
@@ -171,6 +180,20 @@ class FeedConfig(_Model):
             return [self.numerator, self.denominator]
         assert self.metric is not None
         return [MetricRef(metric=self.metric, source=self.source, labels=self.labels)]
+
+    def default_cadence(self) -> Cadence | None:
+        """The cadence this feed implies, or None when only the data can tell (`latest`)."""
+        if self.kind in ("fiscal_year_sum", "ratio"):
+            return "month" if self.window == "trailing_12m" else "fiscal_year"
+        if self.kind == "cumulative_sum":
+            return "continuous"
+        return None
+
+
+class TargetConfig(PointConfig):
+    # Where this target's path starts; default: the KPI's baseline for the first target, the
+    # previous target for later ones (a revised plan continues from where the last one aimed).
+    baseline: PointConfig | None = None
 
 
 class KpiConfig(_Model):
@@ -181,33 +204,79 @@ class KpiConfig(_Model):
     unit: str
     direction: Literal["up", "down"] = "up"
     baseline: PointConfig
-    target: PointConfig
+    # One target (`target:`) or several (`targets:`, e.g. a revised plan's later target).
+    target: TargetConfig | None = None
+    targets: list[TargetConfig] = Field(default_factory=list)
     feed: FeedConfig
+    # fiscal_year | month | continuous; default from the feed (see FeedConfig.default_cadence).
+    cadence: Cadence | None = None
     # Per-FY values that override the straight line from baseline to target (non-linear path).
     milestones: dict[FiscalYear, float] = Field(default_factory=dict)
-    # No movement in the good direction for this long counts as a stall (alert DxKpiStalled).
-    stall_after: Duration = timedelta(days=90)
+    # How long after a data period ends its figure is expected; default by the data's
+    # granularity (collector.kpi.DEFAULT_PUBLICATION_LAG). Later than that: DxKpiDataOverdue.
+    publication_lag: Duration | None = None
+    # Period cadences: stalled when the last N reported periods made no move in the good direction.
+    stall_periods: int = Field(default=1, ge=1)
+    # Continuous cadence: stalled after this long without a move in the good direction.
+    stall_after: Duration | None = None
 
     @model_validator(mode="after")
     def _years(self) -> KpiConfig:
-        if self.target.fiscal_year < self.baseline.fiscal_year:
+        if (self.target is None) == (not self.targets):
+            raise ValueError("give exactly one of `target` (one target) or `targets` (a list)")
+        years = [t.fiscal_year for t in self.plan]
+        if len(set(years)) != len(years) or years != sorted(years):
             raise FieldProblem(
-                "target.fiscal_year",
-                f"the target year {format_fiscal_year(self.target.fiscal_year)} is before the "
-                f"baseline year {format_fiscal_year(self.baseline.fiscal_year)}",
+                "targets",
+                "`targets` must be in fiscal-year order, one per fiscal year; got "
+                + ", ".join(f"FY{y}" for y in years),
             )
-        if self.baseline.value == self.target.value:
+        for index, target in enumerate(self.plan):
+            start = self.start_of(target)
+            key = "target" if self.target is not None else f"targets.{index}"
+            if target.fiscal_year < start.fiscal_year:
+                raise FieldProblem(
+                    f"{key}.fiscal_year",
+                    f"the target year {format_fiscal_year(target.fiscal_year)} is before its "
+                    f"baseline year {format_fiscal_year(start.fiscal_year)}",
+                )
+            if start.value == target.value:
+                raise FieldProblem(
+                    f"{key}.value",
+                    f"baseline and target values are equal ({target.value}): progress is undefined",
+                )
+            going_up = target.value > start.value
+            if going_up != (self.direction == "up"):
+                raise FieldProblem(
+                    "direction",
+                    f"direction is {self.direction!r} but the target ({target.value}) is "
+                    f"{'above' if going_up else 'below'} the baseline ({start.value})",
+                )
+        cadence = self.cadence or self.feed.default_cadence()
+        if self.stall_after is not None and cadence in ("fiscal_year", "month"):
             raise FieldProblem(
-                "target.value", "baseline and target values are equal: progress is undefined"
-            )
-        going_up = self.target.value > self.baseline.value
-        if going_up != (self.direction == "up"):
-            raise FieldProblem(
-                "direction",
-                f"direction is {self.direction!r} but the target ({self.target.value}) is "
-                f"{'above' if going_up else 'below'} the baseline ({self.baseline.value})",
+                "stall_after",
+                f"stall_after applies to continuous KPIs; this KPI reports per {cadence}, so a "
+                "stall is counted in reported periods: remove stall_after and set "
+                "stall_periods (default 1) instead",
             )
         return self
+
+    @property
+    def plan(self) -> list[TargetConfig]:
+        """The targets in fiscal-year order."""
+        return [self.target] if self.target is not None else list(self.targets)
+
+    def start_of(self, target: TargetConfig) -> PointConfig:
+        """Where the path to `target` starts."""
+        if target.baseline is not None:
+            return target.baseline
+        plan = self.plan
+        index = plan.index(target)
+        if index == 0:
+            return self.baseline
+        previous = plan[index - 1]
+        return PointConfig(value=previous.value, fiscal_year=previous.fiscal_year)
 
 
 class ForecastConfig(_Model):
@@ -286,7 +355,8 @@ def _compose(text: str, file: str) -> tuple[Any, dict[str, int]]:
     def convert(node: yaml.Node | None, path: str) -> Any:
         if node is None:
             return None
-        lines[path] = node.start_mark.line + 1
+        # A key's own line, not its value's: `target:` rather than the first line under it.
+        lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out = {}
             for key_node, value_node in node.value:
@@ -364,7 +434,7 @@ def _validation_problems(
         message = error["msg"]
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, FieldProblem):
-            loc += tuple(cause.key.split("."))
+            loc += tuple(int(p) if p.isdigit() else p for p in cause.key.split("."))
             message = str(cause)
         elif error["type"] == "value_error" and isinstance(cause, ValueError):
             message = str(cause)
@@ -593,6 +663,30 @@ def _check_sources(
 _KIND_NEEDS_SUM = {"fiscal_year_sum", "cumulative_sum", "ratio"}
 
 
+def _check_units(
+    kpi: KpiConfig, metric: str, specs: list[MetricSpec], prefix: str, problem: Any
+) -> None:
+    """The feed's unit must convert exactly to the KPI's; a declared base unit that differs from
+    the KPI's must be named in the feed, so that no conversion happens unannounced."""
+    if kpi.feed.unit is not None:
+        if conversion_factor(kpi.feed.unit, kpi.unit) is None:
+            problem(
+                f"{prefix}.feed.unit",
+                f"cannot convert {kpi.feed.unit!r} to the KPI's unit {kpi.unit!r}; known units: "
+                + ", ".join(known_units()),
+            )
+        return
+    for spec in specs:
+        factor = conversion_factor(spec.unit, kpi.unit)
+        if factor is not None and factor != 1.0:
+            problem(
+                f"{prefix}.unit",
+                f"metric {metric!r} is in {spec.unit} but the KPI is in {kpi.unit}: add "
+                f"`unit: {spec.unit}` to the feed to convert its values",
+            )
+            return
+
+
 def _check_kpis(
     loaded: LoadedConfig, kpis: list[tuple[int, KpiConfig]], source_ids: set[Any], problem: Any
 ) -> None:
@@ -619,6 +713,7 @@ def _check_kpis(
                 if not (ref.source in broken or (ref.source is None and broken)):
                     problem(f"{where}.metric", f"no source declares metric {ref.metric!r}")
                 continue
+            _check_units(kpi, ref.metric, specs, prefix, problem)
             if kpi.feed.kind in _KIND_NEEDS_SUM:
                 for spec in specs:
                     if spec.aggregation != "sum":

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
 
-from collector.cli import exact, main
+from collector.cli import main
 from collector.config import Config
+from collector.present import format_exact as exact
 from collector.runtime import resolve, set_current
 from collector.storage import Store
 from collector.supervisor import sources_to_kick_off
@@ -68,7 +69,13 @@ def test_collect_then_status(tmp_path: Path) -> None:
     assert "portal: success, 6 observations written (6 new or changed)" in output
     code, output = dxkpi(tmp_path, "status")
     assert code == 0, output
-    assert "portal_views" in output and "success" in output
+    assert "ポータルPV" in output and "success" in output
+    code, output = dxkpi(tmp_path, "status", "--json")
+    assert code == 0, output
+    [kpi] = json.loads(output)["kpis"]
+    # four days of FY2024: no complete fiscal year yet, the year to date is partial
+    assert kpi["id"] == "portal_views" and kpi["value"] is None
+    assert kpi["running_period"]["value"] > 0 and kpi["status"] == "no_data"
 
 
 def test_collect_of_a_bad_file_names_file_and_row(tmp_path: Path) -> None:

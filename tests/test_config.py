@@ -140,7 +140,7 @@ def test_four_defects_are_four_problems_in_one_pass(tmp_path: Path) -> None:
     assert problems == [
         "bad.yaml:11: sources[zoom_main].shedule: unknown key `shedule`; did you mean `schedule`?",
         "bad.yaml:21: kpis[copy_paper_purchases_sheets].target.fiscal_year: the target year "
-        "FY2021 (R3 / 令和3年度) is before the baseline year FY2023 (R5 / 令和5年度)",
+        "FY2021 (R3 / 令和3年度) is before its baseline year FY2023 (R5 / 令和5年度)",
         "bad.yaml:30: kpis[other].feed.sorce: unknown key `sorce`; did you mean `source`?",
         "bad.yaml:31: kpis[other].stall_afer: unknown key `stall_afer`; did you mean "
         "`stall_after`?",
@@ -278,3 +278,57 @@ def test_a_metric_named_like_a_counter_is_refused(tmp_path: Path) -> None:
     config.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="a gauge must not end in _total"):
         load_config(config)
+
+
+def test_a_unit_that_differs_must_be_named_in_the_feed(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = (
+        config.read_text(encoding="utf-8")
+        .replace("unit: page_views}", "unit: seconds}", 1)
+        .replace("unit: page_views\n", "unit: hours\n", 1)
+    )
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    [problem] = caught.value.problems
+    assert problem.path == "kpis[portal_views].unit"
+    assert (
+        "is in seconds but the KPI is in hours: add `unit: seconds` to the feed" in problem.message
+    )
+    config.write_text(
+        text.replace("metric: portal_page_views}", "metric: portal_page_views, unit: seconds}"),
+        encoding="utf-8",
+    )
+    assert load_config(config).config.kpis[0].feed.unit == "seconds"
+    config.write_text(
+        text.replace("metric: portal_page_views}", "metric: portal_page_views, unit: litres}"),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="cannot convert 'litres' to the KPI's unit 'hours'"):
+        load_config(config)
+
+
+def test_a_target_in_a_list_is_named_by_its_place(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    single = "    target: {value: 2000, fiscal_year: R7}\n"
+    listed = "    targets:\n      - {value: 1500, fiscal_year: %s}\n"
+    listed += "      - {value: 2000, fiscal_year: %s}\n"
+    text = config.read_text(encoding="utf-8")
+    line = text.splitlines().index(single.rstrip("\n")) + 1
+    config.write_text(text.replace(single, listed % ("R7", "R5")), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    [problem] = caught.value.problems
+    assert (problem.path, problem.line) == ("kpis[portal_views].targets", line)
+    assert problem.message == (
+        "`targets` must be in fiscal-year order, one per fiscal year; got FY2025, FY2023"
+    )
+    config.write_text(text.replace(single, listed % ("R5", "R7")), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    [problem] = caught.value.problems
+    assert (problem.path, problem.line) == ("kpis[portal_views].targets[0].fiscal_year", line + 1)
+    assert problem.message == (
+        "the target year FY2023 (R5 / 令和5年度) is before its baseline year "
+        "FY2024 (R6 / 令和6年度)"
+    )

@@ -151,6 +151,16 @@ class SourceHealth:
     runs_by_status: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class PeriodPoint:
+    """One stored period of a set of series: values summed, the latest write time."""
+
+    start: int
+    granularity: str
+    value: float
+    updated_at: float
+
+
 @dataclass(frozen=True)
 class RevisionRow:
     series_id: int
@@ -230,8 +240,11 @@ def _state_after_run(cursor: bool, checkpoint: bool, release: bool) -> TextClaus
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
         self.url = normalise_url(url)
+        # When a value was written (`observations.updated_at`): when a figure arrived, which the
+        # KPI layer reports (a target period's outcome is known once its figure is in).
+        self.clock = clock
         self.engine = make_engine(self.url)
         self.dialect = self.engine.dialect.name
         self._series_ids: dict[tuple[str, str, str], int] = {}
@@ -311,7 +324,7 @@ class Store:
             else:
                 for batch in batches:
                     with self.engine.begin() as connection:
-                        changed = _upsert_generic(connection, batch.rows, time.time(), run_id)
+                        changed = _upsert_generic(connection, batch.rows, self.clock(), run_id)
                     committed(batch, changed)
         except BaseException:
             # Keep what committed visible; the original error is what the caller must see.
@@ -355,7 +368,7 @@ class Store:
                 committed(in_flight[0], in_flight[1].result())
 
     def _send_postgres(self, batch: _Batch, run_id: int | None, free: _FreePeriods) -> int:
-        now = time.time()
+        now = self.clock()
         try:
             with self.engine.begin() as connection:
                 changed = _store_postgres(connection, batch, now, run_id, free)
@@ -701,6 +714,32 @@ class Store:
         ).bindparams(bindparam("ids", expanding=True))
         with self.engine.connect() as connection:
             return [(int(p), float(v)) for p, v in connection.execute(sql, params)]
+
+    def period_points(
+        self, series_ids: Sequence[int], start: int | None = None, end: int | None = None
+    ) -> list[PeriodPoint]:
+        """The given series' periods starting in [start, end), values summed across series, with
+        each period's granularity and when it was last written (the latest `updated_at`)."""
+        if not series_ids:
+            return []
+        clauses = ["series_id IN :ids"]
+        params: dict[str, Any] = {"ids": list(series_ids)}
+        if start is not None:
+            clauses.append("period_start >= :start")
+            params["start"] = start
+        if end is not None:
+            clauses.append("period_start < :end")
+            params["end"] = end
+        sql = text(
+            "SELECT period_start, granularity, sum(value), max(updated_at) FROM observations "
+            "WHERE " + " AND ".join(clauses) + " GROUP BY period_start, granularity "
+            "ORDER BY period_start, granularity"
+        ).bindparams(bindparam("ids", expanding=True))
+        with self.engine.connect() as connection:
+            return [
+                PeriodPoint(int(p), str(g), float(v), float(u))
+                for p, g, v, u in connection.execute(sql, params)
+            ]
 
     def period_sums(self, since: int) -> dict[int, float]:
         """Each series' sum of values for periods starting at or after `since`."""
