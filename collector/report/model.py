@@ -48,6 +48,10 @@ __all__ = [
 # Durations are stored in seconds (base units for Prometheus); a council reads hours.
 DISPLAY_UNITS = {"seconds": "hours", "minutes": "hours"}
 
+# A metric of at most this many series also gets one row per series; more (Zoom's departments,
+# RPA runs by process and result) would bury the totals.
+MAX_BREAKDOWN = 6
+
 CellKind = Literal["text", "number", "ratio"]
 
 
@@ -82,7 +86,8 @@ KPI_COLUMNS = (
 
 OPERATION_COLUMNS = (
     Column("name", "項目", "Item", "text", 44),
-    Column("source", "データ元", "Source", "text", 20),
+    Column("breakdown", "内訳", "Breakdown", "text", 26),
+    Column("source", "データ元", "Source", "text", 18),
     Column("unit", "単位", "Unit", "text", 9),
     Column("total", "{year}合計", "{year} total", "number", 15),
     Column("months", "データの期間", "Data covers", "text", 20),
@@ -141,6 +146,7 @@ class Operation:
     name_en: str
     unit: str
     total: float
+    labels: str  # one series' labels (app=kenmin); empty for the metric's total
     first_month: str  # 2021-04
     last_month: str
 
@@ -183,6 +189,7 @@ class Report:
     def operation_cells(self, op: Operation, lang: Lang) -> dict[str, str | float | None]:
         return {
             "name": op.name_ja if lang == "ja" else op.name_en,
+            "breakdown": op.labels or ("計" if lang == "ja" else "all"),
             "source": op.source,
             "unit": unit_label(op.unit, lang),
             "total": op.total,
@@ -251,34 +258,44 @@ def _operations(
     end: int,
     tz: ZoneInfo,
 ) -> list[Operation]:
-    """Each summable metric's total over [start, end), all its series (labels) together, in
-    the order of the config's sources and each connector's declared metrics."""
+    """Each summable metric's total over [start, end), all its series together, in the order of
+    the config's sources and each connector's declared metrics; then, for a metric of a few
+    series (two apps, three RPA processes), each series' own total."""
     out = []
     for source in loaded.config.sources:
         for spec in loaded.metric_specs.get(source.id, {}).values():
             if spec.aggregation != "sum":
                 continue
-            ids = [row.id for row in rows if row.source == source.id and row.metric == spec.name]
-            points = store.period_points(ids, start=start, end=end)
-            if not points:
-                continue
+            series = [row for row in rows if row.source == source.id and row.metric == spec.name]
             unit = DISPLAY_UNITS.get(spec.unit, spec.unit)
             factor = conversion_factor(spec.unit, unit) or 1.0
             name_ja, name_en = _names(spec.help, spec.name)
-            out.append(
-                Operation(
-                    source=source.id,
-                    connector=source.connector,
-                    metric=spec.name,
-                    name_ja=name_ja,
-                    name_en=name_en,
-                    unit=unit,
-                    total=sum(p.value for p in points) * factor,
-                    first_month=_month(points[0].start, tz),
-                    last_month=_month(points[-1].start, tz),
+            parts = [("", [row.id for row in series])]
+            if 1 < len(series) <= MAX_BREAKDOWN:
+                parts += [(_labels_text(row), [row.id]) for row in series]
+            for labels, ids in parts:
+                points = store.period_points(ids, start=start, end=end)
+                if not points:
+                    continue
+                out.append(
+                    Operation(
+                        source=source.id,
+                        connector=source.connector,
+                        metric=spec.name,
+                        name_ja=name_ja,
+                        name_en=name_en,
+                        labels=labels,
+                        unit=unit,
+                        total=sum(p.value for p in points) * factor,
+                        first_month=_month(points[0].start, tz),
+                        last_month=_month(points[-1].start, tz),
+                    )
                 )
-            )
     return out
+
+
+def _labels_text(row: SeriesRow) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(row.labels.items()))
 
 
 def _names(help_text: str, metric: str) -> tuple[str, str]:
