@@ -674,8 +674,20 @@ def report(
     assert year is not None
     if fmt == "xlsx" and output is None:
         raise click.UsageError("--format xlsx writes a file: give --output FILE.xlsx")
+    from sqlalchemy.exc import DBAPIError
+
     runtime = _runtime(ctx)
-    built = build_report(runtime.store, runtime.loaded, year, _as_of(as_of, runtime))
+    try:
+        built = build_report(runtime.store, runtime.loaded, year, _as_of(as_of, runtime))
+    except DBAPIError as exc:
+        # A report only reads: a store without tables is told so, not migrated behind its back.
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        click.echo(
+            f"error: cannot read the store at {redact(runtime.storage_url)} ({reason}); "
+            "run `dxkpi migrate` and collect the sources first",
+            err=True,
+        )
+        ctx.exit(1)
     body = render(built, cast(Lang, lang), cast(Format, fmt))
     if output is None:
         click.echo(body.decode("utf-8"), nl=False)

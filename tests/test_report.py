@@ -17,23 +17,11 @@ from typing import Any
 import openpyxl
 import pytest
 import yaml
-from click.testing import CliRunner
+from test_status import AS_OF, EXAMPLE, SOURCES, dxkpi, fiscal_year, status_json
 
-from collector.cli import main
 from collector.present import AREA_NAMES, STATUS_WORDS, UNIT_NAMES
-from collector.runtime import set_current
 
-EXAMPLE = Path(__file__).parents[1] / "collector" / "example"
 SAMPLE = Path(__file__).parents[1] / "docs" / "council-report-sample.md"
-AS_OF = "2026-12-03"  # as in tests/test_status.py: the day the example's data was last looked at
-SOURCES = (
-    "annual_indicators",
-    "online_procedures",
-    "copy_paper",
-    "portal_page_views",
-    "app_installs",
-    "rpa_run_log",
-)
 # The KPI table's columns, in order, as a Japanese reader sees them.
 KPI_HEADERS_R3 = [
     "分野",
@@ -56,28 +44,15 @@ KPI_HEADERS_R3 = [
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("example")
     shutil.copytree(EXAMPLE, folder / "config")  # copy2: the files keep their age
-    for source in SOURCES:
+    for source in (*SOURCES, "rpa_run_log"):
         code, output = dxkpi(folder, "collect", source)
         assert code == 0, output
     return folder
 
 
-def dxkpi(folder: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(
-        main,
-        ["--config", str(folder / "config" / "dxkpi.yaml"), "--data-dir", str(folder / "d"), *args],
-    )
-    set_current(None)
-    return result.exit_code, result.output
-
-
-def status_json(folder: Path, *args: str) -> list[dict[str, Any]]:
-    import json
-
-    code, output = dxkpi(folder, "status", "--json", "--as-of", AS_OF, *args)
-    assert code == 0, output
-    kpis: list[dict[str, Any]] = json.loads(output[output.index("{") :])["kpis"]
-    return kpis
+def status_list(folder: Path, *args: str) -> list[dict[str, Any]]:
+    """`status --json`'s KPIs in the config's order (the report's rows)."""
+    return list(status_json(folder, *args).values())
 
 
 def report(folder: Path, *args: str) -> str:
@@ -105,12 +80,8 @@ def exact(expected: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def fiscal_year(day: date) -> int:
-    return day.year if day.month >= 4 else day.year - 1
-
-
 def test_xlsx_matches_status_json_cell_by_cell(example: Path) -> None:
-    kpis = status_json(example, "--fiscal-year", "R3")
+    kpis = status_list(example, "--fiscal-year", "R3")
     book = workbook(example, "r3.xlsx", "--fiscal-year", "R3")
     assert book.sheetnames == ["指標", "運用データ"]
     sheet = book["指標"]
@@ -235,8 +206,8 @@ def test_operational_seconds_are_shown_as_hours(example: Path) -> None:
 def test_target_year_report_gives_outcomes_not_forecasts(example: Path) -> None:
     """R7 was every KPI's target year: asked after it, its report says achieved / missed,
     as `status` does today, not a forward-looking on track / behind."""
-    latest = {kpi["id"]: kpi["status"] for kpi in status_json(example)}
-    r7 = status_json(example, "--fiscal-year", "R7")
+    latest = {kpi["id"]: kpi["status"] for kpi in status_list(example)}
+    r7 = status_list(example, "--fiscal-year", "R7")
     assert {kpi["id"]: kpi["status"] for kpi in r7} == latest
     assert {kpi["status"] for kpi in r7} == {"achieved", "missed"}
     for kpi in r7:
@@ -288,7 +259,7 @@ def test_markdown_and_html_show_the_same_cells(example: Path, lang: str) -> None
     assert len(parser.rows) == 1 + 11 + 1 + 5 + 4
     assert page.startswith("<!DOCTYPE html>") and f'<html lang="{lang}">' in page
     assert "http" not in page  # self-contained: nothing fetched, readable offline
-    kpis = status_json(example, "--fiscal-year", "R7")
+    kpis = status_list(example, "--fiscal-year", "R7")
     values = [row[7] for row in parser.rows[1:12]]
     assert values[1] == "14,007,500"  # copy paper, with separators, no e-notation
     assert values[0] == f"{kpis[0]['value'] * 100:.1f}%"  # a ratio as percent
@@ -310,3 +281,17 @@ def test_committed_sample_is_current(example: Path) -> None:
     assert SAMPLE.read_text(encoding="utf-8") == text, (
         "docs/council-report-sample.md is stale: rerun this test with DXKPI_UPDATE_SAMPLE=1"
     )
+    readme = (SAMPLE.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Council report") :].split("\n## ")[0]
+    excerpt = [line for line in section.splitlines() if line.startswith("| ")]
+    assert len(excerpt) >= 4 and set(excerpt) <= set(text.splitlines()), "README's excerpt"
+
+
+def test_a_store_without_data_or_tables(tmp_path: Path) -> None:
+    shutil.copytree(EXAMPLE, tmp_path / "config")
+    code, output = dxkpi(tmp_path, "report", "--fiscal-year", "R3")
+    assert code == 1 and "run `dxkpi migrate`" in output and "Traceback" not in output
+    assert dxkpi(tmp_path, "migrate")[0] == 0
+    text = report(tmp_path, "--fiscal-year", "R3", "--lang", "en")
+    assert text.count("| no data |") == 11
+    assert "No operational data for this fiscal year." in text

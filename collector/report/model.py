@@ -40,6 +40,7 @@ __all__ = [
     "Column",
     "Operation",
     "Report",
+    "Table",
     "build_report",
     "decimals",
     "number_text",
@@ -102,6 +103,7 @@ TITLES: dict[str, dict[Lang, str]] = {
     "operations": {"ja": "取組の実績（運用データ）", "en": "Operational figures behind them"},
     "as_of": {"ja": "データ基準日", "en": "Data as of"},
     "sources": {"ja": "出典", "en": "Sources"},
+    "no_kpis": {"ja": "指標が設定されていません。", "en": "No KPIs are configured."},
     "no_operations": {
         "ja": "この年度の運用データはありません。",
         "en": "No operational data for this fiscal year.",
@@ -151,6 +153,21 @@ class Operation:
     last_month: str
 
 
+Cells = dict[str, str | float | None]
+
+
+@dataclass(frozen=True)
+class Table:
+    """One of the report's tables, in one language: every format renders these."""
+
+    key: str  # kpis | operations
+    heading: str
+    columns: tuple[Column, ...]
+    rows: list[Cells]
+    units: list[str]  # each row's unit, for its number cells
+    empty: str  # what to say instead of an empty table
+
+
 @dataclass(frozen=True)
 class Report:
     fiscal_year: int
@@ -163,7 +180,28 @@ class Report:
     def title(self, lang: Lang) -> str:
         return TITLES["title"][lang].format(year=fiscal_year_label(self.fiscal_year, lang))
 
-    def kpi_cells(self, state: KpiState, lang: Lang) -> dict[str, str | float | None]:
+    def tables(self, lang: Lang) -> list[Table]:
+        """The indicators, then the operational figures."""
+        return [
+            Table(
+                "kpis",
+                TITLES["kpis"][lang],
+                KPI_COLUMNS,
+                [self.kpi_cells(state, lang) for state in self.states],
+                [state.kpi.unit for state in self.states],
+                TITLES["no_kpis"][lang],
+            ),
+            Table(
+                "operations",
+                TITLES["operations"][lang],
+                OPERATION_COLUMNS,
+                [self.operation_cells(op, lang) for op in self.operations],
+                [op.unit for op in self.operations],
+                TITLES["no_operations"][lang],
+            ),
+        ]
+
+    def kpi_cells(self, state: KpiState, lang: Lang) -> Cells:
         """One KPI's row: text cells as shown, number cells in the KPI's unit (ratios as
         ratios), exactly the numbers `status --json` gives."""
         kpi = state.kpi
@@ -186,7 +224,7 @@ class Report:
             "status": STATUS_WORDS[state.status_word][lang],
         }
 
-    def operation_cells(self, op: Operation, lang: Lang) -> dict[str, str | float | None]:
+    def operation_cells(self, op: Operation, lang: Lang) -> Cells:
         return {
             "name": op.name_ja if lang == "ja" else op.name_en,
             "breakdown": op.labels or ("計" if lang == "ja" else "all"),

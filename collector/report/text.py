@@ -9,21 +9,13 @@ their pipes escaped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from collector.present import Lang
-from collector.report.model import (
-    KPI_COLUMNS,
-    OPERATION_COLUMNS,
-    TITLES,
-    Column,
-    Report,
-    number_text,
-)
+from collector.report.model import Report, Table, number_text
 
 __all__ = ["TextFormat", "TextTable", "render_text", "text_table"]
 
@@ -32,22 +24,18 @@ TextFormat = Literal["md", "html"]
 
 @dataclass(frozen=True)
 class TextTable:
+    heading: str
     headers: list[str]
     aligns: list[str]  # left | right
     rows: list[list[str]]
+    empty: str
 
 
-def text_table(
-    report: Report,
-    lang: Lang,
-    columns: Sequence[Column],
-    rows: Sequence[Mapping[str, str | float | None]],
-    units: Sequence[str],
-) -> TextTable:
+def text_table(table: Table, lang: Lang, fiscal_year: int) -> TextTable:
     cells = []
-    for row, unit in zip(rows, units, strict=True):
+    for row, unit in zip(table.rows, table.units, strict=True):
         line = []
-        for column in columns:
+        for column in table.columns:
             value = row[column.key]
             if column.kind == "text":
                 line.append(str(value))
@@ -56,9 +44,11 @@ def text_table(
                 line.append(number_text(value, unit, column.kind))
         cells.append(line)
     return TextTable(
-        headers=[column.header(lang, report.fiscal_year) for column in columns],
-        aligns=["left" if column.kind == "text" else "right" for column in columns],
+        heading=table.heading,
+        headers=[column.header(lang, fiscal_year) for column in table.columns],
+        aligns=["left" if column.kind == "text" else "right" for column in table.columns],
         rows=cells,
+        empty=table.empty,
     )
 
 
@@ -81,22 +71,6 @@ def render_text(report: Report, lang: Lang, fmt: TextFormat) -> str:
         fmt=fmt,
         lang=lang,
         title=report.title(lang),
-        kpi_heading=TITLES["kpis"][lang],
-        kpis=text_table(
-            report,
-            lang,
-            KPI_COLUMNS,
-            [report.kpi_cells(state, lang) for state in report.states],
-            [state.kpi.unit for state in report.states],
-        ),
-        operations_heading=TITLES["operations"][lang],
-        operations=text_table(
-            report,
-            lang,
-            OPERATION_COLUMNS,
-            [report.operation_cells(op, lang) for op in report.operations],
-            [op.unit for op in report.operations],
-        ),
-        no_operations=TITLES["no_operations"][lang],
+        tables=[text_table(table, lang, report.fiscal_year) for table in report.tables(lang)],
         notes=report.footnotes(lang),
     )

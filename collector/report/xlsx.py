@@ -9,7 +9,6 @@ one page wide, the header row repeated.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from io import BytesIO
 
 from openpyxl import Workbook
@@ -18,14 +17,7 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
 from collector.present import Lang
-from collector.report.model import (
-    KPI_COLUMNS,
-    OPERATION_COLUMNS,
-    TITLES,
-    Column,
-    Report,
-    decimals,
-)
+from collector.report.model import Column, Report, Table, decimals
 from collector.units import PERCENT_UNITS, RATIO_UNITS
 
 __all__ = ["HEADER_ROW", "SHEET_NAMES", "number_format", "write_xlsx"]
@@ -57,49 +49,19 @@ def number_format(value: float, unit: str, column: Column) -> str:
 
 def write_xlsx(report: Report, lang: Lang) -> bytes:
     workbook = Workbook()
-    kpis = workbook.active
-    assert kpis is not None
-    kpis.title = SHEET_NAMES["kpis"][lang]
-    _table(
-        kpis,
-        report,
-        lang,
-        TITLES["kpis"][lang],
-        KPI_COLUMNS,
-        [report.kpi_cells(state, lang) for state in report.states],
-        [state.kpi.unit for state in report.states],
-    )
-    operations = workbook.create_sheet(SHEET_NAMES["operations"][lang])
-    _table(
-        operations,
-        report,
-        lang,
-        TITLES["operations"][lang],
-        OPERATION_COLUMNS,
-        [report.operation_cells(op, lang) for op in report.operations],
-        [op.unit for op in report.operations],
-        empty=TITLES["no_operations"][lang],
-    )
+    workbook.remove(workbook.active)  # one sheet a table, made below
+    for table in report.tables(lang):
+        _sheet(workbook.create_sheet(SHEET_NAMES[table.key][lang]), report, lang, table)
     buffer = BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
 
 
-def _table(
-    sheet: Worksheet,
-    report: Report,
-    lang: Lang,
-    heading: str,
-    columns: Sequence[Column],
-    rows: Sequence[Mapping[str, str | float | None]],
-    units: Sequence[str],
-    *,
-    empty: str | None = None,
-) -> None:
+def _sheet(sheet: Worksheet, report: Report, lang: Lang, table: Table) -> None:
     font = FONTS[lang]
     sheet.cell(1, 1, report.title(lang)).font = Font(name=font, size=14, bold=True)
-    sheet.cell(2, 1, heading).font = Font(name=font, size=12, bold=True)
-    for index, column in enumerate(columns, start=1):
+    sheet.cell(2, 1, table.heading).font = Font(name=font, size=12, bold=True)
+    for index, column in enumerate(table.columns, start=1):
         sheet.column_dimensions[get_column_letter(index)].width = column.width
         cell = sheet.cell(HEADER_ROW, index, column.header(lang, report.fiscal_year))
         cell.font = Font(name=font, bold=True)
@@ -107,9 +69,9 @@ def _table(
         cell.border = _BORDER
         cell.alignment = Alignment(horizontal="center", vertical="center", wrap_text=True)
     row_index = HEADER_ROW
-    for row, unit in zip(rows, units, strict=True):
+    for row, unit in zip(table.rows, table.units, strict=True):
         row_index += 1
-        for index, column in enumerate(columns, start=1):
+        for index, column in enumerate(table.columns, start=1):
             value = row[column.key]
             cell = sheet.cell(row_index, index, value)
             cell.font = Font(name=font)
@@ -122,9 +84,9 @@ def _table(
                     cell.number_format = number_format(float(value), unit, column)
                 else:
                     cell.value = "-"
-    if not rows and empty:
+    if not table.rows:
         row_index += 1
-        sheet.cell(row_index, 1, empty).font = Font(name=font)
+        sheet.cell(row_index, 1, table.empty).font = Font(name=font)
     row_index += 1
     for note in report.footnotes(lang):
         row_index += 1
