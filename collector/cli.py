@@ -746,6 +746,61 @@ def status(
     out.print(sources)
 
 
+@main.command()
+@click.option(
+    "--fiscal-year", "fiscal_year", required=True, help="The year reported on (R3, FY2021)."
+)
+@click.option("--lang", type=click.Choice(["ja", "en"]), default="ja", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["xlsx", "md", "html"]), default="md", show_default=True
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="File to write (md/html: stdout)."
+)
+@click.option("--as-of", "as_of", help="The data as it stood then (ISO date or time).")
+@click.pass_context
+def report(
+    ctx: click.Context,
+    fiscal_year: str,
+    lang: str,
+    fmt: str,
+    output: str | None,
+    as_of: str | None,
+) -> None:
+    """The council report: each KPI's figure for the fiscal year against its plan, and the
+    year's operational totals (the same figures as `status --fiscal-year`)."""
+    from typing import cast
+
+    from collector.present import Lang
+    from collector.report import Format, build_report, render
+
+    year = _fiscal_year_option(fiscal_year)
+    assert year is not None
+    if fmt == "xlsx" and output is None:
+        raise click.UsageError("--format xlsx writes a file: give --output FILE.xlsx")
+    from sqlalchemy.exc import DBAPIError
+
+    runtime = _runtime(ctx)
+    try:
+        built = build_report(runtime.store, runtime.loaded, year, _as_of(as_of, runtime))
+    except DBAPIError as exc:
+        # A report only reads: a store without tables is told so, not migrated behind its back.
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        click.echo(
+            f"error: cannot read the store at {redact(runtime.storage_url)} ({reason}); "
+            "run `dxkpi migrate` and collect the sources first",
+            err=True,
+        )
+        ctx.exit(1)
+    body = render(built, cast(Lang, lang), cast(Format, fmt))
+    if output is None:
+        click.echo(body.decode("utf-8"), nl=False)
+        return
+    with open(output, "wb") as f:
+        f.write(body)
+    console.print(f"wrote {output}", highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
 
