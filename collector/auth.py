@@ -1,6 +1,6 @@
 """Where bearer tokens come from. `HttpClient(auth=...)` takes any `TokenProvider`.
 
-    TokenProvider            the protocol: token(force_refresh=False) -> str
+    TokenProvider            the protocol (defined in collector/http.py, re-exported here)
     StaticToken              a fixed API key (Plausible)
     CachedToken              caches what a fetch function returns until shortly before it expires
     ClientCredentialsToken   OAuth2 client_credentials and look-alikes (Zoom account_credentials)
@@ -18,7 +18,7 @@ import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import jwt
@@ -27,7 +27,7 @@ from pydantic import SecretStr
 
 from collector.contract import SourceContext, real_clock
 from collector.errors import SourceAuthError
-from collector.http import HttpClient
+from collector.http import HttpClient, TokenProvider
 
 __all__ = [
     "GOOGLE_TOKEN_URI",
@@ -43,12 +43,6 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 Secret = str | SecretStr
-
-
-class TokenProvider(Protocol):
-    def token(self, force_refresh: bool = False) -> str:
-        """A bearer token; `force_refresh` asks for a new one (the API refused the last)."""
-        ...
 
 
 def reveal(secret: Secret) -> str:

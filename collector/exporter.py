@@ -215,27 +215,91 @@ class SnapshotBuilder:
 
 
 def kpi_families(states: list[KpiState]) -> list[Family]:
-    def family(name: str, help_text: str) -> Family:
-        return Family(f"dxkpi_kpi_{name}", "gauge", f"{help_text} {CACHED}")
+    """The KPI gauges. Every figure is about one reported period (see collector/kpi.py) and in
+    the KPI's own unit (dxkpi_kpi_info's `unit` label); timestamps are unix seconds."""
+    families: list[Family] = []
 
-    value = family("value", "The KPI's current value (absent when there is no data).")
-    baseline = family("baseline_value", "The KPI's baseline value.")
-    target = family("target_value", "The KPI's target value.")
-    baseline_ts = family("baseline_timestamp_seconds", "Start of the baseline fiscal year.")
-    target_ts = family("target_timestamp_seconds", "End of the target fiscal year.")
+    def family(name: str, help_text: str) -> Family:
+        made = Family(f"dxkpi_kpi_{name}", "gauge", f"{help_text} {CACHED}")
+        families.append(made)
+        return made
+
+    value = family(
+        "value",
+        "The figure of the KPI's latest complete reported period (a fiscal year's total, a "
+        "month's value; a continuous KPI's newest level); absent without one.",
+    )
+    period_start = family("period_start_timestamp_seconds", "Start of the period the value is of.")
+    period_end = family("period_end_timestamp_seconds", "End of the period the value is of.")
+    running = family(
+        "running_period_value",
+        "Partial figure of the period under way (e.g. fiscal year to date); not comparable "
+        "with the target until the period is complete.",
+    )
+    running_end = family("running_period_end_timestamp_seconds", "End of the period under way.")
+    baseline = family("baseline_value", "Baseline of the current target's path.")
+    target = family("target_value", "The current target (the first whose fiscal year is not over).")
+    baseline_ts = family("baseline_timestamp_seconds", "End of the baseline fiscal year.")
+    target_ts = family("target_timestamp_seconds", "End of the current target's fiscal year.")
+    ended = family(
+        "target_period_ended",
+        "1 once the current target's fiscal year is over (its outcome: dxkpi_kpi_target_outcome).",
+    )
     direction = family("direction", "+1 if the KPI should rise, -1 if it should fall.")
-    progress = family("progress_ratio", "Progress from baseline (0) to target (1).")
-    expected = family("expected_value", "Where the path from baseline to target is today.")
-    expected_progress = family("expected_progress_ratio", "The progress the path expects today.")
-    last_change = family(
-        "last_change_timestamp_seconds", "Last time the KPI moved in its good direction."
+    progress = family(
+        "progress_ratio",
+        "Progress of the reported period's figure from baseline (0) to target (1).",
     )
-    stall_after = family("stall_after_seconds", "How long without a good move counts as stalled.")
-    forecast = family("forecast_value", "Value projected at the target date (Theil-Sen trend).")
+    expected = family("expected_value", "The path's value at the end of the reported period.")
+    expected_progress = family(
+        "expected_progress_ratio",
+        "The progress the path expects at the end of the reported period.",
+    )
+    forecast = family(
+        "forecast_value",
+        "The figure expected for the target year (Theil-Sen trend of reported periods); the "
+        "target year's figure once known.",
+    )
     track = family("on_track", "1 if the forecast meets the target, else 0.")
-    info = Family(
-        "dxkpi_kpi_info", "info", "The KPI's names (Japanese and English), area and unit."
+    last_change = family(
+        "last_change_timestamp_seconds",
+        "End of the reported period in which the KPI last moved in its good direction (the "
+        "first period's end when it never did).",
     )
+    stalled = family(
+        "stalled",
+        "1 if the KPI made no good move in its last stall_periods reported periods (continuous "
+        "KPIs: for stall_after up to its newest data), else 0.",
+    )
+    without = family(
+        "periods_without_improvement",
+        "Latest reported periods in a row without a move in the good direction.",
+    )
+    stall_periods = family(
+        "stall_periods", "Reported periods without a good move that count as a stall."
+    )
+    stall_after = family(
+        "stall_after_seconds", "Continuous KPIs: how long without a good move counts as a stall."
+    )
+    due = family(
+        "next_data_due_timestamp_seconds",
+        "When the KPI's next figure is due (its data period's end plus publication_lag).",
+    )
+    outcome = family(
+        "target_outcome",
+        "1 per ended target period, labelled with its outcome: achieved, missed, or pending "
+        "until the target year's figure arrives.",
+    )
+    final_progress = family(
+        "target_final_progress_ratio", "Progress of the target year's figure, per ended target."
+    )
+    outcome_ts = family(
+        "target_outcome_timestamp_seconds", "When the target year's figure arrived."
+    )
+    info = Family(
+        "dxkpi_kpi_info", "info", "The KPI's names (Japanese and English), area, unit and cadence."
+    )
+    families.append(info)
     for state in states:
         kpi = state.kpi
         labels = {"kpi": kpi.id}
@@ -246,43 +310,50 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
                 "name_en": kpi.name_en,
                 "area": kpi.area,
                 "unit": kpi.unit,
+                "cadence": state.cadence,
             },
             1.0,
         )
-        baseline.add(labels, kpi.baseline.value)
-        target.add(labels, kpi.target.value)
+        baseline.add(labels, state.baseline_value)
+        target.add(labels, state.target.value)
         baseline_ts.add(labels, state.baseline_ts)
         target_ts.add(labels, state.target_ts)
+        ended.add(labels, 1.0 if state.target_period_ended else 0.0)
         direction.add(labels, state.direction)
         expected.add(labels, state.expected_value)
         expected_progress.add(labels, state.expected_progress)
-        stall_after.add(labels, kpi.stall_after.total_seconds())
+        if state.stall_after is not None:
+            stall_after.add(labels, state.stall_after.total_seconds())
+        else:
+            stall_periods.add(labels, kpi.stall_periods)
+            if state.value is not None:
+                without.add(labels, state.periods_without_improvement)
+        optional = (
+            (value, state.value),
+            (period_start, state.period_start),
+            (period_end, state.period_end),
+            (running, state.running_value),
+            (running_end, state.running_period_end),
+            (progress, state.progress),
+            (forecast, state.forecast),
+            (last_change, state.last_change_ts),
+            (due, state.next_data_due_ts),
+        )
+        for gauge, sample in optional:
+            if sample is not None:
+                gauge.add(labels, sample)
         if state.value is not None:
-            value.add(labels, state.value)
-        if state.progress is not None:
-            progress.add(labels, state.progress)
-        if state.last_change_ts is not None:
-            last_change.add(labels, state.last_change_ts)
-        if state.forecast is not None:
-            forecast.add(labels, state.forecast)
+            stalled.add(labels, 1.0 if state.stalled else 0.0)
         if state.on_track is not None:
             track.add(labels, 1.0 if state.on_track else 0.0)
-    return [
-        value,
-        baseline,
-        target,
-        baseline_ts,
-        target_ts,
-        direction,
-        progress,
-        expected,
-        expected_progress,
-        last_change,
-        stall_after,
-        forecast,
-        track,
-        info,
-    ]
+        for result in state.outcomes:
+            year = {**labels, "target_fiscal_year": f"FY{result.fiscal_year}"}
+            outcome.add({**year, "outcome": result.outcome}, 1.0)
+            if result.final_progress is not None:
+                final_progress.add(year, result.final_progress)
+            if result.known_at is not None:
+                outcome_ts.add(year, result.known_at)
+    return families
 
 
 class Exporter:

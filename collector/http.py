@@ -30,7 +30,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import requests
@@ -44,12 +44,10 @@ from collector.errors import (
     SourceError,
 )
 
-if TYPE_CHECKING:
-    from collector.auth import TokenProvider
-
 __all__ = [
     "HttpClient",
     "RequestBudget",
+    "TokenProvider",
     "fetched_ahead",
     "paginate_cursor",
     "paginate_odata",
@@ -131,6 +129,15 @@ class RequestBudget:
             self._sent.append(now)
             self._not_before = now
             return waited
+
+
+class TokenProvider(Protocol):
+    """Where a client's bearer tokens come from (implementations: collector/auth.py). Defined
+    here, where it is used, so that auth.py depends on http.py and not the other way round."""
+
+    def token(self, force_refresh: bool = False) -> str:
+        """A bearer token; `force_refresh` asks for a new one (the API refused the last)."""
+        ...
 
 
 class HttpClient:

@@ -56,12 +56,18 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite store (None for other databases and in-memory SQLite)."""
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
 def make_engine(url: str) -> Engine:
     url = normalise_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -145,6 +151,16 @@ class SourceHealth:
     runs_by_status: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class PeriodPoint:
+    """One stored period of a set of series: values summed, the latest write time."""
+
+    start: int
+    granularity: str
+    value: float
+    updated_at: float
+
+
 @dataclass(frozen=True)
 class RevisionRow:
     series_id: int
@@ -224,8 +240,11 @@ def _state_after_run(cursor: bool, checkpoint: bool, release: bool) -> TextClaus
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
         self.url = normalise_url(url)
+        # When a value was written (`observations.updated_at`): when a figure arrived, which the
+        # KPI layer reports (a target period's outcome is known once its figure is in).
+        self.clock = clock
         self.engine = make_engine(self.url)
         self.dialect = self.engine.dialect.name
         self._series_ids: dict[tuple[str, str, str], int] = {}
@@ -241,6 +260,10 @@ class Store:
         from alembic import command
         from alembic.config import Config as AlembicConfig
 
+        # Only a migration creates a store: reading one must not leave an empty file behind.
+        file = sqlite_file(self.url)
+        if file is not None:
+            file.parent.mkdir(parents=True, exist_ok=True)
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.begin() as connection:
@@ -301,7 +324,7 @@ class Store:
             else:
                 for batch in batches:
                     with self.engine.begin() as connection:
-                        changed = _upsert_generic(connection, batch.rows, time.time(), run_id)
+                        changed = _upsert_generic(connection, batch.rows, self.clock(), run_id)
                     committed(batch, changed)
         except BaseException:
             # Keep what committed visible; the original error is what the caller must see.
@@ -345,7 +368,7 @@ class Store:
                 committed(in_flight[0], in_flight[1].result())
 
     def _send_postgres(self, batch: _Batch, run_id: int | None, free: _FreePeriods) -> int:
-        now = time.time()
+        now = self.clock()
         try:
             with self.engine.begin() as connection:
                 changed = _store_postgres(connection, batch, now, run_id, free)
@@ -691,6 +714,32 @@ class Store:
         ).bindparams(bindparam("ids", expanding=True))
         with self.engine.connect() as connection:
             return [(int(p), float(v)) for p, v in connection.execute(sql, params)]
+
+    def period_points(
+        self, series_ids: Sequence[int], start: int | None = None, end: int | None = None
+    ) -> list[PeriodPoint]:
+        """The given series' periods starting in [start, end), values summed across series, with
+        each period's granularity and when it was last written (the latest `updated_at`)."""
+        if not series_ids:
+            return []
+        clauses = ["series_id IN :ids"]
+        params: dict[str, Any] = {"ids": list(series_ids)}
+        if start is not None:
+            clauses.append("period_start >= :start")
+            params["start"] = start
+        if end is not None:
+            clauses.append("period_start < :end")
+            params["end"] = end
+        sql = text(
+            "SELECT period_start, granularity, sum(value), max(updated_at) FROM observations "
+            "WHERE " + " AND ".join(clauses) + " GROUP BY period_start, granularity "
+            "ORDER BY period_start, granularity"
+        ).bindparams(bindparam("ids", expanding=True))
+        with self.engine.connect() as connection:
+            return [
+                PeriodPoint(int(p), str(g), float(v), float(u))
+                for p, g, v, u in connection.execute(sql, params)
+            ]
 
     def period_sums(self, since: int) -> dict[int, float]:
         """Each series' sum of values for periods starting at or after `since`."""

@@ -1,0 +1,58 @@
+"""The one clock the exporter, the CLI and the KPI computation read.
+
+`now()` is the wall clock unless `DXKPI_AS_OF` names a moment (`2026-12-03`,
+`2026-12-03T09:00`, with or without an offset; naive values are in the config's timezone).
+That lets an operator ask "what did the KPIs say then" of a running exporter
+(`DXKPI_AS_OF=2022-06-30 dxkpi exporter`) and lets tests replay time. Code that needs a clock
+takes a `Clock` argument (a function returning unix seconds) so tests inject one directly.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from collector.contract import TOKYO
+
+__all__ = ["AS_OF_ENV", "Clock", "fixed_clock", "now", "parse_moment", "system_clock"]
+
+Clock = Callable[[], float]
+AS_OF_ENV = "DXKPI_AS_OF"
+
+
+def parse_moment(text: str, tz: ZoneInfo = TOKYO) -> float:
+    """Unix seconds of an ISO date or datetime; a date means its midnight in `tz`.
+
+    Raises ValueError naming the accepted forms.
+    """
+    value = text.strip()
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not a date or time: write e.g. 2026-12-03 or 2026-12-03T09:00+09:00"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=tz)
+    return moment.timestamp()
+
+
+def system_clock() -> float:
+    return time.time()
+
+
+def fixed_clock(moment: float) -> Clock:
+    """A clock that always says `moment` (unix seconds)."""
+    return lambda: moment
+
+
+def now(tz: ZoneInfo = TOKYO) -> float:
+    """`DXKPI_AS_OF` when set, else the wall clock."""
+    as_of = os.environ.get(AS_OF_ENV)
+    return parse_moment(as_of, tz) if as_of else time.time()
