@@ -1,0 +1,371 @@
+"""Alerts, proven by replay: a year of simulated time over a fixture catalog with known truth.
+
+Each simulated day, the figures that would have been published by then are written through the
+real Store (whose clock is the simulated one, so a figure's arrival is that day), the real
+exporter builds its snapshot with its clock set to the day, and its /metrics text is parsed with
+prometheus-client. The year of expositions becomes promtool `input_series` (one sample a day),
+and real `promtool test rules` evaluates the real rules (prometheus/rules, written by
+prometheus/mixin.py) every simulated day, against the alerts the truth table below expects.
+
+The truth table is written by hand from the scenario (what a person reading the figures would
+say), not from the exporter: which alert should hold for which KPI from which day to which day.
+The test checks every day of the year and every alert, so it proves both: no false alert and
+every true stall, overdue figure, miss and target outcome detected on the right day.
+
+Time: promtool's clock starts at 0, the simulation at T0. Every `*_timestamp_seconds` sample
+is shifted by -T0. This is exact: the rules use timestamps only as `time() - x` or
+`time() > x` (test_rules_compare_timestamps_only_with_time checks it), so shifting time() and
+every timestamp by the same T0 leaves each difference, and so each result, unchanged; the
+timestamps are whole seconds, so the float subtraction is exact too.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+from test_dashboards import tool
+from test_rules import ALERTS, MIXIN, RULE_FILES
+
+from collector.config import Config, LoadedConfig
+from collector.contract import TOKYO, Granularity, Observation
+from collector.exporter import Exporter
+from collector.storage import Store
+
+T0 = datetime(2025, 10, 1, tzinfo=TOKYO)
+DAYS = 365
+DAY = 86400
+
+CATALOG = """
+kpis:
+  - id: annual_on_plan
+    name_ja: 年次・計画どおり
+    name_en: Annual on plan
+    area: test
+    unit: cases
+    baseline: {value: 100, fiscal_year: 2020}
+    target: {value: 240, fiscal_year: 2027}
+    feed: {metric: on_plan}
+  - id: annual_flat
+    name_ja: 年次・横ばい
+    name_en: Annual flat
+    area: test
+    unit: cases
+    baseline: {value: 50, fiscal_year: 2020}
+    target: {value: 120, fiscal_year: 2027}
+    feed: {metric: flat}
+  - id: down_on_plan
+    name_ja: 削減・計画どおり
+    name_en: Down on plan
+    area: test
+    unit: sheets
+    direction: down
+    baseline: {value: 1000, fiscal_year: 2020}
+    target: {value: 300, fiscal_year: 2027}
+    feed: {metric: down}
+  - id: monthly_stops
+    name_ja: 月次・途絶
+    name_en: Monthly that stops
+    area: test
+    unit: visits
+    baseline: {value: 100, fiscal_year: 2024}
+    target: {value: 200, fiscal_year: 2026}
+    feed: {metric: monthly}
+  - id: target_achieved
+    name_ja: 目標達成
+    name_en: Target achieved
+    area: test
+    unit: cases
+    baseline: {value: 10, fiscal_year: 2021}
+    target: {value: 50, fiscal_year: 2025}
+    feed: {metric: achieved}
+  - id: target_missed
+    name_ja: 目標未達
+    name_en: Target missed
+    area: test
+    unit: cases
+    baseline: {value: 10, fiscal_year: 2021}
+    target: {value: 50, fiscal_year: 2025}
+    feed: {metric: missed}
+"""
+
+# Annual figures by fiscal year. FY2020-FY2024 were published before the simulation starts;
+# FY2025's arrive on ANNUAL_ARRIVAL (mid-June, before the end-of-June due date).
+ANNUAL = {
+    # +21 a year where the plan asks +20: slightly ahead, forecast beyond the target.
+    "on_plan": {2020: 100, 2021: 121, 2022: 142, 2023: 163, 2024: 184, 2025: 205},
+    # rose to 70 in FY2022 and stayed there.
+    "flat": {2020: 50, 2021: 60, 2022: 70, 2023: 70, 2024: 70, 2025: 70},
+    # -105 a year where the plan asks -100.
+    "down": {2020: 1000, 2021: 895, 2022: 790, 2023: 685, 2024: 580, 2025: 475},
+    # +11 a year where the plan asks +10; FY2025 ends at 55 >= 50.
+    "achieved": {2021: 10, 2022: 21, 2023: 32, 2024: 43, 2025: 55},
+    # +8 a year where the plan asks +10; FY2025 ends at 40 < 50 (75 % of the way).
+    "missed": {2021: 10, 2022: 18, 2023: 26, 2024: 34, 2025: 40},
+}
+ANNUAL_ARRIVAL = datetime(2026, 6, 15, tzinfo=TOKYO)
+# Monthly figures from April 2025, +5 a month (the plan asks +50 a year), each published on the
+# 15th of the next month, up to January 2026's (published 15 February); then nothing more.
+MONTHLY_FIRST = date(2025, 4, 1)
+MONTHLY_LAST = date(2026, 1, 1)
+MONTHLY_PUBLISHED_DAY = 15
+
+
+def at(year: int, month: int, day: int) -> datetime:
+    return datetime(year, month, day, tzinfo=TOKYO)
+
+
+FY2025_END = at(2026, 4, 1)
+# February 2026 ends on 1 March; its figure is due 45 days later (the monthly default lag),
+# at 00:00 on 15 April. time() > due holds from the next daily evaluation.
+FEBRUARY_DUE = at(2026, 3, 1) + timedelta(days=45)
+
+
+@dataclass(frozen=True)
+class Truth:
+    """`alert` holds for `kpi` on the days in [start, end) (end None: to the end of the year)."""
+
+    alert: str
+    kpi: str
+    start: datetime
+    end: datetime | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+TRUTH = [
+    # The flat KPI: no rise in FY2023, FY2024 (and FY2025): stalled all year, 29 points
+    # behind its path (70 where FY2024's end expects 90), and on course to miss 120.
+    Truth("DxKpiStalled", "annual_flat", T0),
+    Truth("DxKpiBehindPath", "annual_flat", T0),
+    Truth("DxKpiPredictedToMissTarget", "annual_flat", T0),
+    # The missed KPI is 15 points behind (34 where 40 is planned) and heading for 42 < 50,
+    # until its target year ends on 1 April 2026: from then on only the outcome speaks.
+    Truth("DxKpiBehindPath", "target_missed", T0, FY2025_END),
+    Truth("DxKpiPredictedToMissTarget", "target_missed", T0, FY2025_END),
+    # The monthly KPI: February 2026's figure never comes.
+    Truth("DxKpiDataOverdue", "monthly_stops", FEBRUARY_DUE + timedelta(days=1)),
+    # FY2025's figures arrive on 15 June: one notice each, for the notice window.
+    Truth(
+        "DxKpiTargetPeriodEnded",
+        "target_achieved",
+        ANNUAL_ARRIVAL,
+        ANNUAL_ARRIVAL + timedelta(seconds=MIXIN.TARGET_NOTICE_WINDOW),
+        (("outcome", "achieved"), ("target_fiscal_year", "FY2025")),
+    ),
+    Truth(
+        "DxKpiTargetPeriodEnded",
+        "target_missed",
+        ANNUAL_ARRIVAL,
+        ANNUAL_ARRIVAL + timedelta(seconds=MIXIN.TARGET_NOTICE_WINDOW),
+        (("outcome", "missed"), ("target_fiscal_year", "FY2025")),
+    ),
+]
+# Everything else must stay quiet all year: the on-plan KPIs (up and down), the stopping
+# monthly KPI before its figure is late, the achieved KPI, and every source/exporter alert.
+CHECKED_ALERTS = [rule["alert"] for rule in ALERTS if rule["alert"] != "Watchdog"]
+
+
+def day(index: int) -> datetime:
+    return T0 + timedelta(days=index)
+
+
+def first_firing_day(truth: Truth, wait: int) -> datetime:
+    """Prometheus fires an alert at the first evaluation at which its condition has held, at
+    every evaluation, for `for` (evaluations are daily here; pending starts at `start`)."""
+    return truth.start + timedelta(days=-(-wait // DAY))
+
+
+def expected_alerts(when: datetime, alert: str, waits: dict[str, int]) -> list[Truth]:
+    return [
+        t
+        for t in TRUTH
+        if t.alert == alert
+        and first_firing_day(t, waits[alert]) <= when
+        and (t.end is None or when < t.end)
+    ]
+
+
+# --- the simulated year -------------------------------------------------------------------
+
+
+def published(on: datetime) -> Iterator[Observation]:
+    """The observations published on day `on` (at its 00:00, before that day's snapshot)."""
+    for metric, figures in ANNUAL.items():
+        for year, value in figures.items():
+            arrival = T0 if year < 2025 else ANNUAL_ARRIVAL
+            if arrival == on:
+                yield Observation(metric, value, at(year, 4, 1), Granularity.FISCAL_YEAR)
+    month, index = MONTHLY_FIRST, 0
+    while month <= MONTHLY_LAST:
+        following = date(month.year + month.month // 12, month.month % 12 + 1, 1)
+        arrival = max(
+            T0, at(following.year, following.month, MONTHLY_PUBLISHED_DAY)
+        )  # months published before the simulation started arrive with it
+        if arrival == on:
+            start = at(month.year, month.month, 1)
+            yield Observation("monthly", 105 + 5 * index, start, Granularity.MONTH)
+        month, index = following, index + 1
+
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], list[float | None]]
+
+
+def replay(tmp_path: Path) -> Series:
+    """Every KPI sample of the exporter's /metrics, one per simulated day."""
+    clock = {"now": T0.timestamp()}
+    store = Store(f"sqlite:///{tmp_path / 'store.sqlite'}", clock=lambda: clock["now"])
+    store.migrate()
+    config = Config.model_validate(yaml.safe_load(CATALOG))
+    exporter = Exporter(
+        store, LoadedConfig(config, tmp_path / "dxkpi.yaml"), clock=lambda: clock["now"]
+    )
+    series: Series = {}
+    try:
+        for index in range(DAYS + 1):
+            clock["now"] = day(index).timestamp()
+            store.write("fixture", list(published(day(index))))
+            text = exporter.rebuild().text.decode()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if not sample.name.startswith(("dxkpi_kpi_", "dxkpi_snapshot_")):
+                        continue
+                    key = (sample.name, tuple(sorted(sample.labels.items())))
+                    values = series.setdefault(key, [None] * (DAYS + 1))
+                    shift = T0.timestamp() if sample.name.endswith("_timestamp_seconds") else 0
+                    values[index] = sample.value - shift
+    finally:
+        store.close()
+    # The exporter is scraped successfully all year.
+    series[("up", (("instance", "exporter:9810"), ("job", MIXIN.EXPORTER_JOB)))] = [1.0] * (
+        DAYS + 1
+    )
+    return series
+
+
+def values_text(values: list[float | None]) -> str:
+    """promtool's expanding notation: runs of one value as `vxN`, missing samples as `_xN`."""
+    runs: list[tuple[float | None, int]] = []
+    for value in values:
+        if runs and runs[-1][0] == value:
+            runs[-1] = (value, runs[-1][1] + 1)
+        else:
+            runs.append((value, 1))
+    parts = []
+    for value, count in runs:
+        if value is None:
+            parts.append(f"_x{count}")
+        else:
+            parts.append(repr(value) if count == 1 else f"{value!r}x{count - 1}")
+    return " ".join(parts)
+
+
+def selector(name: str, labels: tuple[tuple[str, str], ...]) -> str:
+    inner = ", ".join(f'{k}="{v}"' for k, v in labels)  # fixture labels need no escaping
+    return f"{name}{{{inner}}}"
+
+
+def kpi_labels(config: Config) -> dict[str, dict[str, str]]:
+    return {
+        k.id: {"kpi": k.id, "name_ja": k.name_ja, "name_en": k.name_en, "area": k.area}
+        for k in config.kpis
+    }
+
+
+def rule_tests(series: Series, rule_files: list[Path]) -> dict[str, Any]:
+    waits: dict[str, int] = {alert.name: alert.wait for alert in MIXIN.ALERTS}
+    labels = kpi_labels(Config.model_validate(yaml.safe_load(CATALOG)))
+    checks = []
+    for index in range(DAYS + 1):
+        when = day(index)
+        for alert in CHECKED_ALERTS:
+            severity = next(r["labels"]["severity"] for r in ALERTS if r["alert"] == alert)
+            checks.append(
+                {
+                    "eval_time": f"{index}d",
+                    "alertname": alert,
+                    "exp_alerts": [
+                        {"exp_labels": {"severity": severity, **labels[t.kpi], **dict(t.labels)}}
+                        for t in expected_alerts(when, alert, waits)
+                    ],
+                }
+            )
+    return {
+        "rule_files": [str(p) for p in rule_files],
+        "evaluation_interval": "1d",
+        "group_eval_order": ["dxkpi-recording", "dxkpi-kpis", "dxkpi-sources", "dxkpi-meta"],
+        "tests": [
+            {
+                "name": "a year of the fixture catalog through the real exporter",
+                "interval": "1d",
+                "input_series": [
+                    {"series": selector(name, lab), "values": values_text(values)}
+                    for (name, lab), values in sorted(series.items())
+                ],
+                "alert_rule_test": checks,
+            }
+        ],
+    }
+
+
+def without_annotations(path: Path, folder: Path) -> Path:
+    """The rule file with expressions, `for` and labels kept and annotations dropped: the replay
+    checks when alerts fire; their texts are checked by prometheus/tests/."""
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for group in data["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    out = folder / path.name
+    out.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def year(tmp_path_factory: pytest.TempPathFactory) -> Series:
+    return replay(tmp_path_factory.mktemp("replay"))
+
+
+def test_rules_compare_timestamps_only_with_time() -> None:
+    # What makes the -T0 shift exact (module docstring).
+    for path in RULE_FILES:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                for match in re.finditer(r"\w*_timestamp_seconds\b", rule["expr"]):
+                    before = rule["expr"][: match.start()].rstrip()
+                    assert before.endswith(("time() -", "time() >")), (
+                        rule.get("alert") or rule.get("record"),
+                        match.group(),
+                    )
+
+
+def test_the_fixture_year_looks_as_the_scenario_says(year: Series) -> None:
+    # Guards the truth table's premises, read from the exporter's own output.
+    def last(name: str, kpi: str) -> float | None:
+        return year[(name, (("kpi", kpi),))][-1]
+
+    assert last("dxkpi_kpi_stalled", "annual_flat") == 1
+    assert last("dxkpi_kpi_stalled", "annual_on_plan") == 0
+    assert last("dxkpi_kpi_target_period_ended", "target_achieved") == 1
+    due = last("dxkpi_kpi_next_data_due_timestamp_seconds", "monthly_stops")
+    assert due == FEBRUARY_DUE.timestamp() - T0.timestamp()
+
+
+def test_a_year_of_alerts_matches_the_truth_table(year: Series, tmp_path: Path) -> None:
+    rule_files = [without_annotations(p, tmp_path) for p in RULE_FILES]
+    spec = tmp_path / "replay.test.yml"
+    spec.write_text(yaml.safe_dump(rule_tests(year, rule_files), allow_unicode=True))
+    result = subprocess.run(
+        [tool("promtool"), "test", "rules", str(spec)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
