@@ -486,3 +486,15 @@ def test_the_shipped_example_fires_only_what_the_readme_lists(tmp_path: Path) ->
         days=EXAMPLE_DAYS,
         alerts=KPI_ALERTS,
     )
+
+
+def test_the_readme_shows_both_truth_tables() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Alerts, proven by replay", 1)[1].split("\n## ", 1)[0]
+    config = Config.model_validate(yaml.safe_load(CATALOG))
+    for kpi in config.kpis:
+        assert f"| `{kpi.id}` |" in section, kpi.id
+    for truth in TRUTH + EXAMPLE_TRUTH[:1]:
+        assert truth.alert in section, truth
+    assert "`companies_adopting_ai_iot`" in section
+    assert f"{(DAYS + 1) * len(CHECKED_ALERTS):,} checks" in section
