@@ -64,8 +64,9 @@ VIEWS = {
                to_timestamp(o.known_at) AS known_at
         FROM kpi_outcomes o JOIN kpis k ON k.kpi = o.kpi
     """,
-    "dxkpi_kpi_path_v": """
+    "dxkpi_kpi_path_v": f"""
         SELECT t.kpi, k.name_ja, k.name_en, k.unit, t.target_fiscal_year,
+               {SHORT_FY.format(fy="t.target_fiscal_year")} AS target_fiscal_year_short,
                to_timestamp(t.at) AS at, t.value
         FROM kpi_path t JOIN kpis k ON k.kpi = t.kpi
     """,
