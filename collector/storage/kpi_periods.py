@@ -5,8 +5,8 @@ replaces every row in one transaction: a reader sees the previous refresh or the
 mix, and a KPI removed from the config leaves no rows behind. Concurrent refreshes (two workers
 finishing collections at once) queue on a table lock instead of colliding on primary keys.
 
-Rows are plain dicts keyed by column name (schema.py); SQLAlchemy refuses a key that names no
-column, so a misspelt field fails the refresh instead of going missing.
+Rows are plain dicts keyed by column name (schema.py); a key that names no column fails the
+refresh (SQLAlchemy's bulk insert would drop it silently) instead of going missing.
 """
 
 from __future__ import annotations
@@ -47,6 +47,10 @@ class KpiHistory:
 def replace_kpi_history(store: Store, history: KpiHistory) -> None:
     """Replace every row of the KPI history tables with `history`, atomically."""
     tables = history.tables()
+    for table, rows in tables:
+        for row in rows:
+            if unknown := row.keys() - table.c.keys():
+                raise ValueError(f"{table.name} has no column {', '.join(sorted(unknown))}")
     with store.engine.begin() as connection:
         if store.dialect == "postgresql":
             # SHARE ROW EXCLUSIVE: one refresh at a time; readers (SELECT) never wait.

@@ -33,6 +33,9 @@ SELECT format('ALTER ROLE %I WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASS
 SELECT format('ALTER ROLE %I SET default_transaction_read_only = on', :'reader') \gexec
 SELECT format('GRANT dxkpi_readers TO %I', :'reader') \gexec
 
+-- The schema of the views (a recreated public schema grants PUBLIC nothing).
+SELECT format('GRANT USAGE ON SCHEMA %I TO dxkpi_readers', current_schema()) \gexec
+
 -- Views made before this role existed (an older database): grant them now.
 SELECT format('GRANT SELECT ON %s TO dxkpi_readers', string_agg(format('%I', viewname), ', '))
 FROM pg_views
