@@ -67,8 +67,12 @@ def collect(
         )
         raise self.retry(exc=exc, countdown=countdown) from exc
     if result.changed:
-        # The stored KPI history (Grafana's long-range panels) follows the new data now.
-        refresh_kpis.delay()
+        # The stored KPI history (Grafana's long-range panels) follows the new data now. The run
+        # itself succeeded: failing to queue this must not fail it (beat refreshes in 15 min).
+        try:
+            refresh_kpis.delay()
+        except Exception as exc:
+            log.warning("source %s: could not queue the KPI history refresh (%s)", source_id, exc)
     if result.status == "skipped" and kind == "backfill":
         # Another run (a scheduled one) holds the lease: a backfill window must still run, later.
         raise self.retry(countdown=10)

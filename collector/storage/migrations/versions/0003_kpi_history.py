@@ -72,6 +72,7 @@ VIEWS = {
     """,
 }
 
+# A later migration that recreates a view must run this again: grants go with the view.
 GRANT = f"""
 DO $$
 BEGIN
