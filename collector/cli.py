@@ -632,7 +632,7 @@ def status(
             value += "*"
         target, _ = split_value(state.target.value, kpi.unit)
         kpis.add_row(
-            escape(clip(name, NAME_WIDTH * 2)),
+            escape(clip(name, NAME_WIDTH, lines=2)),
             period_label(state, language, short=True),
             f"{value}\n[dim]{escape(unit)}[/dim]",
             f"{target}\n[dim]{short_fiscal_year(state.target.fiscal_year)}[/dim]",

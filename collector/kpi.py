@@ -40,6 +40,7 @@ monthly one, anything finer a continuous one.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -200,6 +201,25 @@ class _Point:
     arrived: float
 
 
+class _Series(list[_Point]):
+    """A feed's stored periods in order of start, with what lookups by time need."""
+
+    def __init__(self, points: list[_Point]) -> None:
+        super().__init__(points)
+        self.starts = [p.start for p in points]
+        self.arrivals = list(itertools.accumulate((p.arrived for p in points), max))
+
+    def between(self, start: float, end: float) -> list[_Point]:
+        """The periods starting in [start, end)."""
+        lo = bisect.bisect_left(self.starts, start)
+        return self[lo : bisect.bisect_left(self.starts, end, lo)]
+
+    def arrived_before(self, end: float) -> float | None:
+        """When the last of the periods starting before `end` was written."""
+        index = bisect.bisect_left(self.starts, end)
+        return self.arrivals[index - 1] if index else None
+
+
 @dataclass(frozen=True)
 class _Span:
     start: float
@@ -311,7 +331,7 @@ class KpiCalculator:
 
     # -- data --------------------------------------------------------------------------------
 
-    def _points(self, ids: list[int], as_of: float, factor: float) -> list[_Point]:
+    def _points(self, ids: list[int], as_of: float, factor: float) -> _Series:
         out = []
         for p in self.store.period_points(ids, end=int(as_of)):
             out.append(
@@ -323,7 +343,7 @@ class KpiCalculator:
                     p.updated_at,
                 )
             )
-        return out
+        return _Series(out)
 
     def _covers(self, points: Sequence[_Point], span: _Span) -> bool:
         """Whether `points` (those starting inside `span`) cover it: a whole-period row, or every
@@ -370,11 +390,12 @@ class KpiCalculator:
         stall_after = (kpi.stall_after or DEFAULT_STALL_AFTER) if cadence == "continuous" else None
 
         periods: list[PeriodFigure] = []
-        levels: list[tuple[float, float]] = []  # continuous: (end of data period, level)
+        levels: list[tuple[float, float]] = []  # (end of data period, level) of cumulative data
         if all(data) and len(newest) == len(data):
             first = min(series[0].start for series in data)
-            if cadence == "continuous":
+            if cadence == "continuous" or feed.kind == "cumulative_sum":
                 levels = self._levels(kpi, data[0], as_of)
+            if cadence == "continuous":
                 spans = self._spans("month", first, max(p.start for p in newest))
             else:
                 spans = self._spans(cadence, first, max(p.start for p in newest))
@@ -560,7 +581,7 @@ class KpiCalculator:
         self,
         kpi: KpiConfig,
         cadence: Cadence,
-        data: list[list[_Point]],
+        data: list[_Series],
         levels: list[tuple[float, float]],
         span: _Span,
         as_of: float,
@@ -568,18 +589,20 @@ class KpiCalculator:
         """(figure, complete, arrived) of one KPI period."""
         feed = kpi.feed
         ended = span.end <= as_of
-        if cadence == "continuous":
-            inside = [(t, v) for t, v in levels if t <= span.end]
-            value = inside[-1][1] if inside and inside[-1][0] > span.start else None
+        if cadence == "continuous" or feed.kind == "cumulative_sum":
+            # The level at the period's end: the last one reached by then, if inside the period.
+            index = bisect.bisect_right(levels, span.end, key=lambda level: level[0])
+            last = levels[index - 1] if index else None
+            value = last[1] if last is not None and last[0] > span.start else None
             reaches = bool(levels) and levels[-1][0] >= span.end
-            arrived = max((p.arrived for p in data[0] if p.start < span.end), default=None)
+            arrived = data[0].arrived_before(span.end)
             return value, ended and reaches and value is not None, arrived
-        if feed.window == "trailing_12m" and feed.kind in ("fiscal_year_sum", "ratio"):
+        if feed.window == "trailing_12m":
             year_start = self._local(span.end).replace(year=self._local(span.end).year - 1)
             window = _Span(year_start.timestamp(), span.end, span.fiscal_year, span.label)
         else:
             window = span
-        parts = [[p for p in series if window.start <= p.start < window.end] for series in data]
+        parts = [series.between(window.start, window.end) for series in data]
         if not all(parts):
             return None, False, None
         arrived = max(p.arrived for part in parts for p in part)
@@ -589,9 +612,6 @@ class KpiCalculator:
             value = num / den if den else None
         elif feed.kind == "fiscal_year_sum":
             value = sum(p.value for p in parts[0])
-        elif feed.kind == "cumulative_sum":
-            inside = [(t, v) for t, v in self._levels(kpi, data[0], as_of) if t <= span.end]
-            value = inside[-1][1] if inside else None
         else:  # latest: the newest value inside the period
             newest_start = parts[0][-1].start
             value = sum(p.value for p in parts[0] if p.start == newest_start)

@@ -10,6 +10,7 @@ Pure functions of a `KpiState`: no I/O, no clock.
 from __future__ import annotations
 
 import math
+import textwrap
 from datetime import datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -92,12 +93,22 @@ def split_value(value: float | None, unit: str) -> tuple[str, str]:
 
 
 def format_ratio(value: float | None) -> str:
-    """A progress ratio as whole percent: `93%`."""
-    return "-" if value is None else f"{value * 100:.0f}%"
+    """A progress ratio as whole percent: `93%` (never `-0%`)."""
+    if value is None:
+        return "-"
+    percent = round(value * 100)
+    return f"{percent + 0:d}%"
 
 
-def clip(text: str, cells: int) -> str:
-    """`text` cut to `cells` terminal cells (Japanese characters take two), ending in … if cut."""
+def clip(text: str, cells: int, *, lines: int = 1) -> str:
+    """`text` cut to `lines` lines of `cells` terminal cells (Japanese characters take two),
+    ending in … if cut. Text with spaces wraps at words, Japanese anywhere."""
+    if " " in text and lines > 1:
+        wrapped = textwrap.wrap(text, cells, break_on_hyphens=False)
+        if len(wrapped) <= lines:
+            return "\n".join(wrapped)
+        return "\n".join([*wrapped[: lines - 1], clip(" ".join(wrapped[lines - 1 :]), cells)])
+    cells *= lines
     if cell_len(text) <= cells:
         return text
     out = ""

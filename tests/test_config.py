@@ -190,3 +190,31 @@ def test_a_metric_named_like_a_counter_is_refused(tmp_path: Path) -> None:
     config.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match="a gauge must not end in _total"):
         load_config(config)
+
+
+def test_a_unit_that_differs_must_be_named_in_the_feed(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = (
+        config.read_text(encoding="utf-8")
+        .replace("unit: page_views}", "unit: seconds}", 1)
+        .replace("unit: page_views\n", "unit: hours\n", 1)
+    )
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    [problem] = caught.value.problems
+    assert problem.path == "kpis[0].unit"
+    assert (
+        "is in seconds but the KPI is in hours: add `unit: seconds` to the feed" in problem.message
+    )
+    config.write_text(
+        text.replace("metric: portal_page_views}", "metric: portal_page_views, unit: seconds}"),
+        encoding="utf-8",
+    )
+    assert load_config(config).config.kpis[0].feed.unit == "seconds"
+    config.write_text(
+        text.replace("metric: portal_page_views}", "metric: portal_page_views, unit: litres}"),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="cannot convert 'litres' to the KPI's unit 'hours'"):
+        load_config(config)

@@ -65,11 +65,8 @@ def fy2021_from_files() -> dict[str, float]:
     """FY2021 (R3) figures computed from the data files with nothing of dxkpi's."""
     with (EXAMPLE / "data" / "annual_indicators.csv").open(encoding="cp932") as f:
         rows = list(csv.DictReader(f))
-    expected = {
-        row["指標ID"]: float(row["値"].replace(",", ""))
-        for row in rows
-        if row["年度"] == "令和3年度"
-    }
+    r3 = [row for row in rows if row["年度"] == "令和3年度"]
+    expected = {row["指標ID"]: float(row["値"].replace(",", "")) for row in r3}
     with (EXAMPLE / "data" / "online_procedures.csv").open(encoding="utf-8-sig") as f:
         sums: dict[str, float] = defaultdict(float)
         for row in csv.DictReader(f):
