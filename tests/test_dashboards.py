@@ -421,3 +421,26 @@ def test_panel_queries_fill_in_every_variable() -> None:
     assert any('kpi=~"kenmin_app_downloads"' in q.expr for q in queries)
     with pytest.raises(KeyError):
         substitute("x[$unknown]", DEFAULT_VARIABLES)
+
+
+def test_kpi_history_opens_on_the_stall_and_overdue_table() -> None:
+    """DxKpiStalled and DxKpiDataOverdue link to /d/dxkpi-kpi-history?var-kpi=...: the first
+    thing there is each selected KPI's stall state and how far past its due date its data is."""
+    board = dashboards()["kpi-history.json"]
+    first = next(p for p in all_panels(board) if p["type"] != "row")
+    assert first["type"] == "table" and first["gridPos"]["y"] <= 1
+    names = set().union(*(metric_names(t["expr"]) for t in first["targets"]))
+    assert {"dxkpi_kpi_stalled", "dxkpi_kpi_next_data_due_timestamp_seconds"} <= names
+    assert any("time() - dxkpi_kpi_next_data_due" in t["expr"] for t in first["targets"])
+    assert all('kpi=~"$kpi"' in t["expr"] for t in first["targets"])
+    (kpi,) = [v for v in board["templating"]["list"] if v["name"] == "kpi"]
+    assert kpi["datasource"]["uid"] == POSTGRES_UID
+
+
+def test_overview_lists_the_prometheus_alerts() -> None:
+    (alerts,) = [
+        p for p in all_panels(dashboards()["kpi-overview.json"]) if p["type"] == "alertlist"
+    ]
+    state = alerts["options"]["stateFilter"]
+    assert state["firing"] and state["pending"] and not state["normal"]
+    assert alerts["options"]["datasource"] == provisioned_datasources()[PROMETHEUS_UID]["name"]
