@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import logging
@@ -12,19 +13,26 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from datetime import time as dt_time
 from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from collector.errors import ConfigError, DxkpiError, SourceError
 from collector.redact import redact
 from collector.runtime import Runtime, resolve, set_current
+from collector.storage import Store, require_current_schema
 
 if TYPE_CHECKING:
+    from http.server import ThreadingHTTPServer
+
+    from collector.config import SourceConfig
     from collector.contract import Window
+    from collector.exporter import Exporter
 
 console = Console(stderr=True)
 out = Console()
@@ -34,19 +42,24 @@ RECOMMENDED_POOL = "threads"
 RECOMMENDED_CONCURRENCY = 32
 
 
-def _runtime(ctx: click.Context) -> Runtime:
+def _runtime(ctx: click.Context, *, read_only: bool = False) -> Runtime:
+    """The runtime of this invocation; a read-only command's creates no directory."""
     obj = ctx.ensure_object(dict)
     if "runtime" not in obj:
-        try:
-            runtime = resolve(obj.get("config"), obj.get("data_dir"))
-        except ConfigError as exc:
-            for problem in exc.problems:
-                click.echo(f"error: {problem}", err=True)
-            ctx.exit(2)
+        # A ConfigError is reported by the group, one line per problem.
+        runtime = resolve(obj.get("config"), obj.get("data_dir"), make_dirs=not read_only)
         set_current(runtime)
         obj["runtime"] = runtime
     result: Runtime = obj["runtime"]
     return result
+
+
+def _read_store(ctx: click.Context) -> tuple[Runtime, Store]:
+    """The runtime and store of a command that only reads: it neither creates nor upgrades a
+    store, and says to run `dxkpi migrate` when the schema is missing or behind."""
+    runtime = _runtime(ctx, read_only=True)
+    require_current_schema(runtime.store)
+    return runtime, runtime.store
 
 
 def _when(text: str | None, runtime: Runtime, *, default: datetime | None = None) -> datetime:
@@ -61,20 +74,65 @@ def _when(text: str | None, runtime: Runtime, *, default: datetime | None = None
     return moment if moment.tzinfo else moment.replace(tzinfo=runtime.loaded.config.tz)
 
 
-@click.group()
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(dir_okay=False),
-    help="Config file (default: $DXKPI_CONFIG, else the example config shipped with dxkpi).",
+CONFIG_HELP = "Config file (default: $DXKPI_CONFIG, else the example config shipped with dxkpi)."
+DATA_DIR_HELP = (
+    "Where the embedded SQLite store and broker live (default: $DXKPI_DATA_DIR, else the "
+    "config's data_dir, else ~/.local/share/dxkpi/<config folder>-<hash of the config's path>)."
 )
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    help="Where the embedded SQLite store and broker live (default: $DXKPI_DATA_DIR, "
-    "else the config's data_dir, else ~/.local/share/dxkpi).",
-)
-@click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING…")
+LOG_LEVEL_HELP = "DEBUG, INFO, WARNING…"
+
+
+def _set_global(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """A global option given after the subcommand: it overrides the one given before."""
+    if value is None:
+        return
+    assert param.name is not None
+    ctx.ensure_object(dict)[param.name] = value
+    if param.name == "log_level":
+        logging.getLogger().setLevel(value.upper())
+
+
+def _global_options() -> list[click.Parameter]:
+    """--config, --data-dir and --log-level, as every subcommand also accepts them."""
+    common: dict[str, Any] = {"expose_value": False, "callback": _set_global, "default": None}
+    return [
+        click.Option(
+            ["--config", "config"], type=click.Path(dir_okay=False), help=CONFIG_HELP, **common
+        ),
+        click.Option(["--data-dir", "data_dir"], type=click.Path(), help=DATA_DIR_HELP, **common),
+        click.Option(["--log-level", "log_level"], help=LOG_LEVEL_HELP, **common),
+    ]
+
+
+class _Cli(click.Group):
+    """The command group: global options work before and after the subcommand, and a failure
+    dxkpi expects (config, store, port, data directory) is one line and a non-zero exit."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(_global_options())
+        super().add_command(cmd, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            ctx.exit(2)
+        except DxkpiError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(1)
+        except OperationalError as exc:
+            # The store's server is down or refuses us: say so in one line, without a password.
+            click.echo(f"error: cannot use the store: {redact(str(exc.orig)).strip()}", err=True)
+            ctx.exit(1)
+
+
+@click.group(cls=_Cli)
+@click.version_option(package_name="dxkpi", prog_name="dxkpi")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--data-dir", type=click.Path(), help=DATA_DIR_HELP)
+@click.option("--log-level", default="INFO", show_default=True, help=LOG_LEVEL_HELP)
 @click.pass_context
 def main(ctx: click.Context, config_path: str | None, data_dir: str | None, log_level: str) -> None:
     """dxkpi: collect digital-transformation KPIs and serve them to Prometheus."""
@@ -102,10 +160,11 @@ def _child_args(ctx: click.Context, runtime: Runtime) -> list[str]:
 
 
 def _describe(runtime: Runtime) -> None:
-    console.print(f"config:   {runtime.loaded.path}", highlight=False)
-    console.print(f"data dir: {runtime.data_dir}", highlight=False)
-    console.print(f"store:    {redact(runtime.storage_url)}", highlight=False)
-    console.print(f"broker:   {redact(runtime.broker_url)}", highlight=False)
+    # Plain lines: a long path must stay whole to be copied.
+    click.echo(f"config:   {runtime.loaded.path}", err=True)
+    click.echo(f"data dir: {runtime.data_dir}", err=True)
+    click.echo(f"store:    {redact(runtime.storage_url)}", err=True)
+    click.echo(f"broker:   {redact(runtime.broker_url)}", err=True)
 
 
 @main.command()
@@ -114,9 +173,16 @@ def _describe(runtime: Runtime) -> None:
 @click.pass_context
 def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     """Everything in one: migrate, a Celery worker, beat, and the exporter (embedded default)."""
+    from collector.supervisor import sources_to_kick_off
+
     runtime = _runtime(ctx)
     _describe(runtime)
+    exp, server = _bind(runtime, listen)  # first: a busy port fails before anything starts
     runtime.store.migrate()
+    # Beat starts afresh, without catching up on runs its last life missed: the kick-off
+    # below collects what is due, and beat takes over one interval later.
+    for leftover in runtime.data_dir.glob("celerybeat-schedule*"):
+        leftover.unlink()
     base = _child_args(ctx, runtime)
     children = [
         subprocess.Popen([*base, "worker", "--concurrency", str(concurrency)]),
@@ -130,10 +196,18 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     try:
         from tasks.app import app
 
-        # Collect every source once now, instead of waiting a whole interval for beat.
-        for source in runtime.loaded.config.sources:
-            app.send_task("dxkpi.collect", args=(source.id,))
-        _serve(runtime, listen)
+        last_success = {h.source: h.last_success_at for h in runtime.store.source_health()}
+        due = sources_to_kick_off(runtime.loaded.config.sources, last_success, time.time())
+        # Collect now what has no recent success, instead of waiting a whole interval for beat.
+        for source_id in due:
+            app.send_task("dxkpi.collect", args=(source_id,))
+        recent = len(runtime.loaded.config.sources) - len(due)
+        click.echo(
+            f"collecting {len(due)} source(s) now; {recent} with a success within their "
+            "interval wait for their schedule",
+            err=True,
+        )
+        _serve(exp, server)
     except KeyboardInterrupt:
         pass
     finally:
@@ -196,7 +270,9 @@ def worker(
             ]
             for i in range(1, processes + 1)
         ]
-        ctx.exit(_supervise(commands))
+        from collector.supervisor import supervise
+
+        ctx.exit(supervise(commands))
     from tasks.app import app
 
     argv = ["worker", "--loglevel", ctx.obj["log_level"], "--pool", pool, "-Q", runtime.queue]
@@ -239,54 +315,6 @@ def _import_connectors(runtime: Runtime) -> None:
             logging.getLogger("dxkpi.worker").warning("connector %s does not load", name)
 
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-
-
-def _supervise(commands: list[list[str]]) -> int:
-    """Run one worker process per command until all have exited; return the exit code.
-
-    A signal is passed on to every process (Celery's meaning: TERM/INT a warm shutdown that
-    finishes running tasks, QUIT a cold one). The processes get a process group of their own so
-    that a Ctrl-C in a terminal reaches them once, through here, and not twice (a second INT is a
-    cold shutdown). If one process exits on its own, the others are stopped too and its code is
-    returned, so that whatever supervises `dxkpi worker` sees the failure and restarts the lot.
-    """
-    children: list[subprocess.Popen[bytes]] = []
-    stopping = False
-
-    def forward(signum: int, _frame: Any) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    for signum in FORWARDED_SIGNALS:  # before the first start: no child may be left behind
-        signal.signal(signum, forward)
-    for command in commands:
-        if stopping:
-            break
-        children.append(subprocess.Popen(command, process_group=0))
-    code = 0
-    running = list(children)
-    while running:
-        time.sleep(0.2)
-        for child in [c for c in running if c.poll() is not None]:
-            running.remove(child)
-            status = child.returncode
-            # A process killed by a signal: the shell's convention, 128 + its number.
-            child_code = status if status >= 0 else 128 - status
-            if code == 0:
-                code = child_code
-            if not stopping:
-                console.print(
-                    f"worker process {child.pid} exited with {child_code}: stopping the others",
-                    highlight=False,
-                )
-                forward(signal.SIGTERM, None)
-    return code
-
-
 @main.command()
 @click.pass_context
 def beat(ctx: click.Context) -> None:
@@ -303,20 +331,40 @@ def beat(ctx: click.Context) -> None:
 def exporter(ctx: click.Context, listen: str | None) -> None:
     """Serve /metrics and /healthz from the store."""
     runtime = _runtime(ctx)
-    _serve(runtime, listen)
+    _serve(*_bind(runtime, listen))
 
 
-def _serve(runtime: Runtime, listen: str | None) -> None:
+def _bind(runtime: Runtime, listen: str | None) -> tuple[Exporter, ThreadingHTTPServer]:
+    """The exporter and its listening socket; a busy or bad address is a one-line error."""
+    from collector import clock
     from collector.exporter import Exporter, make_server, parse_listen
 
-    host, port = parse_listen(listen or runtime.loaded.config.exporter.listen)
-    from collector import clock
-
+    address = listen or runtime.loaded.config.exporter.listen
+    try:
+        host, port = parse_listen(address)
+    except ValueError as exc:
+        raise DxkpiError(str(exc)) from None
     tz = runtime.loaded.config.tz
     exp = Exporter(runtime.store, runtime.loaded, clock=lambda: clock.now(tz))
+    try:
+        server = make_server(exp, host, port)
+    except OSError as exc:
+        reason = (
+            "the port is in use (another dxkpi?)"
+            if exc.errno == errno.EADDRINUSE
+            else exc.strerror or str(exc)
+        )
+        raise DxkpiError(
+            f"cannot listen on {address}: {reason}; choose another address with --listen "
+            "HOST:PORT or exporter.listen in the config"
+        ) from None
+    return exp, server
+
+
+def _serve(exp: Exporter, server: ThreadingHTTPServer) -> None:
+    host, port = server.server_address[:2]
     exp.start()
-    server = make_server(exp, host, port)
-    console.print(f"serving http://{host}:{server.server_address[1]}/metrics", highlight=False)
+    console.print(f"serving http://{host!s}:{port}/metrics", highlight=False)
     try:
         server.serve_forever()
     finally:
@@ -335,34 +383,34 @@ def collect(
 ) -> None:
     """Collect one source now, in this process."""
     from collector.contract import Window
+    from collector.present import format_exact
     from collector.runner import collect_source
 
-    runtime = _runtime(ctx)
+    runtime = _runtime(ctx, read_only=True)
     now = datetime.now(UTC)
     window = None
     if since:
         window = Window(start=_when(since, runtime), end=_when(until, runtime, default=now))
     store = None
     if not dry_run:
-        store = runtime.store
-        store.migrate()
-    try:
-        result = collect_source(
-            runtime.loaded, store, source, window=window, kind="manual", dry_run=dry_run
-        )
-    except (SourceError, DxkpiError) as exc:
-        click.echo(f"error: {exc}", err=True)
-        ctx.exit(1)
+        store = _read_store(ctx)[1]
+    # A source's failure is one `error:` line from the group.
+    result = collect_source(
+        runtime.loaded, store, source, window=window, kind="manual", dry_run=dry_run
+    )
     if dry_run:
         items = result.observations or []
         table = Table(title=f"{source}: {len(items)} observations would be stored (dry run)")
-        for column in ("metric", "labels", "period", "granularity", "value"):
-            table.add_column(column)
+        table.add_column("metric", overflow="fold")
+        table.add_column("labels", overflow="fold")
+        table.add_column("period", no_wrap=True)
+        table.add_column("granularity", no_wrap=True)
+        table.add_column("value", no_wrap=True, justify="right")
         for obs in items[:50]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(obs.labels.items()))
-            table.add_row(
-                obs.metric, labels, obs.start.isoformat(), obs.granularity, f"{obs.value:g}"
-            )
+            local = obs.start.astimezone(runtime.loaded.config.tz)
+            period = local.strftime("%Y-%m-%d" if local.time() == dt_time() else "%Y-%m-%d %H:%M")
+            table.add_row(obs.metric, labels, period, obs.granularity, format_exact(obs.value))
         out.print(table)
         if len(items) > 50:
             out.print(f"… and {len(items) - 50} more")
@@ -384,7 +432,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
     """Collect a past range, split into the source API's allowed windows."""
     from collector.runner import ReadAhead, backfill_windows, build_connector, collect_source
 
-    runtime = _runtime(ctx)
+    runtime = _runtime(ctx, read_only=not enqueue)  # the embedded broker lives in the data dir
     start = _when(since, runtime)
     end = _when(until, runtime, default=datetime.now(UTC))
     if enqueue:
@@ -393,13 +441,8 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
         app.send_task("dxkpi.backfill", args=(source, start.isoformat(), end.isoformat()))
         out.print(f"queued backfill of {source} from {start.isoformat()} to {end.isoformat()}")
         return
-    try:
-        windows = backfill_windows(build_connector(runtime.loaded, source), start, end)
-    except DxkpiError as exc:
-        click.echo(f"error: {exc}", err=True)
-        ctx.exit(1)
-    store = runtime.store
-    store.migrate()
+    windows = backfill_windows(build_connector(runtime.loaded, source), start, end)
+    store = _read_store(ctx)[1]
     written = 0
     # The next window's first items are read (in a thread) while this window's last batch is
     # stored; the next window's own run stores them, or fails with the error met reading them.
@@ -478,7 +521,7 @@ def migrate(ctx: click.Context) -> None:
     """Create or upgrade the store's tables (Alembic)."""
     runtime = _runtime(ctx)
     runtime.store.migrate()
-    out.print(f"store at {redact(runtime.storage_url)} is up to date", highlight=False)
+    click.echo(f"store at {redact(runtime.storage_url)} is up to date")
 
 
 @main.command()
@@ -488,6 +531,67 @@ def schema(ctx: click.Context) -> None:
     from collector.schema import config_schema
 
     out.print_json(json.dumps(config_schema(), ensure_ascii=False))
+
+
+def _schedule_text(source: SourceConfig) -> str:
+    from collector.durations import format_duration
+
+    if source.schedule.every is not None:
+        return f"every {format_duration(source.schedule.every)}"
+    return f"cron {source.schedule.cron}"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per source, in a list.")
+@click.pass_context
+def sources(ctx: click.Context, as_json: bool) -> None:
+    """Each source: connector, schedule, last success and last error."""
+    runtime, store = _read_store(ctx)
+    tz = runtime.loaded.config.tz
+    health = {h.source: h for h in store.source_health()}
+    rows = []
+    for source in runtime.loaded.config.sources:
+        h = health.get(source.id)
+        success = h.last_success_at if h else None
+        failed = h is not None and h.last_status not in (None, "success")
+        rows.append(
+            {
+                "id": source.id,
+                "connector": source.connector,
+                "schedule": _schedule_text(source),
+                "interval_seconds": source.schedule.interval().total_seconds(),
+                "last_status": h.last_status if h else None,
+                "last_success": None
+                if success is None
+                else datetime.fromtimestamp(success, tz).isoformat(),
+                "last_error": (h.last_error if failed and h else None) or None,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    cells = [
+        [
+            source.id,
+            source.connector,
+            str(row["schedule"]),
+            "never"
+            if row["last_status"] is None
+            else _ts(health[source.id].last_success_at, runtime),
+            # The row names the source already; one line, cut to what fits (--json has it all).
+            " ".join(str(row["last_error"] or "").removeprefix(f"source {source.id!r}: ").split()),
+        ]
+        for source, row in zip(runtime.loaded.config.sources, rows, strict=True)
+    ]
+    headers = ["source", "connector", "schedule", "last success", "last error"]
+    widths = [max(len(c[i]) for c in [headers, *cells]) for i in range(4)]
+    # Only the error gives way to fit the terminal (80 columns when piped); two spaces between.
+    room = max(out.width - sum(widths) - 2 * len(widths), len(headers[4]))
+    table = Table(*headers, box=None, pad_edge=False)
+    for row_cells in cells:
+        error = row_cells[4]
+        table.add_row(*row_cells[:4], error if len(error) <= room else error[: room - 1] + "…")
+    out.print(table)
 
 
 def _ts(ts: float | None, runtime: Runtime) -> str:
@@ -529,9 +633,7 @@ def refresh_kpis(ctx: click.Context, as_of: str | None) -> None:
     """
     from collector.kpi_history import refresh_kpi_periods
 
-    runtime = _runtime(ctx)
-    store = runtime.store
-    store.migrate()
+    runtime, store = _read_store(ctx)
     moment = _as_of(as_of, runtime)
     history = refresh_kpi_periods(store, runtime.loaded.config, moment)
     out.print(
@@ -572,9 +674,9 @@ def status(
         split_value,
     )
 
-    runtime = _runtime(ctx)
+    runtime = _runtime(ctx, read_only=True)
     store = runtime.store
-    store.migrate()
+    require_current_schema(store)
     tz = runtime.loaded.config.tz
     moment = _as_of(as_of, runtime)
     year = _fiscal_year_option(fiscal_year)
@@ -663,6 +765,61 @@ def status(
             (h.last_error or "")[:200] if h and h.last_status != "success" else "",
         )
     out.print(sources)
+
+
+@main.command()
+@click.option(
+    "--fiscal-year", "fiscal_year", required=True, help="The year reported on (R3, FY2021)."
+)
+@click.option("--lang", type=click.Choice(["ja", "en"]), default="ja", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["xlsx", "md", "html"]), default="md", show_default=True
+)
+@click.option(
+    "--output", "-o", type=click.Path(dir_okay=False), help="File to write (md/html: stdout)."
+)
+@click.option("--as-of", "as_of", help="The data as it stood then (ISO date or time).")
+@click.pass_context
+def report(
+    ctx: click.Context,
+    fiscal_year: str,
+    lang: str,
+    fmt: str,
+    output: str | None,
+    as_of: str | None,
+) -> None:
+    """The council report: each KPI's figure for the fiscal year against its plan, and the
+    year's operational totals (the same figures as `status --fiscal-year`)."""
+    from typing import cast
+
+    from collector.present import Lang
+    from collector.report import Format, build_report, render
+
+    year = _fiscal_year_option(fiscal_year)
+    assert year is not None
+    if fmt == "xlsx" and output is None:
+        raise click.UsageError("--format xlsx writes a file: give --output FILE.xlsx")
+    from sqlalchemy.exc import DBAPIError
+
+    runtime = _runtime(ctx)
+    try:
+        built = build_report(runtime.store, runtime.loaded, year, _as_of(as_of, runtime))
+    except DBAPIError as exc:
+        # A report only reads: a store without tables is told so, not migrated behind its back.
+        reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__
+        click.echo(
+            f"error: cannot read the store at {redact(runtime.storage_url)} ({reason}); "
+            "run `dxkpi migrate` and collect the sources first",
+            err=True,
+        )
+        ctx.exit(1)
+    body = render(built, cast(Lang, lang), cast(Format, fmt))
+    if output is None:
+        click.echo(body.decode("utf-8"), nl=False)
+        return
+    with open(output, "wb") as f:
+        f.write(body)
+    console.print(f"wrote {output}", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

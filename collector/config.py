@@ -7,13 +7,14 @@ variables, references between KPIs and sources, aggregations a metric does not a
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -31,13 +32,22 @@ from pydantic import (
 from collector.contract import ConnectorSettings, MetricSpec, SourceContext
 from collector.durations import Duration
 from collector.errors import ConfigError, ConfigProblem, DxkpiError
-from collector.fiscal import parse_fiscal_year
+from collector.fiscal import format_fiscal_year, parse_fiscal_year
 from collector.registry import load_connector
 from collector.units import conversion_factor, known_units
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WHOLE_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
+
+
+class FieldProblem(ValueError):
+    """A model-level check's finding that belongs to one key of the model (e.g.
+    `target.fiscal_year`): the problem then points at that key's line, not the item's first."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 def _fiscal_year(value: Any) -> int:
@@ -216,33 +226,39 @@ class KpiConfig(_Model):
             raise ValueError("give exactly one of `target` (one target) or `targets` (a list)")
         years = [t.fiscal_year for t in self.plan]
         if len(set(years)) != len(years) or years != sorted(years):
-            raise ValueError(
+            raise FieldProblem(
+                "targets",
                 "`targets` must be in fiscal-year order, one per fiscal year; got "
-                + ", ".join(f"FY{y}" for y in years)
+                + ", ".join(f"FY{y}" for y in years),
             )
-        for target in self.plan:
+        for index, target in enumerate(self.plan):
             start = self.start_of(target)
+            key = "target" if self.target is not None else f"targets.{index}"
             if target.fiscal_year < start.fiscal_year:
-                raise ValueError(
-                    f"the target fiscal year (FY{target.fiscal_year}) is before its baseline "
-                    f"fiscal year (FY{start.fiscal_year})"
+                raise FieldProblem(
+                    f"{key}.fiscal_year",
+                    f"the target year {format_fiscal_year(target.fiscal_year)} is before its "
+                    f"baseline year {format_fiscal_year(start.fiscal_year)}",
                 )
             if start.value == target.value:
-                raise ValueError(
-                    f"baseline and target values are equal ({target.value}): progress is undefined"
+                raise FieldProblem(
+                    f"{key}.value",
+                    f"baseline and target values are equal ({target.value}): progress is undefined",
                 )
             going_up = target.value > start.value
             if going_up != (self.direction == "up"):
-                raise ValueError(
+                raise FieldProblem(
+                    "direction",
                     f"direction is {self.direction!r} but the target ({target.value}) is "
-                    f"{'above' if going_up else 'below'} the baseline ({start.value})"
+                    f"{'above' if going_up else 'below'} the baseline ({start.value})",
                 )
         cadence = self.cadence or self.feed.default_cadence()
         if self.stall_after is not None and cadence in ("fiscal_year", "month"):
-            raise ValueError(
+            raise FieldProblem(
+                "stall_after",
                 f"stall_after applies to continuous KPIs; this KPI reports per {cadence}, so a "
                 "stall is counted in reported periods: remove stall_after and set "
-                "stall_periods (default 1) instead"
+                "stall_periods (default 1) instead",
             )
         return self
 
@@ -339,7 +355,8 @@ def _compose(text: str, file: str) -> tuple[Any, dict[str, int]]:
     def convert(node: yaml.Node | None, path: str) -> Any:
         if node is None:
             return None
-        lines[path] = node.start_mark.line + 1
+        # A key's own line, not its value's: `target:` rather than the first line under it.
+        lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             out = {}
             for key_node, value_node in node.value:
@@ -353,6 +370,86 @@ def _compose(text: str, file: str) -> tuple[Any, dict[str, int]]:
         return constructor.construct_object(node)
 
     return convert(root, ""), lines
+
+
+_ITEM = re.compile(r"^(sources|kpis)\[(\d+)\]")
+
+
+def _named(raw: dict[str, Any], path: str) -> str:
+    """`sources[1].schedule` -> `sources[zoom_main].schedule`: people know their items by id."""
+    match = _ITEM.match(path)
+    if match is None:
+        return path
+    items = raw.get(match.group(1))
+    index = int(match.group(2))
+    item = items[index] if isinstance(items, list) and index < len(items) else None
+    item_id = item.get("id") if isinstance(item, dict) else None
+    if not isinstance(item_id, str) or not item_id:
+        return path
+    return f"{match.group(1)}[{item_id}]{path[match.end() :]}"
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _keys_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model accepts at `loc` (list indexes skipped); [] where it takes any."""
+    current = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field_info = current.model_fields.get(part)
+        found = _submodel(field_info.annotation) if field_info is not None else None
+        if found is None:
+            return []
+        current = found
+    return [info.alias or name for name, info in current.model_fields.items()]
+
+
+# Pydantic's wording for the commonest mistakes, said the way a config's author thinks of them.
+_PLAIN_WORDS = {
+    "missing": "required: add `{key}:`",
+    "dict_type": "must be a mapping (`key: value` lines)",
+    "model_type": "must be a mapping (`key: value` lines)",
+    "model_attributes_type": "must be a mapping (`key: value` lines)",
+    "list_type": "must be a list (lines starting with `- `)",
+    "string_type": "must be text",
+}
+
+
+def _validation_problems(
+    exc: ValidationError, model: type[BaseModel], prefix: str
+) -> Iterator[tuple[str, str]]:
+    """Pydantic's errors as (path, message) in our words: a misspelt key gets a did-you-mean,
+    "Value error, " goes, and a `FieldProblem` points at its own key."""
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        message = error["msg"]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, FieldProblem):
+            loc += tuple(int(p) if p.isdigit() else p for p in cause.key.split("."))
+            message = str(cause)
+        elif error["type"] == "value_error" and isinstance(cause, ValueError):
+            message = str(cause)
+        elif error["type"] in _PLAIN_WORDS:
+            message = _PLAIN_WORDS[error["type"]].format(key=loc[-1] if loc else "")
+        elif error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == IDENTIFIER:
+            message = "write lower-case letters, digits and _, starting with a letter (zoom_main)"
+        elif error["type"] == "extra_forbidden" and loc:
+            key = str(loc[-1])
+            allowed = _keys_at(model, loc[:-1])
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            message = f"unknown key `{key}`; " + (
+                f"did you mean `{close[0]}`?" if close else f"allowed: {', '.join(allowed)}"
+            )
+        yield _loc_path(prefix, loc), message
 
 
 def _loc_path(prefix: str, loc: tuple[int | str, ...]) -> str:
@@ -422,7 +519,16 @@ def load_config(path: str | Path) -> LoadedConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError([ConfigProblem(file, None, "", "config file not found")]) from exc
+        raise ConfigError(
+            [
+                ConfigProblem(
+                    file,
+                    None,
+                    "",
+                    "config file not found; give one with --config FILE or DXKPI_CONFIG",
+                )
+            ]
+        ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(file, None, "", "config must be UTF-8 text")]) from exc
     raw, lines = _compose(text, file)
@@ -433,7 +539,8 @@ def load_config(path: str | Path) -> LoadedConfig:
     problems: list[ConfigProblem] = []
 
     def problem(p: str, message: str) -> None:
-        problems.append(ConfigProblem(file, _line_for(lines, p), p, message))
+        # Lines are found by position (`sources[1]`), people are told the id (`sources[zoom]`).
+        problems.append(ConfigProblem(file, _line_for(lines, p), _named(raw, p), message))
 
     # Resolve ${ENV} outside connector settings now (storage/broker URLs may carry passwords).
     env_problems: list[tuple[str, str]] = []
@@ -441,32 +548,71 @@ def load_config(path: str | Path) -> LoadedConfig:
         key: (value if key == "sources" else _resolve_env(value, key, env_problems))
         for key, value in raw.items()
     }
+    # Each source and KPI is validated on its own: one bad item hides no problem of another,
+    # and the checks across items below still run on every good one.
+    top = dict(resolved)
+    valid: dict[str, list[tuple[int, Any]]] = {"sources": [], "kpis": []}
+    for key, model in (("sources", SourceConfig), ("kpis", KpiConfig)):
+        items = resolved.get(key)
+        if not isinstance(items, list):
+            continue  # left to Config, which says what it must be
+        top[key] = []
+        first: dict[Any, int] = {}
+        for i, item in enumerate(items):
+            item_id = item.get("id") if isinstance(item, dict) else None
+            if item_id is not None and item_id in first:
+                noun = "source" if key == "sources" else "KPI"
+                problem(
+                    f"{key}[{i}].id",
+                    f"duplicate {noun} id {item_id!r} (the first is on line "
+                    f"{_line_for(lines, f'{key}[{first[item_id]}]')})",
+                )
+            first.setdefault(item_id, i)
+            try:
+                valid[key].append((i, model.model_validate(item)))
+            except ValidationError as exc:
+                for p, message in _validation_problems(exc, model, f"{key}[{i}]"):
+                    problem(p, message)
     try:
-        config = Config.model_validate(resolved)
+        partial = Config.model_validate(top)
     except ValidationError as exc:
-        for error in exc.errors():
-            problem(_loc_path("", error["loc"]), error["msg"])
-        for p, message in env_problems:
+        for p, message in _validation_problems(exc, Config, ""):
             problem(p, message)
-        raise ConfigError(problems) from None
+        partial = Config()  # the defaults, so that the items can still be checked
     for p, message in env_problems:
         problem(p, message)
 
-    loaded = LoadedConfig(config=config, path=path)
-    _check_sources(loaded, raw, problem)
-    _check_kpis(loaded, problem)
+    loaded = LoadedConfig(
+        config=partial.model_copy(
+            update={key: [item for _, item in valid[key]] for key in ("sources", "kpis")}
+        ),
+        path=path,
+    )
+    _check_sources(loaded, valid["sources"], raw, problem)
+    raw_sources = raw.get("sources")
+    source_ids = (
+        {item.get("id") for item in raw_sources or () if isinstance(item, dict)}
+        if isinstance(raw_sources, list)
+        else set()
+    )
+    _check_kpis(loaded, valid["kpis"], source_ids, problem)
     if problems:
-        raise ConfigError(problems)
-    return loaded
+        raise ConfigError(sorted(problems, key=lambda p: p.line or 0))
+    return LoadedConfig(
+        config=Config.model_validate(resolved),
+        path=path,
+        settings=loaded.settings,
+        metric_specs=loaded.metric_specs,
+    )
 
 
-def _check_sources(loaded: LoadedConfig, raw: dict[str, Any], problem: Any) -> None:
-    seen: set[str] = set()
-    for i, source in enumerate(loaded.config.sources):
+def _check_sources(
+    loaded: LoadedConfig, sources: list[tuple[int, SourceConfig]], raw: dict[str, Any], problem: Any
+) -> None:
+    """Check each valid source's connector and settings; a source that passes gets its
+    settings and declared metrics in `loaded`."""
+    for i, source in sources:
         prefix = f"sources[{i}]"
-        if source.id in seen:
-            problem(f"{prefix}.id", f"duplicate source id {source.id!r}")
-        seen.add(source.id)
         try:
             cls = load_connector(source.connector)
         except DxkpiError as exc:
@@ -491,10 +637,10 @@ def _check_sources(loaded: LoadedConfig, raw: dict[str, Any], problem: Any) -> N
         try:
             settings = cls.settings_model.model_validate(settings_raw)
         except ValidationError as exc:
-            for error in exc.errors():
-                where = _loc_path(f"{prefix}.settings", error["loc"])
-                # Pydantic echoes the input in some messages; never for secrets.
-                problem(where, error["msg"])
+            for where, message in _validation_problems(
+                exc, cls.settings_model, f"{prefix}.settings"
+            ):
+                problem(where, message)
             continue
         loaded.settings[source.id] = settings
         try:
@@ -541,14 +687,15 @@ def _check_units(
             return
 
 
-def _check_kpis(loaded: LoadedConfig, problem: Any) -> None:
-    seen: set[str] = set()
-    source_ids = {s.id for s in loaded.config.sources}
-    for i, kpi in enumerate(loaded.config.kpis):
+def _check_kpis(
+    loaded: LoadedConfig, kpis: list[tuple[int, KpiConfig]], source_ids: set[Any], problem: Any
+) -> None:
+    """Check each valid KPI's feed against the sources. `source_ids` are every source's, valid
+    or not; a feed that may rest on a source with problems of its own is not blamed for them
+    (one misspelt connector is one problem, not one per KPI)."""
+    broken = source_ids - set(loaded.metric_specs)
+    for i, kpi in kpis:
         prefix = f"kpis[{i}]"
-        if kpi.id in seen:
-            problem(f"{prefix}.id", f"duplicate KPI id {kpi.id!r}")
-        seen.add(kpi.id)
         for j, ref in enumerate(kpi.feed.refs()):
             where = f"{prefix}.feed" + (
                 "" if kpi.feed.kind != "ratio" else (".numerator", ".denominator")[j]
@@ -562,8 +709,9 @@ def _check_kpis(loaded: LoadedConfig, problem: Any) -> None:
                 for s in candidates
                 if ref.metric in loaded.metric_specs.get(s, {})
             ]
-            if not specs and (ref.source is None or ref.source in loaded.metric_specs):
-                problem(f"{where}.metric", f"no source declares metric {ref.metric!r}")
+            if not specs:
+                if not (ref.source in broken or (ref.source is None and broken)):
+                    problem(f"{where}.metric", f"no source declares metric {ref.metric!r}")
                 continue
             _check_units(kpi, ref.metric, specs, prefix, problem)
             if kpi.feed.kind in _KIND_NEEDS_SUM:

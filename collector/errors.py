@@ -15,6 +15,7 @@ status, never from headers, query strings with keys, or bodies that echo credent
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 
@@ -46,9 +47,11 @@ class UnknownConnectorError(DxkpiError):
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         self.known = known
+        close = difflib.get_close_matches(name, known, n=1)
         super().__init__(
-            f"unknown connector {name!r}: did you spell that correctly? "
-            f"Known connectors: {', '.join(sorted(known)) or '(none)'}"
+            f"unknown connector {name!r}: "
+            + (f"did you mean {close[0]!r}? " if close else "did you spell that correctly? ")
+            + f"Known connectors: {', '.join(sorted(known)) or '(none)'}"
         )
 
 

@@ -454,11 +454,15 @@ class KpiCalculator:
             value = None
 
         # Targets and the path, as of the clock (or the end of the fiscal year asked for).
+        # The target is the one the asked-for year worked towards (its own, in a target year);
+        # a target period has ended once its year is over, so a report on the target year,
+        # made after it, gives the outcome rather than a forecast.
         moment = as_of if fiscal_year is None else min(as_of, self.fy_end(fiscal_year) - 1)
+        ended_by = as_of if fiscal_year is None else min(as_of, self.fy_end(fiscal_year))
         target = self.current_target(kpi, moment)
         start = kpi.start_of(target)
         target_ts = self.fy_end(target.fiscal_year)
-        target_period_ended = moment >= target_ts
+        target_period_ended = ended_by >= target_ts
         at = period_end if period_end is not None else moment
         expected = self.expected_at(kpi, target, at)
         span_value = target.value - start.value
@@ -467,7 +471,7 @@ class KpiCalculator:
         outcomes = [
             self._outcome(kpi, t, cadence, complete_periods, levels, newest)
             for t in kpi.plan
-            if moment >= self.fy_end(t.fiscal_year)
+            if ended_by >= self.fy_end(t.fiscal_year)
         ]
 
         # Forecast: the target year's figure once known, else the trend of reported periods.

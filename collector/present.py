@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import textwrap
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -22,8 +23,11 @@ from collector.kpi import KpiState, StatusWord
 from collector.units import PERCENT_UNITS, RATIO_UNITS
 
 __all__ = [
+    "AREA_NAMES",
     "STATUS_WORDS",
+    "UNIT_NAMES",
     "Lang",
+    "area_label",
     "clip",
     "fiscal_year_label",
     "format_moment",
@@ -34,6 +38,7 @@ __all__ = [
     "period_label",
     "short_fiscal_year",
     "split_value",
+    "unit_label",
 ]
 
 Lang = Literal["ja", "en"]
@@ -47,6 +52,56 @@ STATUS_WORDS: dict[StatusWord, dict[Lang, str]] = {
     "overdue": {"ja": "データ未着", "en": "data overdue"},
     "no_data": {"ja": "データなし", "en": "no data"},
 }
+
+# The policy areas of the plan (`kpi.area`) as a council document names them; an area not
+# listed here is shown as written in the config.
+AREA_NAMES: dict[str, dict[Lang, str]] = {
+    "administration": {"ja": "行政", "en": "Administration"},
+    "regional_revitalisation": {"ja": "地域創生", "en": "Regional revitalisation"},
+    "reconstruction": {"ja": "復興", "en": "Reconstruction"},
+    "education": {"ja": "教育", "en": "Education"},
+    "industry": {"ja": "産業", "en": "Industry"},
+    "health_welfare": {"ja": "保健・福祉", "en": "Health and welfare"},
+    "safety_environment": {"ja": "安全・環境", "en": "Safety and environment"},
+}
+
+# Units as a Japanese document writes them (the config's unit names are English words); a
+# unit not listed here is shown as written.
+UNIT_NAMES: dict[str, str] = {
+    "applications": "件",
+    "companies": "件",
+    "downloads": "件",
+    "facilities": "施設",
+    "farms": "経営体",
+    "hours": "時間",
+    "meetings": "回",
+    "minutes": "分",
+    "page_views": "PV",
+    "participants": "人",
+    "people": "人",
+    "runs": "回",
+    "seconds": "秒",
+    "sheets": "枚",
+    "users": "人",
+    "views": "PV",
+    "visitors": "人",
+    "visits": "回",
+}
+
+
+def area_label(area: str, lang: Lang = "en") -> str:
+    """行政 / Administration for a known area id, else the id as written."""
+    names = AREA_NAMES.get(area)
+    return names[lang] if names else area
+
+
+def unit_label(unit: str, lang: Lang = "en") -> str:
+    """A unit for people: `%` for ratios and percents, 枚 for sheets in Japanese."""
+    if unit in RATIO_UNITS | PERCENT_UNITS:
+        return "%"
+    if lang == "ja":
+        return UNIT_NAMES.get(unit, unit)
+    return unit.replace("_", " ")
 
 
 def format_number(value: float, *, decimals: int | None = None) -> str:
@@ -68,6 +123,14 @@ def format_number(value: float, *, decimals: int | None = None) -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return "0" if text in ("-0", "") else text
+
+
+def format_exact(value: float) -> str:
+    """A stored value as it is, with separators: 1070123 -> "1,070,123", 0.1 -> "0.1" (never
+    rounded, never e-notation): for `collect --dry-run`, which shows what would be stored."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{Decimal(repr(value)).normalize():,f}"
 
 
 def format_value(value: float | None, unit: str) -> str:

@@ -2,27 +2,34 @@
 
 Precedence for each: command-line option > environment variable > config file > default.
     config    --config    DXKPI_CONFIG                         the shipped example config
-    data dir  --data-dir  DXKPI_DATA_DIR     data_dir          $XDG_DATA_HOME/dxkpi
+    data dir  --data-dir  DXKPI_DATA_DIR     data_dir          $XDG_DATA_HOME/dxkpi/<config's>
     store                 DXKPI_STORAGE_URL  storage.url       sqlite:///<data dir>/dxkpi.sqlite
     broker                DXKPI_BROKER_URL   broker.url        sqla+sqlite:///<data dir>/broker.db
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from collector.config import LoadedConfig, load_config
+from collector.errors import DxkpiError
 from collector.storage import Store
 
 EXAMPLE_CONFIG = Path(__file__).parent / "example" / "dxkpi.yaml"
 
 
-def default_data_dir() -> Path:
+def default_data_dir(config_path: Path) -> Path:
+    """A directory of the config's own, e.g. `~/.local/share/dxkpi/example-3f2a9c1e`: two
+    checkouts or two configs never share a store by accident. Named after the config's folder
+    (for people) and a hash of its absolute path (to tell two folders of one name apart)."""
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "dxkpi"
+    path = config_path.resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:8]
+    return Path(base) / "dxkpi" / f"{path.parent.name or 'root'}-{digest}"
 
 
 @dataclass
@@ -48,12 +55,18 @@ class Runtime:
         return self.broker_url.startswith("sqla+sqlite")
 
 
-def resolve(config_path: str | Path | None = None, data_dir: str | Path | None = None) -> Runtime:
+def resolve(
+    config_path: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    *,
+    make_dirs: bool = True,
+) -> Runtime:
+    """The runtime of a config. `make_dirs=False` (commands that only read) creates nothing."""
     path = Path(config_path or os.environ.get("DXKPI_CONFIG") or EXAMPLE_CONFIG)
     loaded = load_config(path)
     config = loaded.config
     chosen = data_dir or os.environ.get("DXKPI_DATA_DIR") or config.data_dir
-    directory = Path(chosen).expanduser() if chosen else default_data_dir()
+    directory = Path(chosen).expanduser() if chosen else default_data_dir(loaded.path)
     if not directory.is_absolute():
         directory = (Path.cwd() / directory).resolve()
     storage = (
@@ -66,8 +79,19 @@ def resolve(config_path: str | Path | None = None, data_dir: str | Path | None =
         or config.broker.url
         or f"sqla+sqlite:///{directory / 'broker.db'}"
     )
-    if storage.startswith("sqlite") or broker.startswith("sqla+sqlite"):
-        directory.mkdir(parents=True, exist_ok=True)
+    if make_dirs and (storage.startswith("sqlite") or broker.startswith("sqla+sqlite")):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DxkpiError(
+                f"data directory {directory}: cannot create it ({exc.strerror}); "
+                "choose another with --data-dir or DXKPI_DATA_DIR"
+            ) from None
+        if not os.access(directory, os.W_OK | os.X_OK):
+            raise DxkpiError(
+                f"data directory {directory} is not writable by this user; "
+                "choose another with --data-dir or DXKPI_DATA_DIR"
+            )
     return Runtime(
         loaded=loaded,
         data_dir=directory,

@@ -228,51 +228,94 @@ def test_fatal_error_is_recorded_once_and_not_retried(cluster: Any) -> None:
     assert store.count_observations() == 0
 
 
-def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
-    config = write_config(tmp_path)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DXKPI_")}
-    log = tmp_path / "run.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "collector",
-                "--config",
-                str(config),
-                "--data-dir",
-                str(tmp_path / "data-dir"),
-                "run",
-                "--listen",
-                f"127.0.0.1:{port}",
-            ],
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+class EmbeddedRun:
+    """`dxkpi run` on a data dir of the test's, with its output in a log file."""
 
-    def scrape() -> str:
+    def __init__(self, tmp_path: Path, config: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DXKPI_")}
+        with log.open("wb") as output:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "collector",
+                    "--config",
+                    str(config),
+                    "--data-dir",
+                    str(tmp_path / "data-dir"),
+                    "run",
+                    "--listen",
+                    f"127.0.0.1:{self.port}",
+                ],
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
+
+    def scrape(self) -> str:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as r:
                 return str(r.read().decode())
         except OSError:
             return ""
 
-    try:
-        body = wait_for(
-            lambda: (b := scrape()) and 'dxkpi_source_up{source="portal"} 1.0' in b and b,
+    def portal_up(self, what: str) -> str:
+        """Wait until /metrics shows the portal source up; return the body."""
+        body: str = wait_for(
+            lambda: (b := self.scrape()) and 'dxkpi_source_up{source="portal"} 1.0' in b and b,
             timeout=90,
-            what="the embedded worker's first collection on /metrics",
+            what=what,
         )
+        return body
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(timeout=30)
+        sys.stderr.write(self.log.read_text(errors="replace")[-3000:])
+
+
+def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    run = EmbeddedRun(tmp_path, config, tmp_path / "run.log")
+    try:
+        body = run.portal_up("the embedded worker's first collection on /metrics")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
-        sys.stderr.write(log.read_text(errors="replace")[-3000:])
+        run.stop()
     assert 'dxkpi_portal_page_views{page="/top",source="portal"} 130.0' in body
     assert (tmp_path / "data-dir" / "dxkpi.sqlite").exists()
     assert (tmp_path / "data-dir" / "broker.db").exists()
+
+
+def test_a_warm_start_collects_nothing_twice(tmp_path: Path) -> None:
+    """A second `run` within the source's interval (1h) neither kicks the source off again nor
+    lets beat catch up: the store holds one run, not two."""
+    config = write_config(tmp_path)
+    store = Store(f"sqlite:///{tmp_path / 'data-dir' / 'dxkpi.sqlite'}")
+    first = EmbeddedRun(tmp_path, config, tmp_path / "first.log")
+    try:
+        first.portal_up("the first run")
+    finally:
+        first.stop()
+    second = EmbeddedRun(tmp_path, config, tmp_path / "second.log")
+    try:
+        second.portal_up("the second start's exporter")
+        # Long enough for a kicked-off or caught-up run to have been taken and recorded.
+        wait_for(
+            lambda: (
+                "celery@" in (tmp_path / "second.log").read_text(errors="replace")
+                and "beat: Starting" in (tmp_path / "second.log").read_text(errors="replace")
+            ),
+            timeout=60,
+            what="the second start's worker and beat",
+        )
+        time.sleep(6)
+    finally:
+        second.stop()
+    assert "collecting 0 source(s) now; 1 with a success" in (tmp_path / "second.log").read_text()
+    assert len(store.runs("portal")) == 1
 
 
 def test_backfill_task_queues_one_collect_per_window(cluster: Any) -> None:

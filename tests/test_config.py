@@ -86,10 +86,93 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
             feed: {metric: x}
         """,
     )
-    text = "\n".join(problems)
-    assert "bad.yaml:1: timezone: Value error, unknown timezone 'Mars/Olympus'" in text
-    assert "bad.yaml:7: sources[1].schedule.every" in text and "is not a duration" in text
-    assert "bad.yaml:9: kpis[0]: Value error, direction is 'down' but the target" in text
+    assert problems == [
+        "bad.yaml:1: timezone: unknown timezone 'Mars/Olympus'; e.g. Asia/Tokyo",
+        "bad.yaml:4: sources[s1].connector: unknown connector 'csvfil': did you mean 'csvfile'? "
+        "Known connectors: appstore, csvfile, ga4, googleplay, matomo, plausible, uipath, zoom",
+        "bad.yaml:5: sources[s1].id: duplicate source id 's1' (the first is on line 3)",
+        "bad.yaml:7: sources[s1].schedule.every: '5x' is not a duration: write e.g. 30s, 15m, "
+        "1h, 3d, 2w or 1h30m",
+        "bad.yaml:14: kpis[k].direction: direction is 'down' but the target (2.0) is above the "
+        "baseline (1.0)",
+    ]
+
+
+def test_four_defects_are_four_problems_in_one_pass(tmp_path: Path) -> None:
+    """Misspelt keys get a did-you-mean, items are named by id, the fiscal-year error points at
+    the year's own line and names both years, and no pydantic wording is left."""
+    problems = problems_of(
+        tmp_path,
+        """\
+        sources:
+          - id: portal
+            connector: csvfile
+            settings:
+              path: data/pv.csv
+              period_column: date
+              metrics:
+                - {name: portal_page_views, column: page_views, unit: page_views}
+          - id: zoom_main
+            connector: csvfile
+            shedule: {every: 1h}
+        kpis:
+          - id: copy_paper_purchases_sheets
+            name_ja: テスト
+            name_en: Test
+            area: a
+            unit: u
+            baseline: {value: 1, fiscal_year: R5}
+            target:
+              value: 2
+              fiscal_year: R3
+            feed: {kind: fiscal_year_sum, metric: portal_page_views}
+          - id: other
+            name_ja: テスト
+            name_en: Test
+            area: a
+            unit: u
+            baseline: {value: 1, fiscal_year: R3}
+            target: {value: 2, fiscal_year: R5}
+            feed: {kind: fiscal_year_sum, metric: portal_page_views, sorce: portal}
+            stall_afer: 30d
+        """,
+    )
+    assert problems == [
+        "bad.yaml:11: sources[zoom_main].shedule: unknown key `shedule`; did you mean `schedule`?",
+        "bad.yaml:21: kpis[copy_paper_purchases_sheets].target.fiscal_year: the target year "
+        "FY2021 (R3 / 令和3年度) is before its baseline year FY2023 (R5 / 令和5年度)",
+        "bad.yaml:30: kpis[other].feed.sorce: unknown key `sorce`; did you mean `source`?",
+        "bad.yaml:31: kpis[other].stall_afer: unknown key `stall_afer`; did you mean "
+        "`stall_after`?",
+    ]
+
+
+def test_a_misspelt_connector_is_one_problem_not_one_per_kpi(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    kpi = config.read_text(encoding="utf-8").split("kpis:\n")[1]
+    more = "".join(
+        kpi.replace("id: portal_views", f"id: portal_views_{n}") for n in range(3)
+    ) + kpi.replace("id: portal_views", "id: by_source").replace(
+        "metric: portal_page_views}", "metric: portal_page_views, source: portal}"
+    )
+    text = config.read_text(encoding="utf-8").replace("connector: csvfile", "connector: csvfiles")
+    config.write_text(text + more, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    assert [(p.path, p.line) for p in caught.value.problems] == [("sources[portal].connector", 3)]
+
+
+def test_a_misspelt_settings_key_gets_a_did_you_mean(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    text = config.read_text(encoding="utf-8").replace("period_column: date", "period_colum: date")
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    messages = [f"{p.path}: {p.message}" for p in caught.value.problems]
+    assert (
+        "sources[portal].settings.period_colum: unknown key `period_colum`; did you mean "
+        "`period_column`?"
+    ) in messages
 
 
 def test_unknown_connector_lists_the_known_ones(tmp_path: Path) -> None:
@@ -102,8 +185,10 @@ def test_unknown_connector_lists_the_known_ones(tmp_path: Path) -> None:
         """,
     )
     assert len(problems) == 1
-    assert problems[0].startswith("bad.yaml:3: sources[0].connector: unknown connector 'csvfil'")
-    assert "did you spell that correctly?" in problems[0] and "csvfile" in problems[0]
+    assert problems[0].startswith(
+        "bad.yaml:3: sources[s1].connector: unknown connector 'csvfil': did you mean 'csvfile'? "
+        "Known connectors: appstore, csvfile,"
+    )
 
 
 def test_inline_secret_is_refused_and_not_echoed(tmp_path: Path) -> None:
@@ -122,7 +207,7 @@ def test_inline_secret_is_refused_and_not_echoed(tmp_path: Path) -> None:
         """,
     )
     text = "\n".join(problems)
-    assert "bad.yaml:7: sources[0].settings.private_key: secrets are never written inline" in text
+    assert "bad.yaml:7: sources[ios].settings.private_key: secrets are never written inline" in text
     assert "hunter2" not in text
 
 
@@ -150,7 +235,7 @@ def test_summing_a_non_additive_metric_is_a_config_error(tmp_path: Path) -> None
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     [problem] = caught.value.problems
-    assert problem.path == "kpis[0].feed.kind"
+    assert problem.path == "kpis[portal_views].feed.kind"
     assert "fiscal_year_sum sums 'portal_page_views'" in problem.message
     assert problem.line is not None
 
@@ -170,7 +255,10 @@ def test_check_config_command_exits_non_zero_with_the_list(tmp_path: Path) -> No
     bad.write_text("sources:\n  - id: Bad-Id\n    connector: csvfile\n", encoding="utf-8")
     result = CliRunner().invoke(main, ["check-config", str(bad)])
     assert result.exit_code == 1
-    assert f"{bad}:2: sources[0].id: String should match pattern" in result.output
+    assert (
+        f"{bad}:2: sources[Bad-Id].id: write lower-case letters, digits and _, starting with a "
+        "letter (zoom_main)"
+    ) in result.output
     ok = CliRunner().invoke(main, ["check-config", str(EXAMPLE_CONFIG)])
     assert ok.exit_code == 0, ok.output
     assert "OK (6 sources, 11 KPIs)" in ok.output
@@ -203,7 +291,7 @@ def test_a_unit_that_differs_must_be_named_in_the_feed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(config)
     [problem] = caught.value.problems
-    assert problem.path == "kpis[0].unit"
+    assert problem.path == "kpis[portal_views].unit"
     assert (
         "is in seconds but the KPI is in hours: add `unit: seconds` to the feed" in problem.message
     )
@@ -218,3 +306,29 @@ def test_a_unit_that_differs_must_be_named_in_the_feed(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="cannot convert 'litres' to the KPI's unit 'hours'"):
         load_config(config)
+
+
+def test_a_target_in_a_list_is_named_by_its_place(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    single = "    target: {value: 2000, fiscal_year: R7}\n"
+    listed = "    targets:\n      - {value: 1500, fiscal_year: %s}\n"
+    listed += "      - {value: 2000, fiscal_year: %s}\n"
+    text = config.read_text(encoding="utf-8")
+    line = text.splitlines().index(single.rstrip("\n")) + 1
+    config.write_text(text.replace(single, listed % ("R7", "R5")), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    [problem] = caught.value.problems
+    assert (problem.path, problem.line) == ("kpis[portal_views].targets", line)
+    assert problem.message == (
+        "`targets` must be in fiscal-year order, one per fiscal year; got FY2025, FY2023"
+    )
+    config.write_text(text.replace(single, listed % ("R5", "R7")), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_config(config)
+    [problem] = caught.value.problems
+    assert (problem.path, problem.line) == ("kpis[portal_views].targets[0].fiscal_year", line + 1)
+    assert problem.message == (
+        "the target year FY2023 (R5 / 令和5年度) is before its baseline year "
+        "FY2024 (R6 / 令和6年度)"
+    )

@@ -39,6 +39,8 @@ def fiscal_year(day: date) -> int:
 def example(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("example")
     shutil.copytree(EXAMPLE, folder / "config")
+    code, output = dxkpi(folder, "migrate")  # collect never creates a store
+    assert code == 0, output
     for source in SOURCES:
         code, output = dxkpi(folder, "collect", source)
         assert code == 0, output

@@ -14,7 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from collector.contract import TOKYO, Granularity, Observation
-from collector.storage import Store
+from collector.storage import SchemaNotCurrentError, Store, require_current_schema
 
 T0 = datetime(2024, 4, 1, tzinfo=TOKYO)
 
@@ -30,6 +30,22 @@ def test_migrations_create_every_table_from_empty(store: Store) -> None:
     tables = set(inspect(store.engine).get_table_names())
     assert {"series", "observations", "revisions", "collection_runs", "source_state"} <= tables
     store.migrate()  # a second upgrade is a no-op
+
+
+def test_schema_check_reads_the_revision_without_changing_it(pg_url: str) -> None:
+    store = Store(pg_url)
+    with pytest.raises(SchemaNotCurrentError, match=r"has no tables yet: run `dxkpi migrate`$"):
+        require_current_schema(store)
+    store.migrate("0001")
+    with pytest.raises(SchemaNotCurrentError, match="at schema revision 0001, this dxkpi needs"):
+        require_current_schema(store)
+    store.migrate()
+    require_current_schema(store)
+    with store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(SchemaNotCurrentError, match="9999, which this dxkpi does not know"):
+        require_current_schema(store)
+    store.close()
 
 
 def test_same_window_twice_keeps_one_row_per_series_and_period(store: Store) -> None:

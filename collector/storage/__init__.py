@@ -1,5 +1,6 @@
 """Storage: SQLAlchemy Core tables, Alembic migrations, and the `Store` that writes and reads."""
 
+from collector.storage.revision import SchemaNotCurrentError, require_current_schema
 from collector.storage.store import (
     PeriodPoint,
     SeriesRow,
@@ -9,4 +10,13 @@ from collector.storage.store import (
     labels_key,
 )
 
-__all__ = ["PeriodPoint", "SeriesRow", "SourceHealth", "Store", "WriteStats", "labels_key"]
+__all__ = [
+    "PeriodPoint",
+    "SchemaNotCurrentError",
+    "SeriesRow",
+    "SourceHealth",
+    "Store",
+    "WriteStats",
+    "labels_key",
+    "require_current_schema",
+]

@@ -26,14 +26,15 @@ RESULTS: tuple[RunResult, ...] = ("successful", "faulted", "stopped")
 RUN_LOG_METRICS = (
     MetricSpec(
         name="rpa_runs",
-        help="RPA robot runs started that day, by process and result",
+        help="RPA実行回数 / RPA robot runs started that day, by process and result",
         unit="runs",
         labels=("process", "result"),
         aggregation="sum",
     ),
     MetricSpec(
         name="rpa_time_saved_seconds",
-        help="Manual work saved by successful RPA runs: runs x manual minutes per run x 60",
+        help="RPA削減時間 / Manual work saved by successful RPA runs: "
+        "runs x manual minutes per run x 60",
         unit="seconds",
         labels=("process",),
         aggregation="sum",
