@@ -298,6 +298,9 @@ def test_refresh_kpis_command_stores_the_history(tmp_path: Path) -> None:
     args = ["--config", str(config), "--data-dir", str(tmp_path / "d")]
     runner = CliRunner()
     try:
+        result = runner.invoke(main, [*args, "migrate"])
+        assert result.exit_code == 0, result.output
+        set_current(None)
         result = runner.invoke(main, [*args, "collect", "portal", "--since", "2024-04-01"])
         assert result.exit_code == 0, result.output
         set_current(None)
