@@ -622,6 +622,27 @@ def _fiscal_year_option(text: str | None) -> int | None:
         raise click.BadParameter(str(exc), param_hint="--fiscal-year") from None
 
 
+@main.command("refresh-kpis")
+@click.option("--as-of", "as_of", help="Compute as of this moment (ISO date or time).")
+@click.pass_context
+def refresh_kpis(ctx: click.Context, as_of: str | None) -> None:
+    """Store every KPI's period figures, outcomes and path for SQL readers (Grafana).
+
+    Workers do this after each collection that changed data and every 15 minutes; run it by
+    hand after changing the KPIs in the config, or to chart the figures as they stood then.
+    """
+    from collector.kpi_history import refresh_kpi_periods
+
+    runtime, store = _read_store(ctx)
+    moment = _as_of(as_of, runtime)
+    history = refresh_kpi_periods(store, runtime.loaded.config, moment)
+    out.print(
+        f"stored {len(history.periods)} periods and {len(history.outcomes)} target outcomes "
+        f"of {len(history.kpis)} KPIs as of {_ts(moment, runtime)}",
+        highlight=False,
+    )
+
+
 @main.command()
 @click.option(
     "--fiscal-year", "fiscal_year", help="Each KPI's figure for this fiscal year (R3, FY2021)."

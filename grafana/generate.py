@@ -5,19 +5,24 @@
 The JSON files are committed, so Grafana needs nothing but the files; tests/test_dashboards.py
 fails when they differ from what this script writes. Edit here, not in the JSON.
 
-Every dashboard uses the provisioned Prometheus datasource (uid below), the Asia/Tokyo timezone
-and fiscal years that start in April. Titles are Japanese; panel descriptions carry the English.
+Panels read one of the two provisioned data sources (uids below): Prometheus for the live
+state (KPI gauges, source health, alerts), PostgreSQL for the plan's whole history (the
+`dxkpi_*_v` views, grafana/README.md). Every dashboard uses the Asia/Tokyo timezone and fiscal
+years that start in April. Titles are Japanese; panel descriptions carry the English.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 Json = dict[str, Any]
 
 DATASOURCE = {"type": "prometheus", "uid": "dxkpi-prometheus"}
+PROMETHEUS_NAME = "dxkpi Prometheus"  # the alert list names its rule source by name
+POSTGRES = {"type": "postgres", "uid": "dxkpi-postgres"}
 OUT = Path(__file__).resolve().parent / "dashboards"
 APRIL = 3  # Grafana numbers the fiscal year's first month from 0 = January.
 HOURS = "suffix: h"  # Grafana's own "h" unit turns 962 hours into "40.1 day"; reports say hours.
@@ -39,6 +44,18 @@ def query(expr: str, legend: str = "", *, instant: bool = False, table: bool = F
     }
 
 
+def sql(raw: str, *, table: bool = False) -> Json:
+    """One PostgreSQL target over the KPI history views. `time_series` wants a `time` column
+    (and a `metric` column to name the series); `table` returns the rows as they are."""
+    return {
+        "datasource": POSTGRES,
+        "rawSql": " ".join(raw.split()),
+        "rawQuery": True,
+        "editorMode": "code",
+        "format": "table" if table else "time_series",
+    }
+
+
 def panel(
     kind: str,
     title: str,
@@ -49,12 +66,12 @@ def panel(
     defaults: Json | None = None,
     **extra: Any,
 ) -> Json:
-    """A panel on the dxkpi datasource; queries get refIds A, B, C... in order."""
+    """A panel on its queries' datasource; queries get refIds A, B, C... in order."""
     return {
         "type": kind,
         "title": title,
         "description": description,
-        "datasource": DATASOURCE,
+        "datasource": queries[0]["datasource"],
         "targets": [q | {"refId": chr(ord("A") + i)} for i, q in enumerate(queries)],
         "fieldConfig": {"defaults": {"unit": unit} | (defaults or {}), "overrides": []},
         **extra,
@@ -116,6 +133,24 @@ def variable(name: str, label: str, query_text: str, *, regex: str = "") -> Json
         "includeAll": True,
         "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
         "sort": 1,
+    }
+
+
+def sql_variable(name: str, label: str, query_text: str) -> Json:
+    """A variable read from the KPI history views: `__value` / `__text` columns."""
+    return {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "datasource": POSTGRES,
+        "query": query_text,
+        "definition": query_text,
+        "regex": "",
+        "refresh": 1,  # on load: the KPIs come with the config, refreshed into the store
+        "multi": True,
+        "includeAll": True,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "sort": 0,  # as the query orders them
     }
 
 
@@ -181,6 +216,8 @@ def dashboard(uid: str, title: str, description: str, grid: Grid, **extra: Any) 
 
 def kpi_overview() -> Json:
     grid = Grid()
+    grid.row("アラート (alerts)")
+    grid.add(alert_list(), 24, 7)
     grid.row("全体 (all selected KPIs)")
     grid.add(
         stat(
@@ -386,6 +423,316 @@ def kpi_table() -> Json:
         },
     ]
     return item
+
+
+def alert_list() -> Json:
+    """Grafana's alert list over the Prometheus rules (prometheus/rules/): firing and pending."""
+    return {
+        "type": "alertlist",
+        "title": "発生中のアラート",
+        "description": "Alerts of the dxkpi Prometheus rules that are firing or pending, most "
+        "important first. Each alert's runbook and dashboard links are in its annotations.",
+        "options": {
+            "viewMode": "list",
+            "groupMode": "default",
+            "groupBy": [],
+            "maxItems": 50,
+            "sortOrder": 3,  # importance
+            "dashboardAlerts": False,
+            "alertName": "",
+            "alertInstanceLabelFilter": "",
+            "datasource": PROMETHEUS_NAME,
+            "folder": None,
+            "showInstances": True,
+            "stateFilter": {
+                "firing": True,
+                "pending": True,
+                "noData": False,
+                "normal": False,
+                "error": True,
+            },
+        },
+    }
+
+
+# --- KPI history (PostgreSQL) ----------------------------------------------------------------
+
+# The selected KPIs, in SQL: Grafana writes a multi-value variable as 'a','b'.
+SELECTED = "kpi IN ($kpi)"
+# Days until (negative) or past (positive) the next figure's due date.
+DAYS_OVERDUE = '(time() - dxkpi_kpi_next_data_due_timestamp_seconds{kpi=~"$kpi"}) / 86400'
+STALL_COLUMNS = (
+    # (PromQL over the selected KPIs, column title)
+    ('dxkpi_kpi_stalled{kpi=~"$kpi"}', "停滞 (stalled)"),
+    ('dxkpi_kpi_periods_without_improvement{kpi=~"$kpi"}', "改善なしの期間数 (periods)"),
+    ('dxkpi_kpi_last_change_timestamp_seconds{kpi=~"$kpi"} * 1000', "最後の改善 (last good move)"),
+    (
+        'dxkpi_kpi_next_data_due_timestamp_seconds{kpi=~"$kpi"} * 1000',
+        "次の数値の期限 (next figure due)",
+    ),
+    (DAYS_OVERDUE, "期限超過日数 (days overdue)"),
+)
+OUTCOME_WORDS = {
+    "achieved": ("達成 (achieved)", "green"),
+    "missed": ("未達 (missed)", "red"),
+    "pending": ("確定待ち (pending)", "blue"),
+}
+
+
+def stall_table() -> Json:
+    """Stall and overdue state of the selected KPIs: where DxKpiStalled and DxKpiDataOverdue
+    link to (grafana/README.md)."""
+    join = 'on (kpi) group_left (name_ja) dxkpi_kpi_info{kpi=~"$kpi"}'
+    item = panel(
+        "table",
+        "停滞・データ遅延",
+        "Per KPI: stalled (no move in the good direction in its last stall_periods reported "
+        "periods, alert DxKpiStalled), how many reported periods in a row made no good move, "
+        "the end of the period of the last good move, when the next figure is due and how "
+        "many days past that date it is (negative: days left; positive: alert DxKpiDataOverdue).",
+        [query(f"({expr}) * {join}", table=True) for expr, _ in STALL_COLUMNS],
+        unit="short",
+        options={
+            "showHeader": True,
+            "cellHeight": "sm",
+            "sortBy": [{"displayName": "停滞 (stalled)", "desc": True}],
+        },
+        transformations=[
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {"Time": True, "job": True, "instance": True},
+                    "indexByName": {"name_ja": 0, "kpi": 1},
+                    "renameByName": {"name_ja": "指標 (KPI)", "kpi": "id"}
+                    | {
+                        f"Value #{chr(ord('A') + i)}": title
+                        for i, (_, title) in enumerate(STALL_COLUMNS)
+                    },
+                },
+            },
+        ],
+    )
+    dates = [title for expr, title in STALL_COLUMNS if "* 1000" in expr]
+    item["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byName", "options": title},
+            "properties": [{"id": "unit", "value": "dateTimeAsIsoNoDateIfToday"}],
+        }
+        for title in dates
+    ] + [
+        {
+            "matcher": {"id": "byName", "options": "停滞 (stalled)"},
+            "properties": [
+                {
+                    "id": "mappings",
+                    "value": [
+                        {
+                            "type": "value",
+                            "options": {
+                                "1": {"text": "停滞", "color": "orange", "index": 0},
+                                "0": {"text": "-", "color": "green", "index": 1},
+                            },
+                        }
+                    ],
+                },
+                {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+            ],
+        },
+        {
+            "matcher": {"id": "byName", "options": "期限超過日数 (days overdue)"},
+            "properties": [
+                {"id": "decimals", "value": 0},
+                {"id": "thresholds", "value": thresholds((None, "green"), (0, "red"))},
+                {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+            ],
+        },
+    ]
+    return item
+
+
+def outcome_table() -> Json:
+    item = panel(
+        "table",
+        "目標期間の結果",
+        "Every ended target period of the selected KPIs: the target, the target fiscal year's "
+        "figure and its progress from baseline (0 %) to target (100 %), achieved or missed, "
+        "or pending until that figure arrives, and when it arrived.",
+        [
+            sql(
+                f"""
+                SELECT name_ja AS "指標 (KPI)", target_fiscal_year_short AS "目標年度 (FY)",
+                       target_value AS "目標値 (target)", final_value AS "実績 (figure)",
+                       unit AS "単位 (unit)", final_progress AS "進捗率 (progress)",
+                       outcome AS "結果 (outcome)", known_at AS "確定 (known)"
+                FROM dxkpi_kpi_outcomes_v WHERE {SELECTED}
+                ORDER BY target_fiscal_year DESC, area, kpi
+                """,
+                table=True,
+            )
+        ],
+        unit="locale",
+        options={"showHeader": True, "cellHeight": "sm"},
+    )
+    item["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byName", "options": "進捗率 (progress)"},
+            "properties": [{"id": "unit", "value": "percentunit"}],
+        },
+        {
+            "matcher": {"id": "byName", "options": "確定 (known)"},
+            "properties": [{"id": "unit", "value": "dateTimeAsIso"}],
+        },
+        {
+            "matcher": {"id": "byName", "options": "結果 (outcome)"},
+            "properties": [
+                {
+                    "id": "mappings",
+                    "value": [
+                        {
+                            "type": "value",
+                            "options": {
+                                word: {"text": text, "color": color, "index": i}
+                                for i, (word, (text, color)) in enumerate(OUTCOME_WORDS.items())
+                            },
+                        }
+                    ],
+                },
+                {"id": "custom.cellOptions", "value": {"type": "color-text"}},
+            ],
+        },
+    ]
+    return item
+
+
+def figure_and_path() -> Json:
+    """One KPI's figures over the plan, in its own unit, against each target's path."""
+    return timeseries(
+        "実績と計画経路（計画期間全体）",
+        "The KPI's figure of every reported period (plotted at the period's end, in the KPI's "
+        "own unit), the partial figure of the period under way, the straight path from "
+        "baseline to each target (through milestones; a revised plan adds a line), and the "
+        "forecast for the current target year (Theil-Sen trend of the reported figures).",
+        [
+            sql(
+                f"""
+                SELECT period_end AS time, '実績 (' || unit || ')' AS metric, value
+                FROM dxkpi_kpi_periods_v WHERE {SELECTED} AND complete AND value IS NOT NULL
+                ORDER BY 1
+                """
+            ),
+            sql(
+                f"""
+                SELECT period_end AS time, '途中経過 (partial)' AS metric, value
+                FROM dxkpi_kpi_periods_v
+                WHERE {SELECTED} AND NOT complete AND value IS NOT NULL
+                ORDER BY 1
+                """
+            ),
+            sql(
+                f"""
+                SELECT at AS time, '計画経路 (path to ' || target_fiscal_year_short || ')'
+                       AS metric, value
+                FROM dxkpi_kpi_path_v WHERE {SELECTED} ORDER BY 1
+                """
+            ),
+            sql(
+                f"""
+                SELECT target_end AS time, '予測 (forecast)' AS metric, forecast AS value
+                FROM dxkpi_kpis_v WHERE {SELECTED} AND forecast IS NOT NULL ORDER BY 1
+                """
+            ),
+        ],
+        unit="locale",
+        defaults={
+            "custom": {
+                "drawStyle": "line",
+                "lineWidth": 2,
+                "fillOpacity": 0,
+                "showPoints": "always",
+                "pointSize": 7,
+                "spanNulls": True,
+            }
+        },
+    )
+
+
+def year_on_year() -> Json:
+    """Bars per fiscal year: the figure (the period ending the year), and the path's value."""
+    return panel(
+        "barchart",
+        "年度別（前年度比較）",
+        "One group of bars per fiscal year: the figure of the year's last reported period (a "
+        "fiscal year's total; for monthly and continuous KPIs the figure at the year's end), "
+        "the partial figure while the year runs, and the value the path expected then.",
+        [
+            sql(
+                f"""
+                SELECT "年度 (FY)", "実績 (figure)", "途中経過 (partial)", "計画 (path)"
+                FROM (
+                  SELECT DISTINCT ON (fiscal_year) fiscal_year,
+                         fiscal_year_short AS "年度 (FY)",
+                         CASE WHEN complete THEN value END AS "実績 (figure)",
+                         CASE WHEN NOT complete THEN value END AS "途中経過 (partial)",
+                         expected AS "計画 (path)"
+                  FROM dxkpi_kpi_periods_v
+                  WHERE {SELECTED} AND value IS NOT NULL
+                  ORDER BY fiscal_year, period_end DESC
+                ) AS years
+                ORDER BY fiscal_year
+                """,
+                table=True,
+            )
+        ],
+        unit="locale",
+        options={
+            "xField": "年度 (FY)",
+            "orientation": "vertical",
+            "groupWidth": 0.7,
+            "barWidth": 0.9,
+            "showValue": "never",
+            "stacking": "none",
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+        },
+    )
+
+
+def kpi_history() -> Json:
+    grid = Grid()
+    grid.row("停滞・データ遅延 (stalls and overdue data: live, from Prometheus)")
+    grid.add(stall_table(), 24, 8)
+    grid.row("目標期間の結果 (outcomes of ended target periods)")
+    grid.add(outcome_table(), 24, 7)
+    grid.row("${kpi:text}", repeat="kpi")
+    grid.add(figure_and_path(), 16, 9)
+    grid.add(year_on_year(), 8, 9)
+    return dashboard(
+        "dxkpi-kpi-history",
+        "DX推進KPI 計画期間の推移",
+        "The plan's whole history from the store (PostgreSQL views of the KPI figures, "
+        "refreshed every 15 minutes and after each collection): each KPI against its target "
+        "path, year on year, and the outcome of ended target periods; at the top, the live "
+        "stall and overdue state from Prometheus.",
+        grid,
+        # The whole plan: from the fiscal year of the usual R2 baselines to two years ahead.
+        time={"from": "now-6y/fy", "to": "now+2y/fy"},
+        refresh="15m",
+        templating={
+            "list": [
+                sql_variable(
+                    "area",
+                    "分野 (area)",
+                    "SELECT DISTINCT area AS __value, area AS __text FROM dxkpi_kpis_v ORDER BY 1",
+                ),
+                sql_variable(
+                    "kpi",
+                    "指標 (KPI)",
+                    "SELECT kpi AS __value, name_ja AS __text FROM dxkpi_kpis_v "
+                    "WHERE area IN ($area) ORDER BY area, kpi",
+                ),
+            ]
+        },
+    )
 
 
 # --- Operations ------------------------------------------------------------------------------
@@ -637,14 +984,15 @@ def source_health() -> Json:
     )
 
 
-DASHBOARDS = {
+DASHBOARDS: dict[str, Callable[[], Json]] = {
     "kpi-overview.json": kpi_overview,
+    "kpi-history.json": kpi_history,
     "operations.json": operations,
     "source-health.json": source_health,
 }
 
 
-def render(build: Any) -> str:
+def render(build: Callable[[], Json]) -> str:
     return json.dumps(build(), ensure_ascii=False, indent=2) + "\n"
 
 

@@ -82,6 +82,8 @@ SNAPSHOT_STALE_FOR = 5 * MINUTE
 
 KPI_LABELS = "name_ja, name_en, area"
 KPI_DASHBOARD = "/d/dxkpi-kpi-overview/dxkpi-kpi-overview?var-kpi={{ $labels.kpi }}"
+# Stall and overdue state first, then the KPI's whole plan (grafana/generate.py).
+HISTORY_DASHBOARD = "/d/dxkpi-kpi-history/dxkpi-kpi-history?var-kpi={{ $labels.kpi }}"
 SOURCE_DASHBOARD = "/d/dxkpi-source-health/dxkpi-source-health?var-source={{ $labels.source }}"
 HEALTH_DASHBOARD = "/d/dxkpi-source-health/dxkpi-source-health"
 
@@ -246,7 +248,7 @@ and on (kpi) dxkpi_kpi_progress_ratio < 1
             )
             + "。最新の数値が揃っていて正しいか確認し、担当課に取組の状況を確認してください。"
         ),
-        dashboard_url=KPI_DASHBOARD,
+        dashboard_url=HISTORY_DASHBOARD,
         fires_when="`dxkpi_kpi_stalled == 1` (no good move in its last `stall_periods` "
         "reported periods, or for `stall_after` when continuous) and progress < 1",
         runbook=Runbook(
@@ -369,7 +371,7 @@ and on (kpi) (time() - dxkpi_kpi_next_data_due_timestamp_seconds > 0)
             f"{N}日前が期限（期間末＋publication_lag）でしたが、まだ届いていません。"
             "データ元が届けているか確認し、公表元の担当課に問い合わせてください。"
         ),
-        dashboard_url=KPI_DASHBOARD,
+        dashboard_url=HISTORY_DASHBOARD,
         fires_when="`time() > dxkpi_kpi_next_data_due_timestamp_seconds`: the next period's "
         "figure is later than its end plus `publication_lag`",
         runbook=Runbook(
@@ -424,7 +426,7 @@ and on (kpi, target_fiscal_year)
             f"基準値から目標値までの{N}%でした。この目標に対する計画遅れ・未達見込みの通知は"
             "止まります。結果を報告し、次の計画の目標があればKPIカタログに追加してください。"
         ),
-        dashboard_url=KPI_DASHBOARD,
+        dashboard_url=HISTORY_DASHBOARD,
         fires_when="once per ended target period, for "
         f"**{in_words(TARGET_NOTICE_WINDOW)}** after its outcome (achieved / missed) became "
         "known",

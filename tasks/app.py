@@ -22,7 +22,7 @@ def transport_options(broker_url: str) -> dict[str, object]:
 def create_app(runtime: Runtime | None = None) -> Celery:
     runtime = runtime or current()
     config = runtime.loaded.config
-    app = Celery("dxkpi", broker=runtime.broker_url, include=["tasks.collect"])
+    app = Celery("dxkpi", broker=runtime.broker_url, include=["tasks.collect", "tasks.kpis"])
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,

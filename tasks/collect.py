@@ -14,6 +14,7 @@ from collector.errors import RetryableSourceError
 from collector.runner import backfill_windows, build_connector, collect_source
 from collector.runtime import current
 from tasks.app import app
+from tasks.kpis import refresh_kpis
 
 log = logging.getLogger("dxkpi.tasks")
 
@@ -65,6 +66,13 @@ def collect(
             countdown,
         )
         raise self.retry(exc=exc, countdown=countdown) from exc
+    if result.changed:
+        # The stored KPI history (Grafana's long-range panels) follows the new data now. The run
+        # itself succeeded: failing to queue this must not fail it (beat refreshes in 15 min).
+        try:
+            refresh_kpis.delay()
+        except Exception as exc:
+            log.warning("source %s: could not queue the KPI history refresh (%s)", source_id, exc)
     if result.status == "skipped" and kind == "backfill":
         # Another run (a scheduled one) holds the lease: a backfill window must still run, later.
         raise self.retry(countdown=10)

@@ -1,7 +1,9 @@
-"""The beat schedule, generated from the config: one `dxkpi.collect` entry per source."""
+"""The beat schedule, generated from the config: one `dxkpi.collect` entry per source, and the
+refresh of the stored KPI history every 15 minutes."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from celery.schedules import crontab, schedule
@@ -23,8 +25,12 @@ def to_celery(entry: Schedule, timezone: str) -> Any:
     )
 
 
+# The KPI history follows the calendar (periods complete, the path moves) even without new data.
+KPI_REFRESH_INTERVAL = timedelta(minutes=15)
+
+
 def beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
-    return {
+    entries = {
         f"collect-{source.id}": {
             "task": "dxkpi.collect",
             "schedule": to_celery(source.schedule, config.timezone),
@@ -34,3 +40,9 @@ def beat_schedule(config: Config) -> dict[str, dict[str, Any]]:
         }
         for source in config.sources
     }
+    entries["refresh-kpis"] = {
+        "task": "dxkpi.refresh_kpis",
+        "schedule": schedule(KPI_REFRESH_INTERVAL),
+        "options": {"expires": KPI_REFRESH_INTERVAL.total_seconds()},
+    }
+    return entries

@@ -21,6 +21,7 @@ import redis
 from celery import Celery
 
 from collector.storage import Store
+from collector.storage.kpi_periods import read_kpi_history
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -110,6 +111,11 @@ def test_worker_collects_end_to_end_and_a_repeat_changes_nothing(cluster: Any) -
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
     wait_for(lambda: finished_runs(store, "portal"), what="the first run")
     assert store.count_observations() == 6
+    # The run changed data: the worker refreshes the stored KPI history (Grafana's source).
+    (period,) = wait_for(
+        lambda: read_kpi_history(store).periods, what="the KPI history refreshed by the worker"
+    )
+    assert period["kpi"] == "portal_views" and period["value"] == 475
     # At INFO a run is one line, the runner's: not Celery's "received" and "succeeded" too.
     log = wait_for(lambda: (t := worker.log.read_text()) and "stored 6 observations" in t and t)
     assert "received" not in log and "succeeded" not in log

@@ -203,3 +203,14 @@ def test_env_example_lists_every_variable_the_compose_file_reads() -> None:
     referenced = set(re.findall(r"(?<!\$)\$\{(\w+)", without_comments)) - {"DXKPI_ENV_FILE"}
     listed = set(re.findall(r"^#?\s*(\w+)=", ENV_EXAMPLE.read_text(), re.M))
     assert referenced - listed == set()
+
+
+def test_postgres_creates_the_read_only_login_grafana_uses() -> None:
+    postgres, grafana = services()["postgres"], services()["grafana"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in postgres["volumes"]}
+    init = Path(mounts["/docker-entrypoint-initdb.d"])
+    assert init == ROOT / "grafana" / "postgres-init" and list(init.glob("*.sh"))
+    # The script and the provisioned data source get the same login from .env.
+    for key in ("GRAFANA_DB_USER", "GRAFANA_DB_PASSWORD"):
+        assert postgres["environment"][key] == grafana["environment"][key], key
+    assert grafana["depends_on"]["postgres"]["condition"] == "service_healthy"

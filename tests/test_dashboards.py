@@ -1,8 +1,10 @@
-"""Grafana provisioning and dashboards: valid, generated, on the provisioned datasource, with
+"""Grafana provisioning and dashboards: valid, generated, on the provisioned data sources, with
 queries that are valid PromQL over metrics the exporter really serves.
 
-`panel_queries()` lists every panel query with its Grafana variables filled in; the end-to-end
-test runs them against a live Prometheus. test_rules.py shares the other helpers.
+`panel_queries()` lists every Prometheus panel query with its Grafana variables filled in; the
+end-to-end test runs them against a live Prometheus. `sql_queries()` lists the PostgreSQL ones;
+test_dashboard_sql.py runs them against the KPI history views. test_rules.py shares the other
+helpers.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ KPI_METRICS = {
         "expected_progress_ratio",
         "last_change_timestamp_seconds",
         "stall_after_seconds",
+        "stalled",
+        "periods_without_improvement",
+        "next_data_due_timestamp_seconds",
         "forecast_value",
         "on_track",
         "info",
@@ -145,12 +150,21 @@ class PanelQuery(NamedTuple):
     instant: bool
 
 
+class SqlQuery(NamedTuple):
+    dashboard: str
+    panel: str  # the panel's title, or "variable <name>"
+    ref: str
+    sql: str  # with Grafana's variables and macros left in
+    repeated: bool  # in a row repeated per KPI: Grafana runs it once per selected KPI
+
+
 def substitute(expr: str, variables: Mapping[str, str]) -> str:
     return _VARIABLE.sub(lambda m: variables[m.group(1) or m.group(2)], expr)
 
 
 def panel_queries(variables: Mapping[str, str] | None = None) -> list[PanelQuery]:
-    """Every query of every panel, Grafana variables replaced (DEFAULT_VARIABLES, then yours)."""
+    """Every Prometheus query of every panel, Grafana variables replaced (DEFAULT_VARIABLES,
+    then yours)."""
     values = DEFAULT_VARIABLES | dict(variables or {})
     return [
         PanelQuery(
@@ -163,7 +177,48 @@ def panel_queries(variables: Mapping[str, str] | None = None) -> list[PanelQuery
         for board in dashboards().values()
         for item in all_panels(board)
         for target in item.get("targets", [])
+        if "expr" in target
     ]
+
+
+def repeated_panels(board: Mapping[str, Any]) -> set[int]:
+    """Ids of the panels inside rows that Grafana repeats (until the next row)."""
+    ids: set[int] = set()
+    repeating = False
+    for item in all_panels(board):
+        if item["type"] == "row":
+            repeating = bool(item.get("repeat"))
+        elif repeating:
+            ids.add(item["id"])
+    return ids
+
+
+def sql_queries() -> list[SqlQuery]:
+    """Every PostgreSQL query of every panel and variable, as Grafana would send it before
+    filling in variables."""
+    queries = []
+    for board in dashboards().values():
+        repeated = repeated_panels(board)
+        for item in all_panels(board):
+            for target in item.get("targets", []):
+                if "rawSql" in target:
+                    queries.append(
+                        SqlQuery(
+                            board["uid"],
+                            item["title"],
+                            target["refId"],
+                            target["rawSql"],
+                            item["id"] in repeated,
+                        )
+                    )
+        for variable in board.get("templating", {}).get("list", []):
+            if variable["datasource"]["uid"] == POSTGRES_UID:
+                queries.append(
+                    SqlQuery(
+                        board["uid"], f"variable {variable['name']}", "", variable["query"], False
+                    )
+                )
+    return queries
 
 
 def load_generator() -> ModuleType:
@@ -174,18 +229,27 @@ def load_generator() -> ModuleType:
     return module
 
 
-def provisioned_datasource() -> dict[str, Any]:
+PROMETHEUS_UID = "dxkpi-prometheus"
+POSTGRES_UID = "dxkpi-postgres"
+
+
+def provisioned_datasources() -> dict[str, dict[str, Any]]:
+    """The provisioned data sources by uid."""
     (path,) = (GRAFANA / "provisioning" / "datasources").glob("*.yml")
-    (datasource,) = yaml.safe_load(path.read_text())["datasources"]
-    return dict(datasource)
+    return {d["uid"]: dict(d) for d in yaml.safe_load(path.read_text())["datasources"]}
 
 
 # --- tests ------------------------------------------------------------------------------------
 
 
-def test_three_dashboards_with_fixed_unique_uids() -> None:
+def test_four_dashboards_with_fixed_unique_uids() -> None:
     uids = [board["uid"] for board in dashboards().values()]
-    assert sorted(uids) == ["dxkpi-kpi-overview", "dxkpi-operations", "dxkpi-source-health"]
+    assert sorted(uids) == [
+        "dxkpi-kpi-history",
+        "dxkpi-kpi-overview",
+        "dxkpi-operations",
+        "dxkpi-source-health",
+    ]
 
 
 def test_committed_json_is_what_the_generator_writes() -> None:
@@ -221,24 +285,43 @@ def test_panels_fit_the_grid_without_overlap(name: str) -> None:
         taken |= cells
 
 
-def test_every_panel_target_and_variable_uses_the_provisioned_datasource() -> None:
-    uid = provisioned_datasource()["uid"]
+def test_every_panel_target_and_variable_uses_a_provisioned_datasource() -> None:
+    datasources = provisioned_datasources()
+    kinds = {uid: d["type"] for uid, d in datasources.items()}
+    used = set()
     for board in dashboards().values():
         for item in all_panels(board):
             if item["type"] == "row":
                 continue
-            assert item["datasource"] == {"type": "prometheus", "uid": uid}, item["title"]
-            for target in item["targets"]:
-                assert target["datasource"]["uid"] == uid
             assert item["description"].isascii(), f"{item['title']}: English description"
+            if item["type"] == "alertlist":
+                # It names its rule source by the data source's name, not its uid.
+                assert item["options"]["datasource"] == datasources[PROMETHEUS_UID]["name"]
+                continue
+            source = item["datasource"]
+            assert kinds[source["uid"]] == source["type"], item["title"]
+            used.add(source["uid"])
+            for target in item["targets"]:
+                assert target["datasource"] == source, item["title"]
+                assert ("expr" in target) == (source["uid"] == PROMETHEUS_UID), item["title"]
+                assert ("rawSql" in target) == (source["uid"] == POSTGRES_UID), item["title"]
         for variable in board.get("templating", {}).get("list", []):
-            assert variable["datasource"]["uid"] == uid
+            assert variable["datasource"]["uid"] in datasources
+    assert used == set(datasources)
 
 
-def test_datasource_provisioning_points_at_the_compose_prometheus() -> None:
-    datasource = provisioned_datasource()
-    assert datasource["type"] == "prometheus"
-    assert datasource["url"] == "http://prometheus:9090"
+def test_datasource_provisioning_points_at_the_compose_services() -> None:
+    datasources = provisioned_datasources()
+    assert set(datasources) == {PROMETHEUS_UID, POSTGRES_UID}
+    prometheus, postgres = datasources[PROMETHEUS_UID], datasources[POSTGRES_UID]
+    assert prometheus["type"] == "prometheus" and prometheus["isDefault"] is True
+    assert prometheus["url"] == "http://prometheus:9090"
+    # Grafana's built-in PostgreSQL data source, on the compose database, as the read-only login
+    # whose name and password come from the environment (docker-compose passes them from .env).
+    assert postgres["type"] in ("postgres", "grafana-postgresql-datasource")
+    assert postgres["url"] == "postgres:5432" and postgres["jsonData"]["database"] == "dxkpi"
+    assert postgres["user"] == "$GRAFANA_DB_USER"
+    assert postgres["secureJsonData"] == {"password": "$GRAFANA_DB_PASSWORD"}
 
 
 def test_queries_read_only_exported_or_recorded_metrics() -> None:
@@ -282,9 +365,14 @@ def test_units_suit_what_each_panel_shows() -> None:
     checked = 0
     for board in dashboards().values():
         for item in all_panels(board):
-            if item["type"] in ("row", "table"):
+            if item["type"] in ("row", "table", "alertlist"):
                 continue
             unit = item["fieldConfig"]["defaults"]["unit"]
+            if item["datasource"]["uid"] == POSTGRES_UID:
+                # The KPI history is in each KPI's own unit (sheets, %, hours): a plain number.
+                assert unit == "locale", item["title"]
+                checked += 1
+                continue
             exprs = [target["expr"] for target in item["targets"]]
             names = set().union(*(metric_names(e) for e in exprs))
             if any("progress" in name for name in names):
@@ -304,6 +392,7 @@ def test_units_suit_what_each_panel_shows() -> None:
 
 def test_kpi_table_shows_progress_as_percent() -> None:
     (table,) = [p for p in all_panels(dashboards()["kpi-overview.json"]) if p["type"] == "table"]
+    assert table["title"] == "実績・基準値・目標値"
     overrides = {
         o["matcher"]["options"]: o["properties"] for o in table["fieldConfig"]["overrides"]
     }
@@ -332,3 +421,26 @@ def test_panel_queries_fill_in_every_variable() -> None:
     assert any('kpi=~"kenmin_app_downloads"' in q.expr for q in queries)
     with pytest.raises(KeyError):
         substitute("x[$unknown]", DEFAULT_VARIABLES)
+
+
+def test_kpi_history_opens_on_the_stall_and_overdue_table() -> None:
+    """DxKpiStalled and DxKpiDataOverdue link to /d/dxkpi-kpi-history?var-kpi=...: the first
+    thing there is each selected KPI's stall state and how far past its due date its data is."""
+    board = dashboards()["kpi-history.json"]
+    first = next(p for p in all_panels(board) if p["type"] != "row")
+    assert first["type"] == "table" and first["gridPos"]["y"] <= 1
+    names = set().union(*(metric_names(t["expr"]) for t in first["targets"]))
+    assert {"dxkpi_kpi_stalled", "dxkpi_kpi_next_data_due_timestamp_seconds"} <= names
+    assert any("time() - dxkpi_kpi_next_data_due" in t["expr"] for t in first["targets"])
+    assert all('kpi=~"$kpi"' in t["expr"] for t in first["targets"])
+    (kpi,) = [v for v in board["templating"]["list"] if v["name"] == "kpi"]
+    assert kpi["datasource"]["uid"] == POSTGRES_UID
+
+
+def test_overview_lists_the_prometheus_alerts() -> None:
+    (alerts,) = [
+        p for p in all_panels(dashboards()["kpi-overview.json"]) if p["type"] == "alertlist"
+    ]
+    state = alerts["options"]["stateFilter"]
+    assert state["firing"] and state["pending"] and not state["normal"]
+    assert alerts["options"]["datasource"] == provisioned_datasources()[PROMETHEUS_UID]["name"]

@@ -393,6 +393,6 @@ def test_email_template_renders_both_languages_jst_and_full_links(tmp_path: Path
     assert subject == f"[FIRING:1] DxKpiStalled {annotations['summary_ja']}"
     for text in annotations.values():
         assert text in body
-    assert "https://grafana.pref.example.jp/d/dxkpi-kpi-overview/" in body
+    assert "https://grafana.pref.example.jp/d/dxkpi-kpi-history/" in body
     assert "https://git.example.jp/dxkpi/docs/runbooks/DxKpiStalled.md" in body
     assert "開始 / since: 2024-05-01 08:30 JST" in body

@@ -21,7 +21,7 @@ def test_one_entry_per_source_with_its_schedule() -> None:
         }
     )
     entries = beat_schedule(config)
-    assert set(entries) == {"collect-a", "collect-b"}
+    assert set(entries) == {"collect-a", "collect-b", "refresh-kpis"}
     a, b = entries["collect-a"], entries["collect-b"]
     assert a["task"] == "dxkpi.collect" and a["args"] == ("a",)
     assert isinstance(a["schedule"], schedule) and a["schedule"].run_every == timedelta(minutes=15)
@@ -34,3 +34,10 @@ def test_one_entry_per_source_with_its_schedule() -> None:
 def test_backoff_grows_and_is_capped() -> None:
     assert [backoff(n) for n in range(4)] == [10.0, 20.0, 40.0, 80.0]
     assert backoff(20) == 600.0
+
+
+def test_the_kpi_history_is_refreshed_every_15_minutes() -> None:
+    entry = beat_schedule(Config.model_validate({"sources": []}))["refresh-kpis"]
+    assert entry["task"] == "dxkpi.refresh_kpis" and "args" not in entry
+    assert entry["schedule"].run_every == timedelta(minutes=15)
+    assert entry["options"]["expires"] == 900

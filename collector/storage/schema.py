@@ -8,12 +8,19 @@ revisions       filled by a database trigger whenever a stored value changes (ol
 collection_runs every run of a source: window, timing, status, error, observations written.
 source_state    per source: cursor, opaque checkpoint, lease, and a change counter the exporter
                 polls to know when to rebuild its snapshot.
+kpis, kpi_periods, kpi_outcomes, kpi_path
+                the KPI figures as `dxkpi refresh-kpis` last computed them (collector/kpi.py):
+                one row per KPI, per reported period, per ended target period, per point of
+                each target's path. Derived data, replaced whole on every refresh, so that SQL
+                (Grafana's PostgreSQL data source, through the views of migration 0003) can
+                chart the plan's whole history. Nothing in dxkpi reads them back to compute.
 """
 
 from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -97,6 +104,77 @@ source_state = Table(
     Column("lease_holder", String(200)),
     Column("lease_expires", Float),
     Column("generation", BigInteger, nullable=False, default=0),
+)
+
+kpis = Table(
+    "kpis",
+    metadata,
+    Column("kpi", String(200), primary_key=True),
+    Column("name_ja", Text, nullable=False),
+    Column("name_en", Text, nullable=False),
+    Column("area", String(200), nullable=False),
+    Column("unit", String(64), nullable=False),
+    Column("cadence", String(16), nullable=False),
+    Column("direction", Integer, nullable=False),  # +1 up, -1 down
+    Column("value", Float),
+    Column("period_label", String(32)),
+    Column("period_end", Float),
+    Column("baseline_value", Float, nullable=False),
+    Column("baseline_fiscal_year", Integer, nullable=False),
+    Column("target_value", Float, nullable=False),
+    Column("target_fiscal_year", Integer, nullable=False),
+    Column("target_end", Float, nullable=False),
+    Column("target_period_ended", Boolean, nullable=False),
+    Column("expected_value", Float, nullable=False),
+    Column("progress", Float),
+    Column("expected_progress", Float, nullable=False),
+    Column("forecast", Float),
+    Column("on_track", Boolean),
+    Column("stalled", Boolean, nullable=False),
+    Column("last_change_at", Float),
+    Column("next_data_due_at", Float),
+    Column("status", String(16), nullable=False),
+    Column("as_of", Float, nullable=False),
+    Column("computed_at", Float, nullable=False),
+)
+
+kpi_periods = Table(
+    "kpi_periods",
+    metadata,
+    Column("kpi", String(200), primary_key=True),
+    Column("period_start", Float, primary_key=True),
+    Column("period_end", Float, nullable=False),
+    Column("fiscal_year", Integer, nullable=False),
+    Column("label", String(32), nullable=False),
+    Column("value", Float),
+    Column("complete", Boolean, nullable=False),
+    Column("expected", Float, nullable=False),
+    Column("baseline_value", Float, nullable=False),
+    Column("target_value", Float, nullable=False),
+    Column("target_fiscal_year", Integer, nullable=False),
+    Column("progress", Float),
+    Column("arrived_at", Float),
+)
+
+kpi_outcomes = Table(
+    "kpi_outcomes",
+    metadata,
+    Column("kpi", String(200), primary_key=True),
+    Column("target_fiscal_year", Integer, primary_key=True),
+    Column("target_value", Float, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("final_value", Float),
+    Column("final_progress", Float),
+    Column("known_at", Float),
+)
+
+kpi_path = Table(
+    "kpi_path",
+    metadata,
+    Column("kpi", String(200), primary_key=True),
+    Column("target_fiscal_year", Integer, primary_key=True),
+    Column("at", Float, primary_key=True),
+    Column("value", Float, nullable=False),
 )
 
 # The revision log is kept by the database itself, so no writer can bypass it.
