@@ -91,6 +91,14 @@ def test_committed_rules_runbooks_and_table_are_what_the_mixin_writes() -> None:
     assert set(MIXIN.RUNBOOK_DIR.glob("*.md")) == runbooks, "a runbook without an alert"
 
 
+def test_the_readme_quotes_the_mixins_thresholds() -> None:
+    # The main README describes the alerts in prose; its numbers come from the mixin too.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Alerts and dashboards", 1)[1].split("\n## ", 1)[0]
+    assert f"more than {MIXIN.BEHIND_PATH_POINTS} points behind" in section
+    assert f"for {MIXIN.in_words(MIXIN.TARGET_NOTICE_WINDOW)} after its figure arrived" in section
+
+
 def test_runbook_url_names_the_alerts_own_page() -> None:
     for rule in ALERTS:
         path = ROOT / rule["annotations"]["runbook_url"]
