@@ -115,6 +115,7 @@ def in_words(seconds: int) -> str:
 
 @dataclass(frozen=True)
 class Runbook:
+    title_ja: str  # the page's heading beside the alert's name
     means: str
     check: list[str]
     act: list[str]
@@ -252,6 +253,7 @@ and on (kpi) dxkpi_kpi_progress_ratio < 1
         fires_when="`dxkpi_kpi_stalled == 1` (no good move in its last `stall_periods` "
         "reported periods, or for `stall_after` when continuous) and progress < 1",
         runbook=Runbook(
+            title_ja="指標の改善が止まっている",
             means="The KPI's last reported figures did not move towards its target: for a yearly "
             "or monthly KPI, its last `stall_periods` reported periods showed no improvement on "
             "the period before; for a continuous KPI, no improvement for `stall_after`. The "
@@ -296,6 +298,7 @@ and on (kpi) dxkpi_kpi_progress_ratio < 1
         f"**{BEHIND_PATH_POINTS} points** of the baseline-to-target way; quiet once the target "
         "period has ended",
         runbook=Runbook(
+            title_ja="指標が計画線より遅れている",
             means="The latest reported figure is more than "
             f"{BEHIND_PATH_POINTS} points of the baseline-to-target way behind where the plan's "
             "straight path (through milestones) is at the end of that figure's period. It is an "
@@ -335,6 +338,7 @@ and on (kpi) (dxkpi_kpi_target_value - dxkpi_kpi_forecast_value) * dxkpi_kpi_dir
         fires_when="the forecast at the target fiscal year's end falls short of the target "
         "in the KPI's direction; quiet once the target period has ended",
         runbook=Runbook(
+            title_ja="目標未達の見込み",
             means="The Theil-Sen trend of the KPI's complete period figures, evaluated at the end "
             "of the current target's fiscal year, falls short of the target. The number is the "
             "shortfall in points of the baseline-to-target way.",
@@ -375,6 +379,7 @@ and on (kpi) (time() - dxkpi_kpi_next_data_due_timestamp_seconds > 0)
         fires_when="`time() > dxkpi_kpi_next_data_due_timestamp_seconds`: the next period's "
         "figure is later than its end plus `publication_lag`",
         runbook=Runbook(
+            title_ja="次の数値が期限を過ぎても届かない",
             means="The figure of the period after the newest stored one was due (that period's "
             "end plus the KPI's `publication_lag`) and has not arrived. The KPI keeps showing "
             "the older period meanwhile.",
@@ -431,6 +436,7 @@ and on (kpi, target_fiscal_year)
         f"**{in_words(TARGET_NOTICE_WINDOW)}** after its outcome (achieved / missed) became "
         "known",
         runbook=Runbook(
+            title_ja="目標年度の終了（達成・未達の通知）",
             means="A notice, not a problem: the figure for a target's fiscal year has arrived "
             "and decided the outcome, achieved or missed, with the final progress. It fires "
             f"for {in_words(TARGET_NOTICE_WINDOW)} after the figure's arrival and Alertmanager "
@@ -470,6 +476,7 @@ unless on (kpi) (dxkpi_kpi_value or dxkpi_kpi_running_period_value)
         dashboard_url=KPI_DASHBOARD,
         fires_when="a KPI in `dxkpi_kpi_info` has neither a reported nor a running figure",
         runbook=Runbook(
+            title_ja="指標のデータがない",
             means="The KPI is in the catalog but no data reaches it at all.",
             check=[
                 "`dxkpi check-config`: does the KPI's feed name a metric a source declares?",
@@ -502,6 +509,7 @@ unless on (kpi) (dxkpi_kpi_value or dxkpi_kpi_running_period_value)
         dashboard_url=SOURCE_DASHBOARD,
         fires_when="`dxkpi_source_up == 0`",
         runbook=Runbook(
+            title_ja="データ元の収集が失敗している",
             means="The source's last run failed.",
             check=["`dxkpi status` or the worker log: the error names the request and the cause."],
             act=["Fix the credentials or settings it names, then `dxkpi collect <source>`."],
@@ -536,6 +544,7 @@ unless on (kpi) (dxkpi_kpi_value or dxkpi_kpi_running_period_value)
         dashboard_url=SOURCE_DASHBOARD,
         fires_when=f"no successful run for **{SOURCE_STALE_INTERVALS}** schedule intervals",
         runbook=Runbook(
+            title_ja="データ元が長く成功していない",
             means=f"The source has not succeeded for {SOURCE_STALE_INTERVALS} of its schedule "
             "intervals: its KPIs are going stale and data may be lost once the vendor's "
             "retention passes.",
@@ -572,6 +581,7 @@ unless on (kpi) (dxkpi_kpi_value or dxkpi_kpi_running_period_value)
         dashboard_url=HEALTH_DASHBOARD,
         fires_when=f"the `{EXPORTER_JOB}` scrape fails or is missing",
         runbook=Runbook(
+            title_ja="エクスポーターが停止している",
             means="Prometheus cannot scrape the exporter, so no other dxkpi alert can fire.",
             check=["The exporter container's log and `/healthz`; its database connection."],
             act=["Restart the exporter once the cause is fixed (`docker-compose up -d exporter`)."],
@@ -603,6 +613,7 @@ and (time() - dxkpi_snapshot_timestamp_seconds > {SNAPSHOT_STALE_AFTER})
         fires_when=f"`dxkpi_snapshot_timestamp_seconds` is older than "
         f"**{in_words(SNAPSHOT_STALE_AFTER)}**",
         runbook=Runbook(
+            title_ja="エクスポーターの数値が古いまま",
             means="The exporter answers scrapes but its snapshot has not been rebuilt for "
             f"{in_words(SNAPSHOT_STALE_AFTER)}: it serves its last figures because it cannot "
             "read the store.",
@@ -636,6 +647,7 @@ and (time() - dxkpi_snapshot_timestamp_seconds > {SNAPSHOT_STALE_AFTER})
         dashboard_url=HEALTH_DASHBOARD,
         fires_when="always (`vector(1)`); routed to the `watchdog` receiver, never to people",
         runbook=Runbook(
+            title_ja="常時発報（アラート経路の死活監視）",
             means="Nothing is wrong: it always fires. Its *absence* at a dead man's switch means "
             "Prometheus, its rules or Alertmanager stopped working.",
             check=["Prometheus's `/alerts` page and Alertmanager's UI when the switch complains."],
@@ -702,7 +714,7 @@ def recording_yaml() -> str:
 
 def runbook(alert: Alert) -> str:
     lines = [
-        f"# {alert.name}",
+        f"# {alert.name} — {alert.runbook.title_ja}",
         "",
         f"Severity **{alert.severity}**. Fires when {alert.fires_when}"
         + (f" (after holding for {in_words(alert.wait)})." if alert.wait else "."),
