@@ -66,7 +66,9 @@ def fy2021_from_files() -> dict[str, float]:
     with (EXAMPLE / "data" / "annual_indicators.csv").open(encoding="cp932") as f:
         rows = list(csv.DictReader(f))
     expected = {
-        row["指標ID"]: float(row["値"].replace(",", "")) for row in rows if row["年度"] == "令和3年度"
+        row["指標ID"]: float(row["値"].replace(",", ""))
+        for row in rows
+        if row["年度"] == "令和3年度"
     }
     with (EXAMPLE / "data" / "online_procedures.csv").open(encoding="utf-8-sig") as f:
         sums: dict[str, float] = defaultdict(float)
