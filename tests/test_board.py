@@ -205,19 +205,28 @@ def test_page_is_the_snapshots_and_lang_falls_back_to_japanese(
     assert b"<script" not in body and b"http://" not in body and b"https://" not in body
 
 
-def test_board_before_the_first_snapshot_says_so(tmp_path: Path, sqlite_store: Store) -> None:
+def test_board_before_the_first_snapshot_and_before_any_data(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
     from tests.conftest import write_config
 
     exporter = Exporter(sqlite_store, load_config(write_config(tmp_path)))
     server = make_server(exporter, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
-        status, _, body = get(f"http://127.0.0.1:{server.server_address[1]}/")
+        before = get(url)
+        exporter.refresh()  # an empty store: the KPI has no figure, the source never ran
+        status, _, page = get(url)
     finally:
         server.shutdown()
         server.server_close()
-    assert status == 503 and b"no snapshot yet" in body
+    assert before[0] == 503 and b"no snapshot yet" in before[2]
+    assert status == 200 and page.count(b'<li class="card"') == 1
+    text = page.decode()
+    assert STATUS_WORDS["no_data"]["ja"] in text and "未実行" in text
+    assert '<span class="value">-</span>' in text
 
 
 def test_dxkpi_exporter_serves_the_board(example: Path) -> None:
