@@ -13,6 +13,7 @@ rendered when the exporter rebuilds its snapshot, never per request.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from zoneinfo import ZoneInfo
@@ -160,20 +161,16 @@ def render_board(board: Board, lang: Lang) -> bytes:
     return page.encode()
 
 
-_templates: jinja2.Environment | None = None
-
-
+@functools.cache
 def _template() -> jinja2.Template:
-    global _templates
-    if _templates is None:
-        _templates = jinja2.Environment(
-            loader=jinja2.PackageLoader("collector", "templates"),
-            autoescape=True,  # names, units and errors come from config files and sources
-            trim_blocks=True,
-            lstrip_blocks=True,
-            undefined=jinja2.StrictUndefined,
-        )
-    return _templates.get_template("board.html.j2")
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("collector", "templates"),
+        autoescape=True,  # names, units and errors come from config files and sources
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    return environment.get_template("board.html.j2")
 
 
 def _card(state: KpiState, tz: ZoneInfo, lang: Lang) -> dict[str, object]:

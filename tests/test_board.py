@@ -18,12 +18,14 @@ from typing import Any
 
 import pytest
 
+from collector.board import Board, render_board
 from collector.clock import fixed_clock, parse_moment
 from collector.config import LoadedConfig, load_config
+from collector.contract import TOKYO
 from collector.exporter import Exporter, make_server
 from collector.kpi import KpiCalculator, KpiState
 from collector.present import STATUS_WORDS, Lang, format_value, label_for_people
-from collector.storage import Store
+from collector.storage import SourceHealth, Store
 from tests.conftest import unavailable
 from tests.test_exporter import get
 from tests.test_status import AS_OF, EXAMPLE, SOURCES, dxkpi
@@ -254,3 +256,20 @@ def test_dxkpi_exporter_serves_the_board(example: Path) -> None:
     assert status == 200
     assert body.count(b'<li class="card"') == 11
     assert b"as of 2026-12-03 00:00 JST" in body
+
+
+def test_names_and_errors_are_escaped(tmp_path: Path, sqlite_store: Store) -> None:
+    """Names come from config files and errors from sources: the page shows them as text."""
+    from tests.conftest import write_config
+
+    config = load_config(write_config(tmp_path)).config
+    config.kpis[0] = config.kpis[0].model_copy(update={"name_ja": "<script>alert(1)</script>"})
+    failure = SourceHealth("portal", "failed", 1.0, 2.0, None, "<img src=x onerror=alert(1)>", {})
+    board = Board(
+        KpiCalculator(sqlite_store, config).compute_all(2e9), [failure], config.sources, 2e9, TOKYO
+    )
+    page = render_board(board, "ja").decode()
+    assert "<script>" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    assert "失敗" in page  # the failed run's status word
