@@ -316,7 +316,9 @@ def _serve(runtime: Runtime, listen: str | None) -> None:
     exp = Exporter(runtime.store, runtime.loaded, clock=lambda: clock.now(tz))
     exp.start()
     server = make_server(exp, host, port)
-    console.print(f"serving http://{host}:{server.server_address[1]}/metrics", highlight=False)
+    base = f"http://{host}:{server.server_address[1]}"
+    console.print(f"serving {base}/metrics", highlight=False)
+    console.print(f"KPI board: {base}/", highlight=False)
     try:
         server.serve_forever()
     finally:

@@ -250,6 +250,7 @@ def test_dxkpi_exporter_serves_the_board(example: Path) -> None:
                 assert ready and process.poll() is None, f"dxkpi exporter did not start: {said}"
                 said.append(process.stderr.readline())
             base = said[-1].split()[1].removesuffix("/metrics")
+            assert process.stderr.readline().rstrip() == f"KPI board: {base}/"
             status, _, body = get(f"{base}/?lang=en")
         finally:
             process.terminate()
