@@ -364,7 +364,9 @@ def _bind(runtime: Runtime, listen: str | None) -> tuple[Exporter, ThreadingHTTP
 def _serve(exp: Exporter, server: ThreadingHTTPServer) -> None:
     host, port = server.server_address[:2]
     exp.start()
-    console.print(f"serving http://{host!s}:{port}/metrics", highlight=False)
+    base = f"http://{host!s}:{port}"
+    console.print(f"serving {base}/metrics", highlight=False)
+    console.print(f"KPI board: {base}/", highlight=False)
     try:
         server.serve_forever()
     finally:

@@ -1,4 +1,5 @@
-"""The exporter: serves `/metrics` from a snapshot of stored state, and `/healthz`.
+"""The exporter: serves `/metrics` from a snapshot of stored state, `/healthz`, and the KPI
+board page at `/` (collector/board.py), rendered with each snapshot from the same figures.
 
 Metric families are built from the store, never set from workers. A background thread polls
 each source's change counter (one small query) every `refresh_interval` and rebuilds the
@@ -19,7 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+from collector.board import LANGS, Board, render_board
 from collector.config import LoadedConfig
 from collector.exposition import (
     OPENMETRICS_CONTENT_TYPE,
@@ -56,6 +59,8 @@ class Snapshot:
     chunks: list[Chunk]
     built_at: float
     generations: dict[str, int]
+    # The board page (`/`) per language, rendered with the snapshot from the same figures.
+    board: dict[str, bytes] = field(default_factory=dict)
     _gzipped: dict[bool, bytes] = field(default_factory=dict)
 
     @property
@@ -96,17 +101,26 @@ class SnapshotBuilder:
         self.kpis = KpiCalculator(store, loaded.config)
         self.renderer = SeriesRenderer()
 
-    def chunks(self, now: float) -> list[Chunk]:
-        families = self.families(now)
-        return self.renderer.render(families)
-
-    def families(self, now: float) -> list[Family | SeriesFamily]:
+    def build(self, now: float) -> tuple[list[Chunk], dict[str, bytes]]:
+        """The rendered families and the board page in each language, from one read of the
+        store: the page and /metrics always show the same figures."""
         rows = self.store.series_rows()
         states = self.kpis.compute_all(now, rows)
-        health = {h.source: h for h in self.store.source_health()}
+        health = self.store.source_health()
+        board = Board(states, health, self.loaded.config.sources, now, self.loaded.config.tz)
+        pages: dict[str, bytes] = {lang: render_board(board, lang) for lang in LANGS}
+        return self.renderer.render(self.families(now, rows, states, health)), pages
+
+    def families(
+        self,
+        now: float,
+        rows: list[SeriesRow],
+        states: list[KpiState],
+        health: list[SourceHealth],
+    ) -> list[Family | SeriesFamily]:
         return [
             *kpi_families(states),
-            *self.source_families(health),
+            *self.source_families({h.source: h for h in health}),
             *self.raw_families(rows, now),
             Family(
                 "dxkpi_snapshot_timestamp_seconds",
@@ -387,7 +401,8 @@ class Exporter:
         now = self.clock()
         if generations is None:
             generations = self.store.generations()
-        snapshot = Snapshot(self.builder.chunks(now), built_at=now, generations=generations)
+        chunks, board = self.builder.build(now)
+        snapshot = Snapshot(chunks, built_at=now, generations=generations, board=board)
         self.snapshot = snapshot  # an atomic swap: scrapes see the old or the new, whole
         self.rebuilds += 1
         _return_freed_memory()
@@ -463,9 +478,7 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
                 ok, message = exporter.health()
                 self._send(200 if ok else 503, (message + "\n").encode(), "text/plain")
             elif path == "/":
-                page = b"<html><body><h1>dxkpi exporter</h1><a href='/metrics'>/metrics</a> "
-                page += b"<a href='/healthz'>/healthz</a></body></html>\n"
-                self._send(200, page, "text/html; charset=utf-8")
+                self._send(*board_page(exporter.snapshot, self.path))
             else:
                 self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
 
@@ -496,6 +509,16 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
     return server
+
+
+def board_page(snapshot: Snapshot | None, request_path: str) -> tuple[int, bytes, str]:
+    """`/` (Japanese) or `/?lang=en`: the board page of the current snapshot."""
+    if snapshot is None:
+        return 503, b"no snapshot yet: the store has not been read\n", "text/plain"
+    query = parse_qs(urlsplit(request_path).query)
+    lang = query.get("lang", ["ja"])[-1]
+    page = snapshot.board.get(lang) or snapshot.board["ja"]  # an unknown language: the default
+    return 200, page, "text/html; charset=utf-8"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

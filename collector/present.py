@@ -35,6 +35,7 @@ __all__ = [
     "format_ratio",
     "format_value",
     "kpi_record",
+    "label_for_people",
     "period_label",
     "short_fiscal_year",
     "split_value",
@@ -204,7 +205,11 @@ def format_moment(ts: float | None, tz: ZoneInfo, *, with_time: bool = True) -> 
 
 def period_label(state: KpiState, lang: Lang = "en", *, short: bool = False) -> str:
     """The reported period for people: FY2025 / 令和7年度 (short: R7) / 2026-10."""
-    label = state.period_label
+    return label_for_people(state.period_label, lang, short=short)
+
+
+def label_for_people(label: str | None, lang: Lang = "en", *, short: bool = False) -> str:
+    """A period's label (`PeriodFigure.label`, `KpiState.period_label`) as `period_label` says."""
     if label is None:
         return "-"
     if label.startswith("FY"):
