@@ -469,7 +469,7 @@ class KpiCalculator:
         progress = self._progress(kpi, target, value)
 
         outcomes = [
-            self._outcome(kpi, t, cadence, complete_periods, levels, newest)
+            self._outcome(kpi, t, cadence, complete_periods, levels, data[-1])
             for t in kpi.plan
             if ended_by >= self.fy_end(t.fiscal_year)
         ]
@@ -629,16 +629,18 @@ class KpiCalculator:
         cadence: Cadence,
         complete_periods: list[PeriodFigure],
         levels: list[tuple[float, float]],
-        newest: list[_Point],
+        data: _Series,
     ) -> TargetOutcome:
         end = self.fy_end(target.fiscal_year)
         final: float | None = None
         known_at: float | None = None
         if cadence == "continuous":
-            if newest and newest[0].end >= end:
-                reached = [(t, v) for t, v in levels if t <= end]
-                if reached:
-                    final, known_at = reached[-1][1], end
+            # Known once data reaching the year's end arrived: when the first such row was written.
+            first = max(0, bisect.bisect_left(data.starts, end) - 1)
+            reaching = next((p for p in data[first:] if p.end >= end), None)
+            reached = [(t, v) for t, v in levels if t <= end]
+            if reaching is not None and reached:
+                final, known_at = reached[-1][1], max(end, reaching.arrived)
         else:
             match = [p for p in complete_periods if p.end == end and p.value is not None]
             if match:

@@ -445,9 +445,13 @@ EXAMPLE_TRUTH = [
             kpi,
             EXAMPLE_START,
             EXAMPLE_START + timedelta(seconds=MIXIN.TARGET_NOTICE_WINDOW),
-            (("outcome", "missed"), ("target_fiscal_year", "FY2025")),
+            (("outcome", outcome), ("target_fiscal_year", "FY2025")),
         )
-        for kpi in EXAMPLE_FISCAL_YEAR_KPIS
+        for kpi, outcome in [
+            *((kpi, "missed") for kpi in EXAMPLE_FISCAL_YEAR_KPIS),
+            ("kenmin_app_downloads", "achieved"),  # 99,908 at the end of FY2025 >= 98,441
+            ("environment_app_downloads", "missed"),  # 81,774 < 100,000
+        ]
     ],
 ]
 # Source alerts need live runs (the e2e test and prometheus/tests/ cover them); here the
