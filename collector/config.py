@@ -32,6 +32,7 @@ from collector.contract import ConnectorSettings, MetricSpec, SourceContext
 from collector.durations import Duration
 from collector.errors import ConfigError, ConfigProblem, DxkpiError
 from collector.fiscal import parse_fiscal_year
+from collector.receiver.config import ReceiverConfig, check_receiver
 from collector.registry import load_connector
 from collector.units import conversion_factor, known_units
 
@@ -276,6 +277,7 @@ class Config(_Model):
     broker: BrokerConfig = BrokerConfig()
     exporter: ExporterConfig = ExporterConfig()
     forecast: ForecastConfig = ForecastConfig()
+    receiver: ReceiverConfig = ReceiverConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     kpis: list[KpiConfig] = Field(default_factory=list)
 
@@ -454,6 +456,7 @@ def load_config(path: str | Path) -> LoadedConfig:
 
     loaded = LoadedConfig(config=config, path=path)
     _check_sources(loaded, raw, problem)
+    check_receiver(loaded, raw, problem)
     _check_kpis(loaded, problem)
     if problems:
         raise ConfigError(problems)

@@ -15,6 +15,7 @@ from importlib.metadata import entry_points
 
 from collector.contract import Connector
 from collector.errors import UnknownConnectorError
+from collector.events import AnyWebhookHandler, WebhookHandler
 
 BUILTIN_PACKAGE = "connectors"
 ENTRY_POINT_GROUP = "dxkpi.connectors"
@@ -56,3 +57,21 @@ def load_connector(name: str) -> type[Connector]:  # type: ignore[type-arg]
             "collector.contract.Connector"
         )
     return cls
+
+
+@cache
+def load_webhook(name: str) -> type[AnyWebhookHandler] | None:
+    """The webhook handler class a connector's package sets as `WEBHOOK`, or None when it takes
+    no webhooks."""
+    connector = load_connector(name)  # the same errors for an unknown name
+    module = importlib.import_module(
+        connector.__module__.rpartition(".")[0] or connector.__module__
+    )
+    handler = getattr(module, "WEBHOOK", None)
+    if handler is None:
+        return None
+    if not (isinstance(handler, type) and issubclass(handler, WebhookHandler)):
+        raise TypeError(
+            f"connector {name!r}: WEBHOOK must be a subclass of collector.events.WebhookHandler"
+        )
+    return handler

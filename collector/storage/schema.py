@@ -8,6 +8,7 @@ revisions       filled by a database trigger whenever a stored value changes (ol
 collection_runs every run of a source: window, timing, status, error, observations written.
 source_state    per source: cursor, opaque checkpoint, lease, and a change counter the exporter
                 polls to know when to rebuild its snapshot.
+received_events every webhook event stored, by the vendor's event id (idempotency).
 """
 
 from __future__ import annotations
@@ -140,3 +141,16 @@ DROP_REVISION_TRIGGERS = {
     ],
     "sqlite": ["DROP TRIGGER IF EXISTS observations_revision"],
 }
+
+# One row per vendor event a webhook stored (migration 0003): a redelivery finds its id here.
+received_events = Table(
+    "received_events",
+    metadata,
+    Column("source", String(128), primary_key=True),
+    Column("event_id", String(400), primary_key=True),
+    Column("kind", String(100), nullable=False),
+    Column("occurred_at", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("observations", Integer, nullable=False),
+    Index("ix_received_events_received", "received_at"),
+)
