@@ -26,12 +26,12 @@ from typing import Any
 
 from collector.config import LoadedConfig
 from collector.events import Accepted, AnyWebhookHandler, Rejected, Reply, WebhookRequest
+from collector.receiver.batcher import EventWriter
 from collector.receiver.config import ClientConfig, ReceiverConfig
 from collector.receiver.push import read_rows
 from collector.redact import redact
 from collector.registry import load_webhook
 from collector.storage import Store
-from collector.storage.events import store_event
 from collector.storage.notify import changed
 
 log = logging.getLogger("dxkpi.receiver")
@@ -115,6 +115,10 @@ class Receiver:
         self.buckets = TokenBuckets(limit.per_second, limit.burst)
         self.requests: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
+        self.writer = EventWriter(store)
+
+    def close(self) -> None:
+        self.writer.close()
 
     # -- WSGI ------------------------------------------------------------------------------
 
@@ -197,12 +201,11 @@ class Receiver:
 
     def _store_event(self, source: str, event: Accepted) -> tuple[int, str, dict[str, Any]]:
         try:
-            stored = store_event(self.store, source, event)
+            stored = self.writer.store_event(source, event)
         except Exception as exc:
             raise _StoreFailed(redact(f"{type(exc).__name__}: {exc}")) from exc
         if not stored:
             return 200, "duplicate", {"stored": 0, "event": event.event_id, "duplicate": True}
-        changed()
         return 200, "accepted", {"stored": len(event.observations), "event": event.event_id}
 
     def _push(self, environ: dict[str, Any], body: bytes) -> tuple[int, str, dict[str, Any]]:

@@ -69,3 +69,4 @@ class ReceiverServer:
         for dispatcher in list(self.server._map.values()):
             dispatcher.close()
         self.server.task_dispatcher.shutdown()
+        self.app.close()

@@ -1,37 +1,39 @@
 """Storing webhook events: exactly once per vendor event id, added to what the pull stored.
 
-One event is one transaction: its id goes into `received_events` (a redelivery finds it there
-and stores nothing), each of its observations adds its value to its period's row, the series'
-latest value follows, and the source's change counter moves. It commits before the receiver
-answers 2xx, so a crash after the reply loses nothing.
+A batch of events is one transaction (the receiver's writer thread groups the events that
+arrive while the previous batch commits: one commit for many, which is what lets it take
+hundreds a second): the events' ids go into `received_events` (a redelivery finds its id there
+and stores nothing), each new event's observations add their values to their periods' rows,
+the series' latest values follow, and each source's change counter moves once. It commits
+before the receiver answers 2xx, so a crash after the reply loses nothing.
 
 Pull and push feed the same series. A pull's figure for a period is complete up to its run's
 window end, so an event that happened before then is in it already: it adds nothing to a row a
 pull wrote with a window reaching past the event (the `collection_runs` row the observation
 points at says how far). Events after that window add to the pulled figure until the next pull
-writes the period again, whole. A day with both is never counted twice.
+writes the period again, whole. A day with both is never counted twice. On PostgreSQL the rows
+are locked while this is decided, so a pull cannot rewrite them in between.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import text
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, text
 
 from collector.events import Accepted
+from collector.storage.schema import collection_runs, observations
 from collector.storage.store import Store
 
-_CLAIM = text(
-    "INSERT INTO received_events (source, event_id, kind, occurred_at, received_at, observations) "
-    "VALUES (:source, :event_id, :kind, :occurred, :now, :n) ON CONFLICT DO NOTHING"
-)
-# Add to the period unless a pull whose window reached past the event wrote the row.
+Key = tuple[int, int, str]
+
 _ADD = text(
     "INSERT INTO observations (series_id, period_start, granularity, value, updated_at, run_id) "
     "VALUES (:s, :p, :g, :v, :now, NULL) "
     "ON CONFLICT (series_id, period_start, granularity) DO UPDATE "
-    "SET value = observations.value + excluded.value, updated_at = excluded.updated_at "
-    "WHERE observations.run_id IS NULL OR NOT EXISTS (SELECT 1 FROM collection_runs r "
-    "WHERE r.id = observations.run_id AND r.window_end >= :occurred) "
-    "RETURNING value"
+    "SET value = observations.value + excluded.value, updated_at = excluded.updated_at"
 )
 _LATEST = text(
     "UPDATE series SET last_start = :p, last_value = :v "
@@ -41,43 +43,145 @@ _BUMP = text("UPDATE source_state SET generation = generation + 1 WHERE source =
 
 
 def store_event(store: Store, source: str, event: Accepted) -> bool:
-    """Store one verified event of `source`; False when its id was stored before (nothing
-    changes then)."""
-    changes = list(event.observations)
-    # Series ids are resolved (and new series inserted) before the event's transaction: a
-    # series is only an identity, harmless if the event then turns out to be a redelivery.
-    store._ensure_state(source)
-    ids = store._resolve_series(source, changes) if changes else []
+    """Store one verified event of `source`; False when its id was stored before."""
+    return store_events(store, [(source, event)])[0]
+
+
+def store_events(store: Store, events: Sequence[tuple[str, Accepted]]) -> list[bool]:
+    """Store a batch of verified events in one transaction; for each, whether it was new
+    (False: its id was stored before, or earlier in this batch)."""
+    # Series ids are resolved (new series inserted) before the transaction: a series is only an
+    # identity, harmless if its event then turns out to be a redelivery.
+    ids: list[list[int]] = []
+    for source, event in events:
+        store._ensure_state(source)
+        changes = list(event.observations)
+        ids.append(store._resolve_series(source, changes) if changes else [])
     now = store.clock()
-    occurred = event.occurred_at.timestamp()
+    first: dict[tuple[str, str], int] = {}
+    for n, (source, event) in enumerate(events):
+        first.setdefault((source, event.event_id), n)
+    rows = [
+        {
+            "source": source,
+            "event_id": event.event_id,
+            "kind": event.kind,
+            "occurred": event.occurred_at.timestamp(),
+            "now": now,
+            "n": len(event.observations),
+        }
+        for (source, event) in (events[n] for n in first.values())
+    ]
     with store.engine.begin() as connection:
-        claimed = connection.execute(
-            _CLAIM,
-            {
-                "source": source,
-                "event_id": event.event_id,
-                "kind": event.kind,
-                "occurred": occurred,
-                "now": now,
-                "n": len(changes),
-            },
+        claimed = _claim(store, connection, rows)
+        new = [
+            first[source, event.event_id] == n and (source, event.event_id) in claimed
+            for n, (source, event) in enumerate(events)
+        ]
+        contributions: list[tuple[Key, float, float]] = []
+        sources: set[str] = set()
+        for n, (source, event) in enumerate(events):
+            if not new[n]:
+                continue
+            sources.add(source)
+            occurred = event.occurred_at.timestamp()
+            for obs, series_id in zip(event.observations, ids[n], strict=True):
+                key = (series_id, int(obs.start.timestamp()), obs.granularity.value)
+                contributions.append((key, float(obs.value), occurred))
+        if contributions:
+            pulled = _pulled_until(store, connection, {key for key, _, _ in contributions})
+            sums: dict[Key, float] = defaultdict(float)
+            for key, value, occurred in contributions:
+                until = pulled.get(key)
+                if until is None or until < occurred:
+                    sums[key] += value
+            if sums:
+                connection.execute(
+                    _ADD,
+                    [
+                        {"s": s, "p": p, "g": g, "v": v, "now": now}
+                        for (s, p, g), v in sorted(sums.items())
+                    ],
+                )
+                _follow_latest(connection, sorted(sums))
+        for source in sorted(sources):
+            connection.execute(_BUMP, {"source": source})
+    return new
+
+
+# One statement of arrays for the whole batch: which ids were not stored before.
+_PG_CLAIM = """
+INSERT INTO received_events (source, event_id, kind, occurred_at, received_at, observations)
+SELECT * FROM unnest(%(source)s::text[], %(event_id)s::text[], %(kind)s::text[],
+                     %(occurred)s::float8[], %(now)s::float8[], %(n)s::int[])
+ON CONFLICT DO NOTHING
+RETURNING source, event_id
+"""
+_CLAIM = text(
+    "INSERT INTO received_events (source, event_id, kind, occurred_at, received_at, observations) "
+    "VALUES (:source, :event_id, :kind, :occurred, :now, :n) ON CONFLICT DO NOTHING"
+)
+
+
+def _claim(
+    store: Store, connection: Connection, rows: list[dict[str, Any]]
+) -> set[tuple[str, str]]:
+    if store.dialect == "postgresql":
+        columns = {name: [row[name] for row in rows] for name in rows[0]}
+        return {(s, e) for s, e in connection.exec_driver_sql(_PG_CLAIM, columns)}
+    claimed = set()
+    for row in rows:  # SQLite: one writer at a time anyway, and no round trips
+        if connection.execute(_CLAIM, row).rowcount:
+            claimed.add((row["source"], row["event_id"]))
+    return claimed
+
+
+def _pulled_until(store: Store, connection: Connection, keys: set[Key]) -> dict[Key, float]:
+    """For each key stored by a pull, the end of that pull's window (locked on PostgreSQL)."""
+    query = (
+        select(
+            observations.c.series_id,
+            observations.c.period_start,
+            observations.c.granularity,
+            collection_runs.c.window_end,
         )
-        if claimed.rowcount == 0:
-            return False
-        for obs, series_id in zip(changes, ids, strict=True):
-            start = int(obs.start.timestamp())
-            row = connection.execute(
-                _ADD,
-                {
-                    "s": series_id,
-                    "p": start,
-                    "g": obs.granularity.value,
-                    "v": float(obs.value),
-                    "now": now,
-                    "occurred": occurred,
-                },
-            ).first()
-            if row is not None:
-                connection.execute(_LATEST, {"s": series_id, "p": start, "v": row[0]})
-        connection.execute(_BUMP, {"source": source})
-    return True
+        .select_from(
+            observations.join(collection_runs, collection_runs.c.id == observations.c.run_id)
+        )
+        .where(
+            observations.c.series_id.in_(bindparam("ids", expanding=True)),
+            observations.c.period_start.in_(bindparam("starts", expanding=True)),
+        )
+        .order_by(observations.c.series_id, observations.c.period_start)
+    )
+    if store.dialect == "postgresql":
+        query = query.with_for_update(of=observations)
+    params = {"ids": sorted({k[0] for k in keys}), "starts": sorted({k[1] for k in keys})}
+    found: dict[Key, float] = {}
+    for s, p, g, window_end in connection.execute(query, params):
+        if (s, p, g) in keys:
+            found[s, p, g] = float(window_end)
+    return found
+
+
+def _follow_latest(connection: Connection, keys: list[Key]) -> None:
+    """Each touched series' latest value, read back after the additions."""
+    query = select(
+        observations.c.series_id,
+        observations.c.period_start,
+        observations.c.granularity,
+        observations.c.value,
+    ).where(
+        observations.c.series_id.in_(bindparam("ids", expanding=True)),
+        observations.c.period_start.in_(bindparam("starts", expanding=True)),
+    )
+    wanted = set(keys)
+    params = {"ids": sorted({k[0] for k in keys}), "starts": sorted({k[1] for k in keys})}
+    newest: dict[int, tuple[int, float]] = {}
+    for s, p, g, value in connection.execute(query, params):
+        if (s, p, g) in wanted and (s not in newest or p >= newest[s][0]):
+            newest[s] = (p, float(value))
+    if newest:
+        connection.execute(
+            _LATEST, [{"s": s, "p": p, "v": v} for s, (p, v) in sorted(newest.items())]
+        )
