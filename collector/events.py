@@ -22,7 +22,7 @@ import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import SecretStr
 
@@ -136,3 +136,22 @@ def unknown_event(kind: object, known: list[str]) -> Rejected:
 def bad_event(message: str) -> Rejected:
     """A verified event whose fields cannot be read."""
     return Rejected(422, "bad_event", message)
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+# A pushed row as the push API reads it: its number (as the sender counts rows: a spreadsheet's
+# row number for a file, 1-based for JSON) and its fields (metric, labels, period, value).
+NumberedRow = tuple[int, dict[str, Any]]
+
+
+class UploadProblem(Exception):
+    """An uploaded file cannot be read; the message names the rows and what is wrong."""
+
+
+class UploadParser(Protocol):
+    """Reads an uploaded table into pushed rows (a connector package's `UPLOAD`: csvfile's reads
+    CSV in the encodings and number forms Japanese offices use). `ratio_metrics` are the metrics
+    whose cells may be written as percentages. Raises `UploadProblem`."""
+
+    def __call__(self, body: bytes, ratio_metrics: frozenset[str]) -> list[NumberedRow]: ...

@@ -225,6 +225,44 @@ def test_push_needs_a_known_token_and_an_allowed_metric(receiver: str, store: St
     assert outcome_count(receiver, "push", "forbidden_metric") == 1
 
 
+def upload(url: str, data: bytes, token: str = TOKEN) -> requests.Response:
+    return requests.post(
+        f"{url}/api/v1/observations.csv",
+        data=data,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "text/csv"},
+        timeout=10,
+    )
+
+
+def test_a_shift_jis_csv_upload_is_read_as_the_csvfile_connector_reads_files(
+    receiver: str, store: Store
+) -> None:
+    table = (
+        "metric,period,value,municipality\r\n"
+        'e_application_forms,令和3年度,"1,200",盛岡市\r\n'
+        "e_application_forms,令和4年度,－,盛岡市\r\n"  # no figure reported: skipped
+        "paper_sheets,R3,△12,\r\n"
+    )
+    answer = upload(receiver, table.encode("cp932"))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["stored"] == 2
+    got = values(store, "dx_office")
+    assert got[("e_application_forms", '{"municipality":"盛岡市"}')] == 1200
+    assert got[("paper_sheets", "{}")] == -12
+
+
+def test_a_csv_upload_with_a_bad_row_stores_nothing_and_names_the_row(
+    receiver: str, store: Store
+) -> None:
+    table = "metric,period,value\npaper_sheets,R3,1\npaper_sheets,R4,12x\n"
+    answer = upload(receiver, table.encode())
+    assert answer.status_code == 422
+    assert "row 3: field 'value'" in answer.json()["error"]
+    bad_period = upload(receiver, b"metric,period,value\npaper_sheets,someday,1\n")
+    assert "row 2: field 'period'" in bad_period.json()["error"]
+    assert values(store, "dx_office") == {}
+
+
 # -- webhooks: the Zoom handshake and events ----------------------------------------------------
 
 

@@ -2,7 +2,8 @@
 
 Routes:
     POST /webhooks/<source>       a vendor's signed event, verified by the source's connector
-    POST /api/v1/observations     figures in hand, with a client's bearer token
+    POST /api/v1/observations     figures in hand, with a client's bearer token (JSON)
+    POST /api/v1/observations.csv the same as a CSV file (read by the csvfile connector)
     GET  /metrics                 `dxkpi_receiver_requests_total{endpoint,outcome}`
     GET  /healthz                 200, or 503 when the store is unreachable
 
@@ -25,12 +26,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 from collector.config import LoadedConfig
-from collector.events import Accepted, AnyWebhookHandler, Rejected, Reply, WebhookRequest
+from collector.contract import Observation
+from collector.events import (
+    Accepted,
+    AnyWebhookHandler,
+    Rejected,
+    Reply,
+    UploadProblem,
+    WebhookRequest,
+)
 from collector.receiver.batcher import EventWriter
 from collector.receiver.config import ClientConfig, ReceiverConfig
-from collector.receiver.push import read_rows
+from collector.receiver.push import check_rows, read_rows
 from collector.redact import redact
-from collector.registry import load_webhook
+from collector.registry import load_upload, load_webhook
 from collector.storage import Store
 from collector.storage.notify import changed
 
@@ -39,6 +48,7 @@ log = logging.getLogger("dxkpi.receiver")
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 WEBHOOK_PREFIX = "/webhooks/"
 PUSH_PATH = "/api/v1/observations"
+UPLOAD_PATH = "/api/v1/observations.csv"
 # Outcomes shown at 0 before they happen, so that rate() works from the first request.
 OUTCOMES = ("accepted", "duplicate", "handshake", "rejected", "rate_limited", "store_unavailable")
 REASONS = {
@@ -127,7 +137,7 @@ class Receiver:
         method = environ.get("REQUEST_METHOD", "GET")
         if path.startswith(WEBHOOK_PREFIX):
             endpoint = "webhook"
-        elif path == PUSH_PATH:
+        elif path in (PUSH_PATH, UPLOAD_PATH):
             endpoint = "push"
         elif path in ("/metrics", "/healthz") and method in ("GET", "HEAD"):
             return self._own(path, start_response)
@@ -156,7 +166,7 @@ class Receiver:
                     path[len(WEBHOOK_PREFIX) :], environ, body_bytes
                 )
             else:
-                status, outcome, answer = self._push(environ, body_bytes)
+                status, outcome, answer = self._push(environ, body_bytes, csv=path == UPLOAD_PATH)
         except Rejected as refusal:
             log.info(
                 "%s %s from %s refused (%s): %s",
@@ -208,9 +218,14 @@ class Receiver:
             return 200, "duplicate", {"stored": 0, "event": event.event_id, "duplicate": True}
         return 200, "accepted", {"stored": len(event.observations), "event": event.event_id}
 
-    def _push(self, environ: dict[str, Any], body: bytes) -> tuple[int, str, dict[str, Any]]:
+    def _push(
+        self, environ: dict[str, Any], body: bytes, *, csv: bool
+    ) -> tuple[int, str, dict[str, Any]]:
         client = self._client(environ)
-        rows = read_rows(body, client, self.tz, self.config.max_rows)
+        if csv:
+            rows = self._upload(body, client)
+        else:
+            rows = read_rows(body, client, self.tz, self.config.max_rows)
         try:
             # One batch: one transaction, so the request is stored whole or not at all.
             stats = self.store.write(client.id, rows, batch_size=len(rows) + 1)
@@ -218,6 +233,17 @@ class Receiver:
             raise _StoreFailed(redact(f"{type(exc).__name__}: {exc}")) from exc
         changed()
         return 200, "accepted", {"stored": stats.observations, "changed": stats.changed}
+
+    def _upload(self, body: bytes, client: ClientConfig) -> list[Observation]:
+        parse = load_upload("csvfile")
+        if parse is None:
+            raise Rejected(404, "rejected", "CSV upload is not available")
+        ratios = frozenset(m.name for m in client.metrics if m.unit == "ratio")
+        try:
+            numbered = parse(body, ratios)
+        except UploadProblem as exc:
+            raise Rejected(422, "invalid_rows", f"{exc}. Nothing was stored.") from None
+        return check_rows(numbered, client, self.tz, self.config.max_rows)
 
     def _client(self, environ: dict[str, Any]) -> ClientConfig:
         scheme, _, token = str(environ.get("HTTP_AUTHORIZATION", "")).partition(" ")

@@ -25,7 +25,15 @@ MAX_LISTED = 20
 
 
 def read_rows(body: bytes, client: ClientConfig, tz: ZoneInfo, max_rows: int) -> list[Observation]:
-    rows = _rows(body)
+    """The observations of a JSON body."""
+    return check_rows(list(enumerate(_rows(body), start=1)), client, tz, max_rows)
+
+
+def check_rows(
+    rows: Sequence[tuple[int, Any]], client: ClientConfig, tz: ZoneInfo, max_rows: int
+) -> list[Observation]:
+    """Numbered rows (from JSON or an uploaded file) as observations, or `Rejected` listing
+    every problem, each naming its row and field."""
     if not rows:
         raise Rejected(422, "invalid_rows", "no rows: send at least one observation")
     if len(rows) > max_rows:
@@ -36,7 +44,7 @@ def read_rows(body: bytes, client: ClientConfig, tz: ZoneInfo, max_rows: int) ->
     problems: list[str] = []
     forbidden: list[str] = []
     out: list[Observation] = []
-    for number, row in enumerate(rows, start=1):
+    for number, row in rows:
         where = f"row {number}"
         if not isinstance(row, Mapping):
             problems.append(f"{where}: must be an object with metric, labels, period, value")
