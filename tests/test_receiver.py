@@ -7,7 +7,11 @@ import hashlib
 import hmac
 import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -515,3 +519,80 @@ def test_the_receiver_wakes_the_exporter_of_its_process_at_once(
 def _metrics(exporter: Exporter) -> bytes:
     snapshot = exporter.snapshot
     return snapshot.text if snapshot is not None else b""
+
+
+# -- dxkpi run ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_embedded_run_shows_a_pushed_figure_on_metrics_within_a_second(tmp_path: Path) -> None:
+    """`dxkpi run` on the embedded default (SQLite, no Redis): the receiver runs beside the
+    exporter and wakes it, so a pushed figure is on /metrics within a second of its 2xx."""
+    from tests.conftest import write_config
+
+    metrics_port, receiver_port = _free_port(), _free_port()
+    config = write_config(
+        tmp_path,
+        extra=textwrap.dedent(
+            f"""\
+            receiver:
+              listen: 127.0.0.1:{receiver_port}
+              clients:
+                - id: dx_office
+                  token_sha256: ${{DX_OFFICE_TOKEN_SHA256}}
+                  metrics: [{{name: paper_sheets, unit: sheets}}]
+            """
+        ),
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DXKPI_")}
+    env["DX_OFFICE_TOKEN_SHA256"] = hashlib.sha256(TOKEN.encode()).hexdigest()
+    log = tmp_path / "run.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            [
+                *[sys.executable, "-m", "collector", "--config", str(config)],
+                *["--data-dir", str(tmp_path / "data"), "run"],
+                *["--listen", f"127.0.0.1:{metrics_port}"],
+            ],
+            env=env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    receiver = f"http://127.0.0.1:{receiver_port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not _answers(f"{receiver}/healthz") or not _answers(
+            f"http://127.0.0.1:{metrics_port}/metrics"
+        ):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        answer = push(receiver, {"metric": "paper_sheets", "period": "令和3年度", "value": 4200})
+        assert answer.status_code == 200, answer.text
+        accepted = time.monotonic()
+        while 'dxkpi_paper_sheets{source="dx_office"} 4200.0' not in _scrape(metrics_port):
+            assert time.monotonic() - accepted < 1.0, "not on /metrics within a second"
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _scrape(port: int) -> str:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+    except requests.RequestException:
+        return ""
