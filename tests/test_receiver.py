@@ -423,6 +423,16 @@ def test_a_slow_client_holds_no_worker_thread(
             slow.close()
 
 
+def test_old_event_ids_are_forgotten(store: Store) -> None:
+    from collector.storage.events import forget_events
+
+    event = Accepted("old", datetime.now(UTC), ())
+    assert store_event(store, "zoom_main", event)
+    assert forget_events(store, time.time() - 3600) == 0
+    assert forget_events(store, time.time() + 1) == 1
+    assert store_event(store, "zoom_main", event)  # forgotten: it would count again
+
+
 # -- config -----------------------------------------------------------------------------------
 
 
@@ -430,10 +440,19 @@ def test_config_refuses_inline_secrets_bad_hashes_and_unknown_webhook_sources(
     env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("DX_OFFICE_TOKEN_SHA256", "not-a-hash")
-    text = CONFIG.replace("RATE_BURST", "10").replace(
-        '{source: uipath_main, secret: "${UIPATH_WEBHOOK_SECRET}"}',
-        '{source: uipath_main, secret: "inline-secret"}\n'
-        '    - {source: nowhere, secret: "${ZOOM_WEBHOOK_SECRET}"}',
+    text = (
+        CONFIG.replace("RATE_BURST", "10")
+        .replace(
+            '{source: uipath_main, secret: "${UIPATH_WEBHOOK_SECRET}"}',
+            '{source: uipath_main, secret: "inline-secret"}\n'
+            '    - {source: nowhere, secret: "${ZOOM_WEBHOOK_SECRET}"}\n'
+            '    - {source: portal, secret: "${ZOOM_WEBHOOK_SECRET}"}',
+        )
+        .replace(
+            "sources:\n",
+            "sources:\n  - {id: portal, connector: csvfile, settings: {path: x.csv, "
+            "period_column: d, metrics: [{name: pv, column: pv, unit: views}]}}\n",
+        )
     )
     path = tmp_path / "dxkpi.yaml"
     path.write_text(text, encoding="utf-8")
@@ -442,6 +461,7 @@ def test_config_refuses_inline_secrets_bad_hashes_and_unknown_webhook_sources(
     message = str(caught.value)
     assert "receiver.webhooks[1].secret" in message and "never written inline" in message
     assert "receiver.webhooks[2].source" in message and "nowhere" in message
+    assert "receiver.webhooks[3].source" in message and "'csvfile' takes no webhooks" in message
     assert "receiver.clients[0].token_sha256" in message and "sha256sum" in message
     assert "inline-secret" not in message
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 
 from collector.events import Accepted
 from collector.storage import Store
-from collector.storage.events import store_events
+from collector.storage.events import forget_events, store_events
 from collector.storage.notify import changed
 
 log = logging.getLogger("dxkpi.receiver")
@@ -24,6 +25,9 @@ log = logging.getLogger("dxkpi.receiver")
 MAX_BATCH = 500
 # How long a request waits for its batch to commit before it answers 503.
 COMMIT_TIMEOUT = 30.0
+# Event ids are kept this long (Zoom and UiPath redeliver within hours), and pruned hourly.
+KEEP_EVENT_IDS = 30 * 86400.0
+PRUNE_EVERY = 3600.0
 
 _Item = tuple[str, Accepted, "Future[bool]"]
 
@@ -33,6 +37,7 @@ class EventWriter:
         self.store = store
         self.max_batch = max_batch
         self._queue: queue.Queue[_Item | None] = queue.Queue()
+        self._pruned_at = 0.0
         self._thread = threading.Thread(target=self._run, name="dxkpi-event-writer", daemon=True)
         self._thread.start()
 
@@ -62,6 +67,20 @@ class EventWriter:
                     break
                 batch.append(more)
             self._write(batch)
+            self._prune()
+
+    def _prune(self) -> None:
+        now = time.time()
+        if now - self._pruned_at < PRUNE_EVERY:
+            return
+        self._pruned_at = now
+        try:
+            dropped = forget_events(self.store, now - KEEP_EVENT_IDS)
+        except Exception as exc:  # the next hour tries again; storing events matters more
+            log.warning("could not prune old event ids: %s", type(exc).__name__)
+            return
+        if dropped:
+            log.info("forgot %d event ids received over 30 days ago", dropped)
 
     def _write(self, batch: list[_Item]) -> None:
         events = [(source, event) for source, event, _ in batch]

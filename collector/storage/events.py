@@ -236,3 +236,14 @@ def _follow_latest(connection: Connection, keys: list[Key]) -> None:
         connection.execute(
             _LATEST, [{"s": s, "p": p, "v": v} for s, (p, v) in sorted(newest.items())]
         )
+
+
+def forget_events(store: Store, received_before: float) -> int:
+    """Drop the ids of events received before then (vendors redeliver within hours or days, so
+    an id older than that will not come back); how many were dropped."""
+    with store.engine.begin() as connection:
+        done = connection.execute(
+            text("DELETE FROM received_events WHERE received_at < :before"),
+            {"before": received_before},
+        )
+    return int(done.rowcount)
