@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import abc
 import hmac
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import SecretStr
@@ -96,13 +96,12 @@ class WebhookHandler(abc.ABC, Generic[S]):
         context: SourceContext,
         *,
         replay_window: float = 300.0,
-        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.settings = settings
         self.secret = secret
         self.context = context
+        # Seconds a signed request's time may differ from its `received_at`.
         self.replay_window = replay_window
-        self.clock = clock or (lambda: datetime.now(UTC))
 
     @abc.abstractmethod
     def handle(self, request: WebhookRequest) -> Accepted | Reply:

@@ -388,6 +388,26 @@ def _signed_raw(url: str, body: bytes) -> requests.Response:
     return requests.post(f"{url}/webhooks/zoom_main", data=body, headers=headers, timeout=10)
 
 
+@pytest.mark.postgres
+def test_a_store_that_is_down_answers_503_with_retry_after(
+    env: None, tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The vendor then sends the event again; nothing is half stored."""
+    down = Store(pg_url.rsplit("/", 1)[0] + "/dxkpi_no_such_database")
+    try:
+        with running_receiver(down, configure(tmp_path)) as url:
+            answer = zoom_post(url, meeting_ended())
+            assert answer.status_code == 503
+            assert int(answer.headers["Retry-After"]) >= 1
+            pushed = push(url, {"metric": "paper_sheets", "period": "R3", "value": 1})
+            assert pushed.status_code == 503
+            assert outcome_count(url, "webhook", "store_unavailable") == 1
+            assert outcome_count(url, "push", "store_unavailable") == 1
+    finally:
+        down.close()
+    assert ZOOM_SECRET not in caplog.text and TOKEN not in caplog.text
+
+
 def test_a_burst_over_the_rate_limit_gets_429_with_retry_after(
     env: None, tmp_path: Path, sqlite_store: Store
 ) -> None:
