@@ -657,7 +657,6 @@ __all__ = ["main"]
 def receiver(ctx: click.Context, listen: str | None) -> None:
     """Take vendor webhooks and pushed figures; each is stored before it is answered."""
     runtime = _runtime(ctx)
-    runtime.store.migrate()
     _receiver_server(runtime, listen).serve_forever()
 
 
