@@ -423,6 +423,29 @@ def test_a_burst_over_the_rate_limit_gets_429_with_retry_after(
         assert outcome_count(url, "push", "rate_limited") == statuses.count(429)
 
 
+def test_behind_a_trusted_proxy_the_limit_is_per_caller(
+    env: None, tmp_path: Path, sqlite_store: Store
+) -> None:
+    loaded = configure(tmp_path, burst=2)
+    loaded.config = loaded.config.model_copy(
+        update={
+            "receiver": loaded.config.receiver.model_copy(update={"trusted_proxy": "127.0.0.1"})
+        }
+    )
+    with running_receiver(sqlite_store, loaded) as url:
+
+        def send(caller: str) -> int:
+            return requests.post(
+                f"{url}/api/v1/observations",
+                json={"metric": "paper_sheets", "period": "R3", "value": 1},
+                headers={"Authorization": f"Bearer {TOKEN}", "X-Forwarded-For": caller},
+                timeout=10,
+            ).status_code
+
+        assert [send("203.0.113.7") for _ in range(3)] == [200, 200, 429]
+        assert send("198.51.100.9") == 200  # another caller has its own bucket
+
+
 def test_a_slow_client_holds_no_worker_thread(
     env: None, tmp_path: Path, sqlite_store: Store
 ) -> None:

@@ -85,6 +85,9 @@ class ReceiverConfig(_Model):
     # Rows in one push request (a request is stored whole or not at all).
     max_rows: int = Field(default=10_000, ge=1)
     rate_limit: RateLimit = RateLimit()
+    # The address of the TLS reverse proxy in front (or "*"): its X-Forwarded-For then names the
+    # caller, so the rate limit is per caller rather than one bucket for the proxy.
+    trusted_proxy: str | None = None
     webhooks: list[WebhookConfig] = Field(default_factory=list)
     clients: list[ClientConfig] = Field(default_factory=list)
 

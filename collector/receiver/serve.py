@@ -19,6 +19,17 @@ from collector.storage import Store
 CHANNEL_TIMEOUT = 30
 
 
+def _proxy(address: str | None) -> dict[str, Any]:
+    """waitress's settings to take the caller's address from a trusted proxy's header."""
+    if address is None:
+        return {}
+    return {
+        "trusted_proxy": address,
+        "trusted_proxy_count": 1,
+        "trusted_proxy_headers": {"x-forwarded-for", "x-forwarded-proto"},
+    }
+
+
 class ReceiverServer:
     """A waitress server around a `Receiver`; `port` is the bound port (0 picks a free one)."""
 
@@ -38,6 +49,7 @@ class ReceiverServer:
             channel_timeout=CHANNEL_TIMEOUT,
             ident="dxkpi-receiver",
             clear_untrusted_proxy_headers=True,
+            **_proxy(config.trusted_proxy),
         )
         self.host = host
         self.port = int(self.server.effective_port)
