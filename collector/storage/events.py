@@ -12,7 +12,9 @@ window end, so an event that happened before then is in it already: it adds noth
 pull wrote with a window reaching past the event (the `collection_runs` row the observation
 points at says how far). Events after that window add to the pulled figure until the next pull
 writes the period again, whole. A day with both is never counted twice. On PostgreSQL the rows
-are locked while this is decided, so a pull cannot rewrite them in between.
+are locked while this is decided, so a pull cannot rewrite them in between. (An event that
+happened after a pull's window but was stored while that pull was still writing is overwritten
+by it, and counted again by the next pull: a short undercount, never a double count.)
 """
 
 from __future__ import annotations
