@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from collector.config import SourceConfig
     from collector.contract import Window
     from collector.exporter import Exporter
+    from collector.receiver.serve import ReceiverServer
 
 console = Console(stderr=True)
 out = Console()
@@ -207,6 +208,7 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
             "interval wait for their schedule",
             err=True,
         )
+        _start_receiver(runtime)
         _serve(exp, server)
     except KeyboardInterrupt:
         pass
@@ -829,3 +831,30 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 __all__ = ["main"]
+
+
+@main.command()
+@click.option("--listen", default=None, help="HOST:PORT (default 127.0.0.1:9811, from config).")
+@click.pass_context
+def receiver(ctx: click.Context, listen: str | None) -> None:
+    """Take vendor webhooks and pushed figures; each is stored before it is answered."""
+    runtime = _runtime(ctx)
+    _receiver_server(runtime, listen).serve_forever()
+
+
+def _receiver_server(runtime: Runtime, listen: str | None) -> ReceiverServer:
+    from collector.exporter import parse_listen
+    from collector.receiver.serve import ReceiverServer
+
+    host, port = parse_listen(listen or runtime.loaded.config.receiver.listen)
+    server = ReceiverServer(runtime.store, runtime.loaded, host, port)
+    console.print(f"receiving on http://{host}:{server.port}/", highlight=False)
+    return server
+
+
+def _start_receiver(runtime: Runtime) -> None:
+    """Inside `dxkpi run`: the receiver in a thread beside the exporter, which it wakes at once
+    on each stored event, when the config declares webhooks or push clients."""
+    receiver_config = runtime.loaded.config.receiver
+    if receiver_config.webhooks or receiver_config.clients:
+        _receiver_server(runtime, None).start()

@@ -33,6 +33,7 @@ from collector.contract import ConnectorSettings, MetricSpec, SourceContext
 from collector.durations import Duration
 from collector.errors import ConfigError, ConfigProblem, DxkpiError
 from collector.fiscal import format_fiscal_year, parse_fiscal_year
+from collector.receiver.config import ReceiverConfig, check_receiver
 from collector.registry import load_connector
 from collector.units import conversion_factor, known_units
 
@@ -292,6 +293,7 @@ class Config(_Model):
     broker: BrokerConfig = BrokerConfig()
     exporter: ExporterConfig = ExporterConfig()
     forecast: ForecastConfig = ForecastConfig()
+    receiver: ReceiverConfig = ReceiverConfig()
     sources: list[SourceConfig] = Field(default_factory=list)
     kpis: list[KpiConfig] = Field(default_factory=list)
 
@@ -589,6 +591,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         path=path,
     )
     _check_sources(loaded, valid["sources"], raw, problem)
+    check_receiver(loaded, raw, problem)
     raw_sources = raw.get("sources")
     source_ids = (
         {item.get("id") for item in raw_sources or () if isinstance(item, dict)}

@@ -38,6 +38,7 @@ from collector.exposition import (
 from collector.kpi import KpiCalculator, KpiState
 from collector.redact import redact
 from collector.storage import SeriesRow, SourceHealth, Store
+from collector.storage.notify import ChangeWaiter
 
 log = logging.getLogger("dxkpi.exporter")
 
@@ -395,6 +396,9 @@ class Exporter:
         self.store_error: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # Woken when a change commits (PostgreSQL NOTIFY, or a writer in this process); the
+        # poll every refresh_interval stays as the fallback.
+        self._changes: ChangeWaiter | None = None
         self.rebuilds = 0
 
     def rebuild(self, generations: dict[str, int] | None = None) -> Snapshot:
@@ -425,18 +429,24 @@ class Exporter:
             log.warning("store unreachable, serving the last snapshot: %s", self.store_error)
 
     def start(self) -> None:
+        self._changes = ChangeWaiter(self.store.url)
         self.refresh()
         self._thread = threading.Thread(target=self._loop, name="dxkpi-snapshot", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._changes is not None:
+            self._changes.close()
         if self._thread is not None:
             self._thread.join(timeout=5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.refresh_interval):
-            self.refresh()
+        assert self._changes is not None
+        while not self._stop.is_set():
+            self._changes.wait(self.refresh_interval)
+            if not self._stop.is_set():
+                self.refresh()
 
     def health(self) -> tuple[bool, str]:
         try:

@@ -12,9 +12,11 @@ import importlib
 import pkgutil
 from functools import cache
 from importlib.metadata import entry_points
+from typing import Any
 
 from collector.contract import Connector
 from collector.errors import UnknownConnectorError
+from collector.events import AnyWebhookHandler, UploadParser, WebhookHandler
 
 BUILTIN_PACKAGE = "connectors"
 ENTRY_POINT_GROUP = "dxkpi.connectors"
@@ -56,3 +58,35 @@ def load_connector(name: str) -> type[Connector]:  # type: ignore[type-arg]
             "collector.contract.Connector"
         )
     return cls
+
+
+@cache
+def load_webhook(name: str) -> type[AnyWebhookHandler] | None:
+    """The webhook handler class a connector's package sets as `WEBHOOK`, or None when it takes
+    no webhooks."""
+    connector = load_connector(name)  # the same errors for an unknown name
+    module = importlib.import_module(
+        connector.__module__.rpartition(".")[0] or connector.__module__
+    )
+    handler = getattr(module, "WEBHOOK", None)
+    if handler is None:
+        return None
+    if not (isinstance(handler, type) and issubclass(handler, WebhookHandler)):
+        raise TypeError(
+            f"connector {name!r}: WEBHOOK must be a subclass of collector.events.WebhookHandler"
+        )
+    return handler
+
+
+@cache
+def load_upload(name: str) -> UploadParser | None:
+    """The upload parser a connector's package sets as `UPLOAD`, or None."""
+    parser: UploadParser | None = _package_attribute(name, "UPLOAD")
+    return parser
+
+
+def _package_attribute(name: str, attribute: str) -> Any:
+    """An attribute of the package of connector `name` (None if it has none)."""
+    connector = load_connector(name)  # the same errors for an unknown name
+    package = connector.__module__.rpartition(".")[0] or connector.__module__
+    return getattr(importlib.import_module(package), attribute, None)

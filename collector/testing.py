@@ -324,3 +324,17 @@ def window(start: datetime, end: datetime, cursor: str | None = None) -> Window:
 def days(first: datetime, count: int) -> Window:
     """The window of `count` whole days from `first` (a midnight)."""
     return Window(first, first + timedelta(days=count))
+
+
+@contextmanager
+def running_receiver(store: Any, loaded: Any) -> Iterator[str]:
+    """The real receiver (waitress) on a free loopback port for `store` and `loaded`; yields
+    its base URL and stops it afterwards."""
+    from collector.receiver.serve import ReceiverServer
+
+    server = ReceiverServer(store, loaded, "127.0.0.1", 0)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.stop()

@@ -24,13 +24,14 @@ from collector.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-DXKPI_SERVICES = {"migrate", "worker", "beat", "exporter"}
+DXKPI_SERVICES = {"migrate", "worker", "beat", "exporter", "receiver"}
 LONG_RUNNING = {
     "redis",
     "postgres",
     "worker",
     "beat",
     "exporter",
+    "receiver",
     "prometheus",
     "alertmanager",
     "grafana",

@@ -14,6 +14,7 @@ kpis, kpi_periods, kpi_outcomes, kpi_path
                 each target's path. Derived data, replaced whole on every refresh, so that SQL
                 (Grafana's PostgreSQL data source, through the views of migration 0003) can
                 chart the plan's whole history. Nothing in dxkpi reads them back to compute.
+received_events every webhook event stored, by the vendor's event id (idempotency).
 """
 
 from __future__ import annotations
@@ -218,3 +219,16 @@ DROP_REVISION_TRIGGERS = {
     ],
     "sqlite": ["DROP TRIGGER IF EXISTS observations_revision"],
 }
+
+# One row per vendor event a webhook stored (migration 0004): a redelivery finds its id here.
+received_events = Table(
+    "received_events",
+    metadata,
+    Column("source", String(128), primary_key=True),
+    Column("event_id", String(400), primary_key=True),
+    Column("kind", String(100), nullable=False),
+    Column("occurred_at", Float, nullable=False),
+    Column("received_at", Float, nullable=False),
+    Column("observations", Integer, nullable=False),
+    Index("ix_received_events_received", "received_at"),
+)

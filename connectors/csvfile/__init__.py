@@ -1,7 +1,11 @@
 """csvfile: KPI figures from CSV and .xlsx files, including RPA run logs (see README.md)."""
 
 from connectors.csvfile.connector import CsvFileConnector
+from connectors.csvfile.upload import parse_upload
 
 CONNECTOR = CsvFileConnector
 
-__all__ = ["CONNECTOR", "CsvFileConnector"]
+# How the push API reads an uploaded CSV (collector/events.py, UploadParser).
+UPLOAD = parse_upload
+
+__all__ = ["CONNECTOR", "UPLOAD", "CsvFileConnector", "parse_upload"]

@@ -1,7 +1,11 @@
 """UiPath Orchestrator connector: robot runs and manual time saved per process per day."""
 
 from connectors.uipath._connector import UiPathConnector, UiPathSettings
+from connectors.uipath.webhook import UiPathWebhook
 
 CONNECTOR = UiPathConnector
 
-__all__ = ["CONNECTOR", "UiPathConnector", "UiPathSettings"]
+# The handler of its vendor's webhooks (collector/events.py): the receiver finds it here.
+WEBHOOK = UiPathWebhook
+
+__all__ = ["CONNECTOR", "WEBHOOK", "UiPathConnector", "UiPathSettings", "UiPathWebhook"]

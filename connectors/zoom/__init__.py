@@ -1,7 +1,18 @@
 """Zoom connector: meetings, participants and meeting time per day, optionally per department."""
 
 from connectors.zoom.connector import ZoomConnector, ZoomSettings, duration_seconds
+from connectors.zoom.webhook import ZoomWebhook
 
 CONNECTOR = ZoomConnector
 
-__all__ = ["CONNECTOR", "ZoomConnector", "ZoomSettings", "duration_seconds"]
+# The handler of its vendor's webhooks (collector/events.py): the receiver finds it here.
+WEBHOOK = ZoomWebhook
+
+__all__ = [
+    "CONNECTOR",
+    "WEBHOOK",
+    "ZoomConnector",
+    "ZoomSettings",
+    "ZoomWebhook",
+    "duration_seconds",
+]
