@@ -43,6 +43,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 from sqlalchemy.sql.elements import TextClause
 
 from collector.contract import Observation
+from collector.redact import redact
 from collector.storage.schema import collection_runs, series, source_state
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -581,7 +582,8 @@ class Store:
                     last_started_at=row.started_at if row else None,
                     last_finished_at=row.finished_at if row else None,
                     last_success_at=success.get(source),
-                    last_error=row.error_message if row else None,
+                    # Runs recorded before every secret was redacted are scrubbed on the way out.
+                    last_error=redact(row.error_message) if row and row.error_message else None,
                     runs_by_status=counts.get(source, {}),
                 )
             )

@@ -11,18 +11,21 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO
 
 import charset_normalizer
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 
+from collector.errors import excerpt
 from connectors.csvfile.cells import is_blank
 from connectors.csvfile.settings import fold
 
 # Tried strictly in this order before guessing: a valid UTF-8 file almost never decodes as CP932
 # by accident, and Shift_JIS files from Excel are CP932 (Microsoft's superset of Shift_JIS).
 _STRICT_ENCODINGS = ("utf-8-sig", "cp932")
+# How many header names an error about missing columns lists.
+_HEADER_SHOWN = 12
 
 
 class FileProblem(Exception):
@@ -42,11 +45,10 @@ class Table:
             positions.setdefault(fold(name), []).append(index)
         missing = [name for name in wanted if fold(name) not in positions]
         if missing:
-            present = ", ".join(repr(name) for name in self.header if name) or "(none)"
             raise FileProblem(
                 f"column {', '.join(repr(m) for m in missing)} not found in the header (row 1); "
-                f"the file has {present}. If the export format changed, update the column "
-                "names in this source's settings"
+                f"the file has {_describe_header(self.header)}. If the export format changed, "
+                "update the column names in this source's settings"
             )
         repeated = [name for name in wanted if len(positions[fold(name)]) > 1]
         if repeated:
@@ -55,6 +57,17 @@ class Table:
                 "header (row 1); rename one of them"
             )
         return {name: positions[fold(name)][0] for name in wanted}
+
+
+def _describe_header(header: list[str]) -> str:
+    """The header's columns as an error may quote them: a few, each a short escaped excerpt
+    (a file that is not a table, e.g. one holding secrets, may put anything in row 1)."""
+    named = [name for name in header if name]
+    if not named:
+        return "no column names"
+    shown = ", ".join(excerpt(name) for name in named[:_HEADER_SHOWN])
+    more = f" and {len(named) - _HEADER_SHOWN} more" if len(named) > _HEADER_SHOWN else ""
+    return f"{len(named)} columns: {shown}{more}"
 
 
 def cell_at(cells: Sequence[object], index: int) -> object:
@@ -107,17 +120,15 @@ def csv_table(data: bytes, *, encoding: str, delimiter: str) -> Table:
 
 
 @contextmanager
-def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
+def xlsx_table(handle: BinaryIO, *, sheet: str | None) -> Iterator[Table]:
     # An open file rather than a name: openpyxl refuses names without an Excel suffix, and
     # `format: xlsx` exists for exports named otherwise. Read-only mode reads it lazily.
-    handle = path.open("rb")
     try:
         with warnings.catch_warnings():
             # openpyxl warns about styles and data validation it does not keep; we only read values.
             warnings.simplefilter("ignore")
             book = openpyxl.load_workbook(handle, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError):
-        handle.close()
         raise FileProblem(
             "not a readable .xlsx workbook (an old .xls, or damaged?); save it as .xlsx or CSV"
         ) from None
@@ -125,7 +136,7 @@ def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
         if sheet is not None and sheet not in book.sheetnames:
             raise FileProblem(
                 f"no sheet {sheet!r}; the workbook's sheets are "
-                f"{', '.join(map(repr, book.sheetnames))}"
+                f"{', '.join(map(excerpt, book.sheetnames))}"
             )
         worksheet = book[sheet] if sheet is not None else book.worksheets[0]
         # Some writers store a wrong sheet size; forget it so every row is read.
@@ -134,4 +145,3 @@ def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
         yield Table(header=_header(next(rows, None)), rows=_numbered(rows))
     finally:
         book.close()
-        handle.close()

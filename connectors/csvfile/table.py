@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 
 from collector.contract import Granularity as G
 from collector.contract import MetricSpec, Observation, Window
+from collector.errors import excerpt
 from collector.fiscal import period_end
 from connectors.csvfile.cells import cell_text, parse_number, parse_period_cell
 from connectors.csvfile.problems import Problems
@@ -48,11 +49,12 @@ def _period(cell: object, configured: str) -> tuple[date, G]:
         return start, wanted
     text = cell_text(cell)
     if _ORDER[found] > _ORDER[wanted]:
-        raise ValueError(f"{text!r} is {_NAMES[found]} but granularity is {wanted.value}")
+        raise ValueError(f"{excerpt(text)} is {_NAMES[found]} but granularity is {wanted.value}")
     if start.day == 1 and (wanted is G.MONTH or start.month == 4):
         return start, wanted
     raise ValueError(
-        f"{text!r} is {_NAMES[found]}, not {_FIRST_OF[wanted]} as granularity {wanted.value} needs"
+        f"{excerpt(text)} is {_NAMES[found]}, not {_FIRST_OF[wanted]} as granularity "
+        f"{wanted.value} needs"
     )
 
 
