@@ -50,6 +50,9 @@ def collect(
             kind=kind,
             attempt=retries + 1,
             final_attempt=retries >= MAX_RETRIES,
+            # The task id stays the same across retries: a retry takes over the lease its own
+            # earlier attempt left behind (a lost database), instead of waiting for it to expire.
+            holder=f"task:{self.request.id}" if self.request.id else None,
         )
     except RETRY_ON as exc:
         if retries >= MAX_RETRIES:

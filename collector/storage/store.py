@@ -172,6 +172,18 @@ _CLAIM_LEASE = text(
     "AND (lease_holder IS NULL OR lease_expires < :now OR lease_holder = :holder) "
     "RETURNING cursor_end, checkpoint"
 )
+# Under the lease no other run of the source is alive: a run still `running` was left by a holder
+# that died (kill -9, a lost database) or could not record its end. It is closed as abandoned.
+_CLOSE_ABANDONED = text(
+    "UPDATE collection_runs SET status = 'abandoned', finished_at = :now, "
+    "error_class = 'AbandonedRun', error_message = :message "
+    "WHERE source = :source AND status = 'running'"
+)
+ABANDONED_MESSAGE = (
+    "abandoned: the process running it stopped before it finished (killed, crashed, or lost "
+    "the database) and its lease expired; its window is read again by the next run. If this "
+    "repeats, look at the worker's log and memory limits"
+)
 _INSERT_RUN = text(
     "INSERT INTO collection_runs (source, kind, window_start, window_end, started_at, status, "
     "attempt, observations_written) "
@@ -500,6 +512,9 @@ class Store:
             ).first()
             if claimed is None:
                 return None
+            connection.execute(
+                _CLOSE_ABANDONED, {"source": source, "now": now, "message": ABANDONED_MESSAGE}
+            )
             window = plan_window(claimed[0], claimed[1])
             run_id = _record_run(connection, source, kind, window, now, attempt)
         self._known_sources.add(source)
@@ -556,11 +571,28 @@ class Store:
                 row.source: row
                 for row in connection.execute(
                     text(
-                        "SELECT r.source, r.status, r.started_at, r.finished_at, r.error_message "
+                        "SELECT r.id, r.source, r.status, r.started_at, r.finished_at, "
+                        "r.error_message "
                         "FROM collection_runs r JOIN (SELECT source, max(id) AS id FROM "
                         "collection_runs WHERE status <> 'running' GROUP BY source) x "
                         "ON x.id = r.id"
                     )
+                )
+            }
+            # Runs still `running` whose source's lease is free or expired: their holder died.
+            # Shown as abandoned now; the next run of the source closes them for good.
+            abandoned = {
+                row.source: row
+                for row in connection.execute(
+                    text(
+                        "SELECT r.source, max(r.id) AS id, max(r.started_at) AS started_at, "
+                        "count(*) AS n, max(s.lease_expires) AS expired_at "
+                        "FROM collection_runs r JOIN source_state s ON s.source = r.source "
+                        "WHERE r.status = 'running' "
+                        "AND (s.lease_holder IS NULL OR s.lease_expires < :now) "
+                        "GROUP BY r.source"
+                    ),
+                    {"now": time.time()},
                 )
             }
             success: dict[str, float] = {
@@ -575,8 +607,23 @@ class Store:
         out = []
         for source in sorted(set(counts) | set(last)):
             row = last.get(source)
-            out.append(
-                SourceHealth(
+            by_status = counts.get(source, {})
+            dead = abandoned.get(source)
+            if dead is not None:
+                by_status["running"] -= dead.n
+                by_status["abandoned"] = by_status.get("abandoned", 0) + dead.n
+            if dead is not None and (row is None or dead.id > row.id):
+                health = SourceHealth(
+                    source=source,
+                    last_status="abandoned",
+                    last_started_at=dead.started_at,
+                    last_finished_at=dead.expired_at,
+                    last_success_at=success.get(source),
+                    last_error=ABANDONED_MESSAGE,
+                    runs_by_status=by_status,
+                )
+            else:
+                health = SourceHealth(
                     source=source,
                     last_status=row.status if row else None,
                     last_started_at=row.started_at if row else None,
@@ -584,9 +631,9 @@ class Store:
                     last_success_at=success.get(source),
                     # Runs recorded before every secret was redacted are scrubbed on the way out.
                     last_error=redact(row.error_message) if row and row.error_message else None,
-                    runs_by_status=counts.get(source, {}),
+                    runs_by_status=by_status,
                 )
-            )
+            out.append(health)
         return out
 
     def runs(self, source: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
