@@ -12,7 +12,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from collector.contract import Window
 from collector.errors import RetryableSourceError
 from collector.runner import backfill_windows, build_connector, collect_source
-from collector.runtime import current
+from collector.runtime import Runtime, current
 from tasks.app import app
 
 log = logging.getLogger("dxkpi.tasks")
@@ -24,6 +24,19 @@ RETRY_ON = (RetryableSourceError, OperationalError, DBAPIError, ConnectionError)
 
 def backoff(retries: int, base: float = 10.0, cap: float = 600.0) -> float:
     return float(min(cap, base * 2**retries))
+
+
+def retry_expiry(
+    task: Task, runtime: Runtime, source_id: str, countdown: float
+) -> dict[str, float]:
+    """A retry's own deadline. A scheduled task expires one interval after it was queued (the
+    next one supersedes it), and Celery would give its retries that same deadline: a retry
+    waiting longer than what is left (Retry-After, a database restart) would be discarded. A
+    retry expires one interval after it is due instead; a task without expiry keeps none."""
+    if not task.request.expires:
+        return {}
+    source = runtime.loaded.source(source_id)
+    return {"expires": countdown + source.schedule.interval().total_seconds()}
 
 
 @app.task(name="dxkpi.collect", bind=True, max_retries=MAX_RETRIES, acks_late=True)
@@ -67,7 +80,9 @@ def collect(
             type(exc).__name__,
             countdown,
         )
-        raise self.retry(exc=exc, countdown=countdown) from exc
+        raise self.retry(
+            exc=exc, countdown=countdown, **retry_expiry(self, runtime, source_id, countdown)
+        ) from exc
     if result.status == "skipped" and kind == "backfill":
         # Another run (a scheduled one) holds the lease: a backfill window must still run, later.
         raise self.retry(countdown=10)
