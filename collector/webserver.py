@@ -1,0 +1,266 @@
+"""The exporter's HTTP server: a fixed pool of threads that clients cannot exhaust or stall.
+
+    at most `max_connections` served at once   one pooled thread each; beyond that a new
+                                               connection is answered 503 at once and closed
+    `timeout` seconds per read or write        a client that sends nothing (half-open, a TLS
+                                               hello on the plain port) or stops reading is
+                                               dropped, freeing its thread
+    listen backlog `backlog`                   bursts of connections queue in the kernel
+    HTTP/1.1 keep-alive                        Prometheus reuses its connection between scrapes
+    a client that went away                    (broken pipe, reset, timeout) is logged at DEBUG
+    GET and HEAD                               /metrics, /healthz, /
+
+`/metrics` is the exporter's snapshot plus the server's own process, Python, scrape and
+rebuild metrics from a prometheus-client registry. `/healthz` says only "ok" or what is wrong in
+general terms; the details (which may name hosts) go to the exporter's log.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import threading
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from socket import socket
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+from prometheus_client import generate_latest as text_exposition
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_exposition
+from prometheus_client.registry import Collector
+
+from collector.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from collector.exporter import Exporter
+
+log = logging.getLogger("dxkpi.exporter")
+
+MAX_CONNECTIONS = 32
+TIMEOUT = 5.0
+BACKLOG = 512
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 34\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections; retry soon\r\n"
+)
+
+
+class ServerStats:
+    """Counters of the server, exposed by `SelfCollector`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scrapes = 0
+        self.refused = 0
+        self.active = 0
+
+
+class SelfCollector(Collector):
+    """The exporter's own scrape and rebuild metrics, read at scrape time."""
+
+    def __init__(self, exporter: Exporter, stats: ServerStats) -> None:
+        self.exporter = exporter
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        yield CounterMetricFamily(
+            "dxkpi_exporter_scrapes",
+            "Requests for /metrics served by this exporter process.",
+            value=self.stats.scrapes,
+        )
+        yield CounterMetricFamily(
+            "dxkpi_exporter_connections_refused",
+            "Connections answered 503 because max_connections were being served.",
+            value=self.stats.refused,
+        )
+        yield GaugeMetricFamily(
+            "dxkpi_exporter_connections",
+            "Connections being served now.",
+            value=self.stats.active,
+        )
+        yield CounterMetricFamily(
+            "dxkpi_exporter_rebuilds",
+            "Snapshots built from the store by this exporter process.",
+            value=self.exporter.rebuilds,
+        )
+
+
+def default_registry(exporter: Exporter, stats: ServerStats) -> CollectorRegistry:
+    """prometheus-client's process, platform and GC collectors beside the server's own."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    registry.register(SelfCollector(exporter, stats))
+    return registry
+
+
+class BoundedHTTPServer(HTTPServer):
+    """An HTTPServer with a fixed pool of threads instead of a thread per connection."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        backlog: int = BACKLOG,
+        stats: ServerStats | None = None,
+    ) -> None:
+        self.request_queue_size = backlog
+        super().__init__(address, handler)
+        self.stats = stats or ServerStats()
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._pool = ThreadPoolExecutor(max_connections, thread_name_prefix="dxkpi-http")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with self.stats.lock:
+                self.stats.refused += 1
+            self._refuse(request)
+            return
+        with self.stats.lock:
+            self.stats.active += 1
+        self._pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self.stats.lock:
+                self.stats.active -= 1
+            self._slots.release()
+
+    def _refuse(self, request: socket) -> None:
+        # A few bytes into a new socket's empty send buffer: this never blocks the accept loop.
+        try:
+            request.setblocking(False)
+            request.send(_REFUSAL)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError | TimeoutError):  # the client went away or stalled
+            log.debug("client %s: %s", client_address, error)
+            return
+        log.exception("error serving %s", client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_server(
+    exporter: Exporter,
+    host: str,
+    port: int,
+    *,
+    registry: CollectorRegistry | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    request_timeout: float = TIMEOUT,
+) -> BoundedHTTPServer:
+    """The exporter's server. `registry` holds what is served beside the snapshot (by default
+    process, platform, GC and the server's own metrics; an empty one serves the snapshot only)."""
+    stats = ServerStats()
+    own = registry if registry is not None else default_registry(exporter, stats)
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dxkpi-exporter"
+        protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length
+        timeout = request_timeout  # StreamRequestHandler applies it to the socket
+
+        def do_GET(self) -> None:
+            self._route(head=False)
+
+        def do_HEAD(self) -> None:
+            self._route(head=True)
+
+        def _route(self, *, head: bool) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._metrics(head)
+            elif path == "/healthz":
+                ok, message = exporter.health()
+                self._send(200 if ok else 503, (message + "\n").encode(), "text/plain", head=head)
+            elif path == "/":
+                page = b"<html><body><h1>dxkpi exporter</h1><a href='/metrics'>/metrics</a> "
+                page += b"<a href='/healthz'>/healthz</a></body></html>\n"
+                self._send(200, page, "text/html; charset=utf-8", head=head)
+            else:
+                self._send(404, b"not found: try /metrics or /healthz\n", "text/plain", head=head)
+
+        def _metrics(self, head: bool) -> None:
+            snapshot = exporter.snapshot
+            if snapshot is None:
+                body = b"no snapshot yet: the store has not been read\n"
+                self._send(503, body, "text/plain", head=head)
+                return
+            with stats.lock:
+                stats.scrapes += 1
+            openmetrics = "application/openmetrics-text" in self.headers.get("Accept", "")
+            content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+            # The server's own families first: an OpenMetrics body must end with the snapshot's
+            # `# EOF`.
+            if openmetrics:
+                mine = openmetrics_exposition(own).removesuffix(b"# EOF\n")  # type: ignore[no-untyped-call]
+            else:
+                mine = text_exposition(own)
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                # Two gzip members make one valid gzip stream (RFC 1952): the snapshot's stays
+                # compressed once per build.
+                compressor = zlib.compressobj(1, wbits=16 + zlib.MAX_WBITS)
+                first = compressor.compress(mine) + compressor.flush() if mine else b""
+                rest = snapshot.body(openmetrics=openmetrics, gzipped=True)
+                self._send_pieces(
+                    [first, rest], len(first) + len(rest), content_type, gzipped=True, head=head
+                )
+            else:
+                length = len(mine) + snapshot.length(openmetrics=openmetrics)
+                pieces = itertools.chain([mine], snapshot.pieces(openmetrics=openmetrics))
+                self._send_pieces(pieces, length, content_type, head=head)
+
+        def _send(self, status: int, body: bytes, content_type: str, *, head: bool) -> None:
+            self._send_pieces([body], len(body), content_type, status=status, head=head)
+
+        def _send_pieces(
+            self,
+            pieces: Iterable[bytes],
+            length: int,
+            content_type: str,
+            *,
+            status: int = 200,
+            gzipped: bool = False,
+            head: bool,
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if head:
+                return
+            for piece in pieces:
+                self.wfile.write(piece)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    return BoundedHTTPServer((host, port), Handler, max_connections=max_connections, stats=stats)
