@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from collector.errors import ConfigError, DxkpiError, SourceError
 from collector.redact import redact
@@ -60,7 +61,38 @@ def _when(text: str | None, runtime: Runtime, *, default: datetime | None = None
     return moment if moment.tzinfo else moment.replace(tzinfo=runtime.loaded.config.tz)
 
 
-@click.group()
+class _Commands(click.Group):
+    """Expected failures (a wrong URL, a store without tables, a data error) end a command with
+    one line and exit 1; tracebacks are for bugs."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DxkpiError as exc:
+            problem = str(exc)
+        except DBAPIError as exc:
+            problem = _store_problem(exc)
+        except KeyError as exc:
+            if not str(exc.args[0] if exc.args else "").startswith("No such transport"):
+                raise
+            problem = (
+                f"the broker URL's scheme is unknown ({exc.args[0]}): use redis:// or rediss://"
+            )
+        click.echo(f"error: {redact(problem).splitlines()[0]}", err=True)
+        ctx.exit(1)
+
+
+def _store_problem(exc: DBAPIError) -> str:
+    said = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+    missing = "no such table" in said or (
+        isinstance(exc, ProgrammingError) and "does not exist" in said
+    )
+    if missing:
+        return f"the store has no tables yet: run `dxkpi migrate` ({said})"
+    return f"the store cannot be used: {said} (check DXKPI_STORAGE_URL or storage.url)"
+
+
+@click.group(cls=_Commands)
 @click.option(
     "--config",
     "config_path",

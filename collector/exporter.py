@@ -359,7 +359,8 @@ class Exporter:
                 "health check: store unreachable: %s", redact(f"{type(exc).__name__}: {exc}")
             )
             return False, "store unreachable"
-        return True, "ok"
+        problem = self.store.schema_problem()
+        return (False, problem) if problem else (True, "ok")
 
 
 def _return_freed_memory() -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import BaseModel, SecretStr
 
 from collector.config import ENV_REF, LoadedConfig, load_config
+from collector.errors import DxkpiError
 from collector.redact import install_log_redaction, register_secrets, url_password
 from collector.storage import Store
 
@@ -71,8 +72,14 @@ def resolve(config_path: str | Path | None = None, data_dir: str | Path | None =
     )
     register_secrets(configured_secrets(loaded, storage, broker))
     install_log_redaction()
-    if storage.startswith("sqlite") or broker.startswith("sqla+sqlite"):
+    # Every process keeps state there (beat its schedule, the embedded store and broker).
+    try:
         directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DxkpiError(
+            f"data directory {directory} cannot be created ({exc.strerror}): set --data-dir, "
+            "DXKPI_DATA_DIR or data_dir in the config to a folder this user may write"
+        ) from None
     return Runtime(
         loaded=loaded,
         data_dir=directory,

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from celery import Task, chain
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from collector.contract import Window
 from collector.errors import RetryableSourceError
@@ -67,6 +67,14 @@ def collect(
             # earlier attempt left behind (a lost database), instead of waiting for it to expire.
             holder=f"task:{self.request.id}" if self.request.id else None,
         )
+    except ProgrammingError as exc:
+        # Tables missing or from an older version: no retry will help, a migration will.
+        log.error(
+            "source %s: the store's tables are missing or out of date (%s): run `dxkpi migrate`",
+            source_id,
+            " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__,
+        )
+        raise
     except RETRY_ON as exc:
         if retries >= MAX_RETRIES:
             raise

@@ -236,6 +236,16 @@ def _state_after_run(cursor: bool, checkpoint: bool, release: bool) -> TextClaus
     return text(f"UPDATE source_state SET {', '.join(changes)} WHERE source = :source")
 
 
+@functools.cache
+def _head_revision() -> str | None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = normalise_url(url)
@@ -263,6 +273,17 @@ class Store:
     def ping(self) -> None:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+
+    def schema_problem(self) -> str | None:
+        """None when the store's tables are at the newest migration, else what to do."""
+        with self.engine.connect() as connection:
+            try:
+                found = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except DBAPIError:
+                found = None
+        if found != _head_revision():
+            return "the store's tables are missing or out of date: run `dxkpi migrate`"
+        return None
 
     # -- writes -------------------------------------------------------------------------
 
