@@ -145,6 +145,9 @@ def _describe(runtime: Runtime) -> None:
 @click.pass_context
 def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     """Everything in one: migrate, a Celery worker, beat, and the exporter (embedded default)."""
+    # Started with `&` from a script, the shell gives it SIGINT ignored: take it back (before
+    # the children start, so they get it too), or Ctrl-C and `kill -INT` would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     runtime = _runtime(ctx)
     _describe(runtime)
     runtime.store.migrate()
@@ -330,21 +333,30 @@ def beat(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--listen", default=None, help="HOST:PORT (default 127.0.0.1:9810, from config).")
+@click.option(
+    "--web.config.file",
+    "web_config",
+    type=click.Path(dir_okay=False),
+    help="TLS and basic auth, in Prometheus exporter-toolkit's web config format.",
+)
 @click.pass_context
-def exporter(ctx: click.Context, listen: str | None) -> None:
+def exporter(ctx: click.Context, listen: str | None, web_config: str | None) -> None:
     """Serve /metrics and /healthz from the store."""
     runtime = _runtime(ctx)
-    _serve(runtime, listen)
+    _serve(runtime, listen, web_config)
 
 
-def _serve(runtime: Runtime, listen: str | None) -> None:
+def _serve(runtime: Runtime, listen: str | None, web_config: str | None = None) -> None:
     from collector.exporter import Exporter, make_server, parse_listen
+    from collector.webserver import load_web_config
 
     host, port = parse_listen(listen or runtime.loaded.config.exporter.listen)
+    web = load_web_config(web_config) if web_config else None
     exp = Exporter(runtime.store, runtime.loaded)
     exp.start()
-    server = make_server(exp, host, port)
-    console.print(f"serving http://{host}:{server.server_address[1]}/metrics", highlight=False)
+    server = make_server(exp, host, port, web=web)
+    scheme = "https" if web is not None and web.tls_server_config else "http"
+    console.print(f"serving {scheme}://{host}:{server.server_address[1]}/metrics", highlight=False)
     try:
         server.serve_forever()
     finally:
