@@ -215,6 +215,11 @@ def worker(
 ) -> None:
     """A Celery worker that runs collections."""
     runtime = _runtime(ctx)  # before importing the app: it is built from the current runtime
+    # Ready only with a usable store: an unreachable one or one without tables is one line now,
+    # not a retry loop in every task.
+    problem = runtime.store.schema_problem()
+    if problem:
+        raise DxkpiError(problem)
     if processes > 1:
         name, _, host = (hostname or "celery@%h").partition("@")
         base = [*_child_args(ctx, runtime), "worker", "--pool", pool]

@@ -10,7 +10,7 @@ from celery import Task, chain
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from collector.contract import Window
-from collector.errors import RetryableSourceError
+from collector.errors import DxkpiError, FatalSourceError, RetryableSourceError
 from collector.runner import backfill_windows, build_connector, collect_source
 from collector.runtime import Runtime, current
 from tasks.app import app
@@ -39,7 +39,15 @@ def retry_expiry(
     return {"expires": countdown + source.schedule.interval().total_seconds()}
 
 
-@app.task(name="dxkpi.collect", bind=True, max_retries=MAX_RETRIES, acks_late=True)
+# Expected failures (bad data, refused credentials, an unknown source) are recorded in the run
+# and logged in one line by the runner: Celery logs them at INFO, without a traceback.
+@app.task(
+    name="dxkpi.collect",
+    bind=True,
+    max_retries=MAX_RETRIES,
+    acks_late=True,
+    throws=(FatalSourceError, DxkpiError),
+)
 def collect(
     self: Task,
     source_id: str,

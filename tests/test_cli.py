@@ -10,7 +10,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from collector.cli import main
 from collector.config import load_config
-from collector.runtime import set_current
+from collector.runtime import current, set_current
 from collector.storage import Store
 from tests.conftest import write_config
 
@@ -173,3 +173,13 @@ def test_a_store_without_tables_is_unhealthy_and_says_to_migrate(
     assert Exporter(store, loaded).health() == (True, "ok")
     runtime.store.close()
     store.close()
+
+
+def test_a_worker_is_not_ready_without_a_usable_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    monkeypatch.setenv("DXKPI_STORAGE_URL", pg_url)  # reachable, but no tables
+    code, output = dxkpi(tmp_path, "worker")
+    current().store.close()
+    assert code == 1
+    assert output == "error: the store's tables are missing or out of date: run `dxkpi migrate`\n"

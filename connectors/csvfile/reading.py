@@ -47,8 +47,7 @@ class Table:
         if missing:
             raise FileProblem(
                 f"column {', '.join(repr(m) for m in missing)} not found in the header (row 1); "
-                f"the file has {_describe_header(self.header)}. If the export format changed, "
-                "update the column names in this source's settings"
+                f"the file has {_describe_header(self.header)}. {_header_hint(self.header)}"
             )
         repeated = [name for name in wanted if len(positions[fold(name)]) > 1]
         if repeated:
@@ -68,6 +67,19 @@ def _describe_header(header: list[str]) -> str:
     shown = ", ".join(excerpt(name) for name in named[:_HEADER_SHOWN])
     more = f" and {len(named) - _HEADER_SHOWN} more" if len(named) > _HEADER_SHOWN else ""
     return f"{len(named)} columns: {shown}{more}"
+
+
+def _header_hint(header: list[str]) -> str:
+    """What to do about a header that lacks the wanted columns."""
+    named = [name for name in header if name]
+    if len(named) == 1:
+        for delimiter, written in (("\t", '"\\t"'), (";", '";"'), ("|", '"|"')):
+            if delimiter in named[0]:
+                return (
+                    f"The whole header is one column holding {written}: the file is separated "
+                    f"by it, so set `delimiter: {written}`"
+                )
+    return "If the export format changed, update the column names in this source's settings"
 
 
 def cell_at(cells: Sequence[object], index: int) -> object:

@@ -88,6 +88,20 @@ def test_excel_unicode_text_export_is_guessed(share: FileShare) -> None:
     assert by_key(got) == JAPANESE_EXPECTED
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_with_or_without_bom_is_read(share: FileShare, encoding: str) -> None:
+    share.csv("counts.csv", JAPANESE_ROWS, encoding=encoding, delimiter="\t")
+    got = run(share.connector(**JAPANESE_SOURCE, delimiter="\t"))
+    assert by_key(got) == JAPANESE_EXPECTED
+
+
+def test_a_tab_separated_file_read_with_commas_says_to_set_the_delimiter(share: FileShare) -> None:
+    share.csv("counts.csv", JAPANESE_ROWS, encoding="utf-16", delimiter="\t")
+    _, error = run_until_error(share.connector(**JAPANESE_SOURCE))
+    assert "not found in the header" in str(error)
+    assert 'the file is separated by it, so set `delimiter: "\\t"`' in str(error)
+
+
 def test_forced_encoding(share: FileShare) -> None:
     share.csv("counts.csv", JAPANESE_ROWS, encoding="cp932")
     assert by_key(run(share.connector(**JAPANESE_SOURCE, encoding="cp932"))) == JAPANESE_EXPECTED
