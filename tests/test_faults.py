@@ -86,6 +86,7 @@ def test_a_25s_database_outage_ends_with_the_run_done_not_discarded(
         what="the run to succeed after the outage",
     )
     recovered = time.monotonic() - down
+    print(f"25 s database outage: run done {recovered:.1f} s after it began")
     log = worker.log.read_text(errors="replace")
     assert "Discarding revoked task" not in log
     assert store.count_observations() == 6
