@@ -446,6 +446,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
     store = runtime.store
     store.migrate()
     written = 0
+    failed: list[Window] = []
     # The next window's first items are read (in a thread) while this window's last batch is
     # stored; the next window's own run stores them, or fails with the error met reading them.
     ahead: list[ReadAhead] = []
@@ -475,13 +476,11 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
                         on_collected=read_ahead(following) if following else None,
                     )
                 except SourceError as exc:
-                    progress.stop()
-                    click.echo(f"error: {exc}", err=True)
-                    console.print(
-                        f"stored up to {window.start.isoformat()}; rerun with --since "
-                        f"{window.start.date().isoformat()} to continue (reruns are harmless)."
-                    )
-                    ctx.exit(1)
+                    # Recorded as a gap (its failed run); the other windows are still read.
+                    progress.console.print(f"error: {exc}", highlight=False, markup=False)
+                    failed.append(window)
+                    progress.update(task, advance=1)
+                    continue
                 if result.status == "skipped":
                     progress.stop()
                     console.print(
@@ -494,6 +493,14 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
             for unused in ahead:  # its window's run did not happen
                 unused.close()
     out.print(f"{source}: backfilled {len(windows)} windows, {written} observations")
+    if failed:
+        spans = ", ".join(f"{w.start.date()} to {w.end.date()}" for w in failed)
+        click.echo(
+            f"error: {len(failed)} window(s) failed and are recorded as gaps: {spans}; the "
+            "source's scheduled runs read them again, or rerun backfill for them",
+            err=True,
+        )
+        ctx.exit(1)
 
 
 @main.command("check-config")

@@ -131,10 +131,16 @@ class SnapshotBuilder:
         interval = Family(
             "dxkpi_source_interval_seconds", "gauge", "The source's schedule interval."
         )
+        gaps = Family(
+            "dxkpi_source_gaps",
+            "gauge",
+            "Backfill windows of the source that failed for good and are not read since.",
+        )
         for source in self.loaded.config.sources:
             labels = {"source": source.id}
             interval.add(labels, source.schedule.interval().total_seconds())
             h = health.get(source.id)
+            gaps.add(labels, h.gaps if h else 0)
             counts = dict(h.runs_by_status) if h else {}
             counts.pop("running", None)
             for status in sorted({"success", "failed", *counts}):
@@ -146,7 +152,7 @@ class SnapshotBuilder:
                 last_success.add(labels, h.last_success_at)
             if h.last_finished_at is not None and h.last_started_at is not None:
                 duration.add(labels, h.last_finished_at - h.last_started_at)
-        return [up, last_success, duration, runs, interval]
+        return [up, last_success, duration, runs, interval, gaps]
 
     def raw_families(self, rows: list[SeriesRow], now: float) -> list[SeriesFamily]:
         """Each stored metric's latest period, and for summable metrics the fiscal-year-to-date

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from celery import Task, chain
@@ -85,6 +85,8 @@ def collect(
         raise
     except RETRY_ON as exc:
         if retries >= MAX_RETRIES:
+            if kind == "backfill":
+                return gap(source_id, window, exc)
             raise
         wait = getattr(exc, "retry_after", None)
         # Honour the source's own Retry-After exactly; back off exponentially otherwise.
@@ -99,10 +101,42 @@ def collect(
         raise self.retry(
             exc=exc, countdown=countdown, **retry_expiry(self, runtime, source_id, countdown)
         ) from exc
+    except FatalSourceError as exc:
+        if kind == "backfill":
+            return gap(source_id, window, exc)
+        raise
     if result.status == "skipped" and kind == "backfill":
         # Another run (a scheduled one) holds the lease: a backfill window must still run, later.
         raise self.retry(countdown=10)
+    if kind == "scheduled" and result.status == "success":
+        read_a_gap_again(runtime, source_id)
     return {"source": source_id, "status": result.status, "written": result.written}
+
+
+def gap(source_id: str, window: Window | None, exc: BaseException) -> dict[str, Any]:
+    """A backfill window that failed for good: its failed run record is the gap (see
+    `Store.gaps`), and the backfill goes on with the next window instead of stopping."""
+    span = f"{window.start.isoformat()} to {window.end.isoformat()}" if window else "?"
+    log.warning(
+        "source %s: backfill window %s failed for good (%s); recorded as a gap, the backfill "
+        "goes on and the source's scheduled runs read the window again",
+        source_id,
+        span,
+        type(exc).__name__,
+    )
+    return {"source": source_id, "status": "failed", "written": 0}
+
+
+def read_a_gap_again(runtime: Runtime, source_id: str) -> None:
+    """After a scheduled success (the source answers again), queue the oldest gap's window: one
+    per run, so a source with many gaps is not flooded."""
+    gaps = runtime.store.gaps(source_id)
+    if not gaps:
+        return
+    oldest = gaps[0]
+    start, end = (datetime.fromtimestamp(t, UTC) for t in (oldest.window_start, oldest.window_end))
+    collect.si(source_id, start.isoformat(), end.isoformat(), "backfill").apply_async()
+    log.info("source %s: reading the gap %s to %s again", source_id, start, end)
 
 
 @app.task(name="dxkpi.backfill", acks_late=True)
@@ -113,8 +147,8 @@ def backfill(source_id: str, since: str, until: str) -> int:
     windows = backfill_windows(
         connector, datetime.fromisoformat(since), datetime.fromisoformat(until)
     )
-    # A chain runs the windows one after another (they share the source's lease) and stops at a
-    # window that fails for good; its run record says where to resume.
+    # A chain runs the windows one after another (they share the source's lease); a window that
+    # fails for good is recorded as a gap and the chain goes on (see `gap`).
     chain(
         *(
             collect.si(source_id, window.start.isoformat(), window.end.isoformat(), "backfill")

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -136,6 +137,17 @@ class SeriesRow:
 
 
 @dataclass(frozen=True)
+class Gap:
+    """A backfill window that failed for good and that no later successful run has covered."""
+
+    source: str
+    window_start: float
+    window_end: float
+    error: str | None
+    failed_at: float | None
+
+
+@dataclass(frozen=True)
 class SourceHealth:
     source: str
     last_status: str | None
@@ -144,6 +156,8 @@ class SourceHealth:
     last_success_at: float | None
     last_error: str | None
     runs_by_status: dict[str, int]
+    # Backfill windows that failed for good and are not read since (see `Store.gaps`).
+    gaps: int = 0
 
 
 @dataclass(frozen=True)
@@ -625,6 +639,7 @@ class Store:
                     )
                 )
             }
+        gaps = Counter(gap.source for gap in self.gaps())
         out = []
         for source in sorted(set(counts) | set(last)):
             row = last.get(source)
@@ -642,6 +657,7 @@ class Store:
                     last_success_at=success.get(source),
                     last_error=ABANDONED_MESSAGE,
                     runs_by_status=by_status,
+                    gaps=gaps[source],
                 )
             else:
                 health = SourceHealth(
@@ -653,9 +669,50 @@ class Store:
                     # Runs recorded before every secret was redacted are scrubbed on the way out.
                     last_error=redact(row.error_message) if row and row.error_message else None,
                     runs_by_status=by_status,
+                    gaps=gaps[source],
                 )
             out.append(health)
         return out
+
+    def gaps(self, source: str | None = None) -> list[Gap]:
+        """Backfill windows whose last run failed or was abandoned and that no later successful
+        run has covered, oldest window first. They come from the run records: the record of a
+        failed window is the gap, and a later run that reads it again closes it."""
+        query = (
+            "SELECT f.source, f.window_start, f.window_end, max(f.id) AS id "
+            "FROM collection_runs f WHERE f.kind = 'backfill' "
+            "AND f.status IN ('failed', 'abandoned') "
+            + ("AND f.source = :source " if source is not None else "")
+            + "AND NOT EXISTS (SELECT 1 FROM collection_runs s WHERE s.source = f.source "
+            "AND s.status = 'success' AND s.id > f.id "
+            "AND s.window_start <= f.window_start AND s.window_end >= f.window_end) "
+            "GROUP BY f.source, f.window_start, f.window_end"
+        )
+        with self.engine.connect() as connection:
+            found = connection.execute(text(query), {"source": source}).all()
+            if not found:
+                return []
+            last = {
+                row.id: row
+                for row in connection.execute(
+                    select(
+                        collection_runs.c.id,
+                        collection_runs.c.error_message,
+                        collection_runs.c.finished_at,
+                    ).where(collection_runs.c.id.in_([row.id for row in found]))
+                )
+            }
+        gaps = [
+            Gap(
+                row.source,
+                row.window_start,
+                row.window_end,
+                redact(last[row.id].error_message) if last[row.id].error_message else None,
+                last[row.id].finished_at,
+            )
+            for row in found
+        ]
+        return sorted(gaps, key=lambda g: (g.source, g.window_start))
 
     def runs(self, source: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         query = select(collection_runs).order_by(collection_runs.c.id.desc()).limit(limit)
