@@ -24,7 +24,7 @@ from connectors.csvfile.problems import Problems
 from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
 from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
 from connectors.csvfile.settings import CsvFileSettings
-from connectors.csvfile.table import SeriesKey, read_table, table_metrics
+from connectors.csvfile.table import SeenKeys, read_table, table_metrics
 
 T = TypeVar("T")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -54,13 +54,13 @@ class CsvFileConnector(Connector[CsvFileSettings]):
             raise error
 
     def _collect_table(self, window: Window, problems: Problems) -> Iterator[Observation]:
-        seen: dict[SeriesKey, str] = {}
+        seen = SeenKeys()
         tz = self.context.timezone
         for observations, keys in self._accepted_files(
             problems,
             lambda table, file: read_table(table, file, self.settings, window, tz, problems, seen),
         ):
-            seen.update(keys)  # before the next file is parsed: a period may not be in two files
+            seen.where.update(keys)  # before the next file: a period may not be in two files
             yield from observations
 
     def _collect_runs(self, window: Window, problems: Problems) -> Iterator[Observation]:

@@ -4,6 +4,7 @@ one sheet of an .xlsx workbook. Rows are numbered as a spreadsheet shows them (h
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import warnings
@@ -11,7 +12,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, TextIO
 
 import charset_normalizer
 import openpyxl
@@ -24,6 +25,8 @@ from connectors.csvfile.settings import fold
 # Tried strictly in this order before guessing: a valid UTF-8 file almost never decodes as CP932
 # by accident, and Shift_JIS files from Excel are CP932 (Microsoft's superset of Shift_JIS).
 _STRICT_ENCODINGS = ("utf-8-sig", "cp932")
+# How much of a file is checked against an encoding at a time.
+_CHECK_BYTES = 1 << 20
 # How many header names an error about missing columns lists.
 _HEADER_SHOWN = 12
 
@@ -87,29 +90,52 @@ def cell_at(cells: Sequence[object], index: int) -> object:
     return cells[index] if index < len(cells) else None
 
 
-def decode(data: bytes, encoding: str) -> str:
-    """The file's text. `auto` tries UTF-8 (with or without BOM), then CP932, then guesses."""
+def text_of(data: bytes, encoding: str) -> TextIO:
+    """The file's text, decoded as it is read (a whole decoded copy of a large file would take
+    several times its size). `auto` tries UTF-8 (with or without BOM), then CP932, then guesses.
+    newline="" keeps quoted line breaks inside a cell, as the csv module requires."""
     if encoding != "auto":
-        try:
-            return data.decode(encoding).removeprefix("\ufeff")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
+        error = _first_error(data, encoding)
+        if error is not None:
+            line = data[:error].count(b"\n") + 1
             raise FileProblem(
-                f"line {line} is not valid {encoding} (byte {exc.start}); save the file as "
+                f"line {line} is not valid {encoding} (byte {error}); save the file as "
                 "UTF-8 or Shift_JIS, or set `encoding: auto`"
-            ) from None
+            )
+        return _reader(data, encoding)
     for candidate in _STRICT_ENCODINGS:
-        try:
-            return data.decode(candidate)
-        except UnicodeDecodeError:
-            continue
+        if _first_error(data, candidate) is None:
+            return _reader(data, candidate)
     best = charset_normalizer.from_bytes(data).best()
     if best is None:
         raise FileProblem(
             "the file is neither UTF-8 nor Shift_JIS and its encoding could not be guessed; "
             "set `encoding:` (e.g. euc_jp) or save it as UTF-8"
         )
-    return str(best).removeprefix("\ufeff")
+    return io.StringIO(str(best).removeprefix("\ufeff"), newline="")
+
+
+def _first_error(data: bytes, encoding: str) -> int | None:
+    """Where `data` stops being valid `encoding` (a byte offset), or None: checked a megabyte
+    at a time, keeping none of the text."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    view = memoryview(data)
+    for offset in range(0, len(data), _CHECK_BYTES):
+        try:
+            decoder.decode(view[offset : offset + _CHECK_BYTES])
+        except UnicodeDecodeError as exc:
+            return offset + exc.start
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        return len(data) - len(exc.object) + exc.start
+    return None
+
+
+def _reader(data: bytes, encoding: str) -> TextIO:
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # a BOM is not part of the first header name
+    return io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
 
 
 def _numbered(records: Iterator[Sequence[object]]) -> Iterator[tuple[int, Sequence[object]]]:
@@ -125,8 +151,7 @@ def _header(first: Sequence[object] | None) -> list[str]:
 
 
 def csv_table(data: bytes, *, encoding: str, delimiter: str) -> Table:
-    # newline="" keeps quoted line breaks inside a cell, as the csv module requires.
-    reader = csv.reader(io.StringIO(decode(data, encoding), newline=""), delimiter=delimiter)
+    reader = csv.reader(text_of(data, encoding), delimiter=delimiter)
     header = _header(next(reader, None))
     return Table(header=header, rows=_numbered(reader))
 

@@ -115,8 +115,8 @@ class CsvFileSettings(ConnectorSettings):
     encoding: str = "auto"
     delimiter: str = ","
     # A larger file is refused with an error. A file is validated whole before anything from it
-    # is yielded, at about 35 MB of worker memory per MB of a dense CSV (25-byte rows; bench in
-    # the README): 20 MB peaks near 0.7 GB.
+    # is yielded, at about 11 MB of worker memory per MB of a dense CSV read whole (25-byte
+    # rows, see README.md): 20 MB peaks near 270 MB.
     max_file_size: ByteSize = ByteSize(20_000_000)
     # A file modified more recently than this may still be being written: retry later.
     min_file_age: Duration = timedelta(seconds=10)
