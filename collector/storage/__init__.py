@@ -1,5 +1,7 @@
-"""Storage: SQLAlchemy Core tables, Alembic migrations, and the `Store` that writes and reads."""
+"""Storage: SQLAlchemy Core tables, Alembic migrations, and the `Store` that writes and reads
+(`store.py`) and keeps runs, cursors and leases (`runs.py`)."""
 
-from collector.storage.store import Gap, SeriesRow, SourceHealth, Store, WriteStats, labels_key
+from collector.storage.runs import Gap, SourceHealth
+from collector.storage.store import SeriesRow, Store, WriteStats, labels_key
 
 __all__ = ["Gap", "SeriesRow", "SourceHealth", "Store", "WriteStats", "labels_key"]
