@@ -26,7 +26,7 @@ import requests
 from pydantic import SecretStr
 
 from collector.contract import SourceContext, real_clock
-from collector.errors import SourceAuthError
+from collector.errors import RetryableSourceError, SourceAuthError
 from collector.http import HttpClient, TokenProvider
 
 __all__ = [
@@ -163,7 +163,12 @@ class _TokenEndpoint:
             passthrough=refused,
         )
         where = f"POST {self.path} -> {response.status_code}"
-        body = self.client.parse_json(response)
+        try:
+            body = self.client.parse_json(response)
+        except RetryableSourceError:  # not JSON: a proxy's page
+            if response.status_code not in refused:
+                raise
+            body = None  # the status speaks
         if response.status_code in refused:
             code = body.get("error") if isinstance(body, Mapping) else None
             said = self.client.with_vendor_message(

@@ -20,7 +20,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, ProgrammingError
 
 from collector.errors import ConfigError, DxkpiError, SourceError
 from collector.redact import redact
@@ -28,12 +28,11 @@ from collector.runtime import Runtime, resolve, set_current
 from collector.storage import Store, require_current_schema
 
 if TYPE_CHECKING:
-    from http.server import ThreadingHTTPServer
-
     from collector.config import SourceConfig
     from collector.contract import Window
     from collector.exporter import Exporter
     from collector.receiver.serve import ReceiverServer
+    from collector.webserver import BoundedHTTPServer
 
 console = Console(stderr=True)
 out = Console()
@@ -121,12 +120,26 @@ class _Cli(click.Group):
                 click.echo(f"error: {problem}", err=True)
             ctx.exit(2)
         except DxkpiError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(1)
-        except OperationalError as exc:
-            # The store's server is down or refuses us: say so in one line, without a password.
-            click.echo(f"error: cannot use the store: {redact(str(exc.orig)).strip()}", err=True)
-            ctx.exit(1)
+            said = str(exc)
+        except DBAPIError as exc:
+            # The store's server is down, refuses us, or has no tables: one line, no password.
+            said = _store_problem(exc)
+        except KeyError as exc:
+            if not str(exc.args[0] if exc.args else "").startswith("No such transport"):
+                raise
+            said = f"the broker URL's scheme is unknown ({exc.args[0]}): use redis:// or rediss://"
+        click.echo(f"error: {redact(said).rstrip()}", err=True)
+        ctx.exit(1)
+
+
+def _store_problem(exc: DBAPIError) -> str:
+    said = " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__
+    missing = "no such table" in said or (
+        isinstance(exc, ProgrammingError) and "does not exist" in said
+    )
+    if missing:
+        return f"the store has no tables yet: run `dxkpi migrate` ({said})"
+    return f"the store cannot be used: {said} (check DXKPI_STORAGE_URL or storage.url)"
 
 
 @click.group(cls=_Cli)
@@ -176,6 +189,9 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     """Everything in one: migrate, a Celery worker, beat, and the exporter (embedded default)."""
     from collector.supervisor import sources_to_kick_off
 
+    # Started with `&` from a script, the shell gives it SIGINT ignored: take it back (before
+    # the children start, so they get it too), or Ctrl-C and `kill -INT` would do nothing.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     runtime = _runtime(ctx)
     _describe(runtime)
     exp, server = _bind(runtime, listen)  # first: a busy port fails before anything starts
@@ -257,6 +273,11 @@ def worker(
 ) -> None:
     """A Celery worker that runs collections."""
     runtime = _runtime(ctx)  # before importing the app: it is built from the current runtime
+    # Ready only with a usable store: an unreachable one or one without tables is one line now,
+    # not a retry loop in every task.
+    problem = runtime.store.schema_problem()
+    if problem:
+        raise DxkpiError(problem)
     if processes > 1:
         name, _, host = (hostname or "celery@%h").partition("@")
         base = [*_child_args(ctx, runtime), "worker", "--pool", pool]
@@ -329,17 +350,26 @@ def beat(ctx: click.Context) -> None:
 
 @main.command()
 @click.option("--listen", default=None, help="HOST:PORT (default 127.0.0.1:9810, from config).")
+@click.option(
+    "--web.config.file",
+    "web_config",
+    type=click.Path(dir_okay=False),
+    help="TLS and basic auth, in Prometheus exporter-toolkit's web config format.",
+)
 @click.pass_context
-def exporter(ctx: click.Context, listen: str | None) -> None:
+def exporter(ctx: click.Context, listen: str | None, web_config: str | None) -> None:
     """Serve /metrics and /healthz from the store."""
     runtime = _runtime(ctx)
-    _serve(*_bind(runtime, listen))
+    _serve(*_bind(runtime, listen, web_config))
 
 
-def _bind(runtime: Runtime, listen: str | None) -> tuple[Exporter, ThreadingHTTPServer]:
+def _bind(
+    runtime: Runtime, listen: str | None, web_config: str | None = None
+) -> tuple[Exporter, BoundedHTTPServer]:
     """The exporter and its listening socket; a busy or bad address is a one-line error."""
     from collector import clock
     from collector.exporter import Exporter, make_server, parse_listen
+    from collector.webserver import load_web_config
 
     address = listen or runtime.loaded.config.exporter.listen
     try:
@@ -348,8 +378,9 @@ def _bind(runtime: Runtime, listen: str | None) -> tuple[Exporter, ThreadingHTTP
         raise DxkpiError(str(exc)) from None
     tz = runtime.loaded.config.tz
     exp = Exporter(runtime.store, runtime.loaded, clock=lambda: clock.now(tz))
+    web = load_web_config(web_config) if web_config else None
     try:
-        server = make_server(exp, host, port)
+        server = make_server(exp, host, port, web=web)
     except OSError as exc:
         reason = (
             "the port is in use (another dxkpi?)"
@@ -363,10 +394,11 @@ def _bind(runtime: Runtime, listen: str | None) -> tuple[Exporter, ThreadingHTTP
     return exp, server
 
 
-def _serve(exp: Exporter, server: ThreadingHTTPServer) -> None:
+def _serve(exp: Exporter, server: BoundedHTTPServer) -> None:
     host, port = server.server_address[:2]
     exp.start()
-    base = f"http://{host!s}:{port}"
+    scheme = "https" if server.tls is not None else "http"
+    base = f"{scheme}://{host!s}:{port}"
     console.print(f"serving {base}/metrics", highlight=False)
     console.print(f"KPI board: {base}/", highlight=False)
     try:
@@ -448,6 +480,7 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
     windows = backfill_windows(build_connector(runtime.loaded, source), start, end)
     store = _read_store(ctx)[1]
     written = 0
+    failed: list[Window] = []
     # The next window's first items are read (in a thread) while this window's last batch is
     # stored; the next window's own run stores them, or fails with the error met reading them.
     ahead: list[ReadAhead] = []
@@ -477,13 +510,11 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
                         on_collected=read_ahead(following) if following else None,
                     )
                 except SourceError as exc:
-                    progress.stop()
-                    click.echo(f"error: {exc}", err=True)
-                    console.print(
-                        f"stored up to {window.start.isoformat()}; rerun with --since "
-                        f"{window.start.date().isoformat()} to continue (reruns are harmless)."
-                    )
-                    ctx.exit(1)
+                    # Recorded as a gap (its failed run); the other windows are still read.
+                    progress.console.print(f"error: {exc}", highlight=False, markup=False)
+                    failed.append(window)
+                    progress.update(task, advance=1)
+                    continue
                 if result.status == "skipped":
                     progress.stop()
                     console.print(
@@ -496,6 +527,14 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
             for unused in ahead:  # its window's run did not happen
                 unused.close()
     out.print(f"{source}: backfilled {len(windows)} windows, {written} observations")
+    if failed:
+        spans = ", ".join(f"{w.start.date()} to {w.end.date()}" for w in failed)
+        click.echo(
+            f"error: {len(failed)} window(s) failed and are recorded as gaps: {spans}; the "
+            "source's scheduled runs read them again, or rerun backfill for them",
+            err=True,
+        )
+        ctx.exit(1)
 
 
 @main.command("check-config")

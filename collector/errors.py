@@ -10,13 +10,26 @@
             └── SourceDataError          data we cannot parse (bad file, schema change)
 
 Messages never contain a secret: connectors build them from the request's method, path and
-status, never from headers, query strings with keys, or bodies that echo credentials.
+status, never from headers, query strings with keys, or bodies that echo credentials. What a
+message quotes from data (a cell, a body's first bytes) goes through `excerpt`: short and escaped.
 """
 
 from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+
+EXCERPT_LIMIT = 32
+
+
+def excerpt(value: object, limit: int = EXCERPT_LIMIT) -> str:
+    """A short, escaped, quoted piece of data for an error message: at most `limit` characters
+    of it, control characters escaped, `…` when cut. Data may be anything a file or a server
+    holds (a token, a whole environment), so a message never quotes more than this."""
+    text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    cut = len(text) > limit
+    quoted = repr(text[:limit])
+    return f"{quoted}… ({len(text)} characters)" if cut else quoted
 
 
 class DxkpiError(Exception):

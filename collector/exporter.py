@@ -16,17 +16,12 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from collector.board import LANGS, Board, render_board
 from collector.config import LoadedConfig
 from collector.exposition import (
-    OPENMETRICS_CONTENT_TYPE,
-    TEXT_CONTENT_TYPE,
     Chunk,
     Family,
     SeriesFamily,
@@ -39,6 +34,7 @@ from collector.kpi import KpiCalculator, KpiState
 from collector.redact import redact
 from collector.storage import SeriesRow, SourceHealth, Store
 from collector.storage.notify import ChangeWaiter
+from collector.webserver import make_server as make_server  # where it always was
 
 log = logging.getLogger("dxkpi.exporter")
 
@@ -149,10 +145,16 @@ class SnapshotBuilder:
         interval = Family(
             "dxkpi_source_interval_seconds", "gauge", "The source's schedule interval."
         )
+        gaps = Family(
+            "dxkpi_source_gaps",
+            "gauge",
+            "Backfill windows of the source that failed for good and are not read since.",
+        )
         for source in self.loaded.config.sources:
             labels = {"source": source.id}
             interval.add(labels, source.schedule.interval().total_seconds())
             h = health.get(source.id)
+            gaps.add(labels, h.gaps if h else 0)
             counts = dict(h.runs_by_status) if h else {}
             counts.pop("running", None)
             for status in sorted({"success", "failed", *counts}):
@@ -164,7 +166,7 @@ class SnapshotBuilder:
                 last_success.add(labels, h.last_success_at)
             if h.last_finished_at is not None and h.last_started_at is not None:
                 duration.add(labels, h.last_finished_at - h.last_started_at)
-        return [up, last_success, duration, runs, interval]
+        return [up, last_success, duration, runs, interval, gaps]
 
     def raw_families(self, rows: list[SeriesRow], now: float) -> list[SeriesFamily]:
         """Each stored metric's latest period, and for summable metrics the fiscal-year-to-date
@@ -449,11 +451,17 @@ class Exporter:
                 self.refresh()
 
     def health(self) -> tuple[bool, str]:
+        """(healthy, what to answer). The answer is general: anyone may ask, and a database
+        error names hosts and users; the details go to the log."""
         try:
             self.store.ping()
         except Exception as exc:
-            return False, redact(f"store unreachable: {type(exc).__name__}: {exc}")
-        return True, "ok"
+            log.warning(
+                "health check: store unreachable: %s", redact(f"{type(exc).__name__}: {exc}")
+            )
+            return False, "store unreachable"
+        problem = self.store.schema_problem()
+        return (False, problem) if problem else (True, "ok")
 
 
 def _return_freed_memory() -> None:
@@ -461,74 +469,6 @@ def _return_freed_memory() -> None:
     resident size then tracks the snapshot, not the rebuild's peak."""
     with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to do
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
-def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "dxkpi-exporter"
-
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                snapshot = exporter.snapshot
-                if snapshot is None:
-                    self._send(503, b"no snapshot yet: the store has not been read\n", "text/plain")
-                    return
-                openmetrics = "application/openmetrics-text" in self.headers.get("Accept", "")
-                content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
-                if "gzip" in self.headers.get("Accept-Encoding", ""):
-                    body = snapshot.body(openmetrics=openmetrics, gzipped=True)
-                    self._send(200, body, content_type, gzipped=True)
-                else:
-                    length = snapshot.length(openmetrics=openmetrics)
-                    self._send_pieces(
-                        snapshot.pieces(openmetrics=openmetrics), length, content_type
-                    )
-            elif path == "/healthz":
-                ok, message = exporter.health()
-                self._send(200 if ok else 503, (message + "\n").encode(), "text/plain")
-            elif path == "/":
-                self._send(*board_page(exporter.snapshot, self.path))
-            else:
-                self._send(404, b"not found: try /metrics or /healthz\n", "text/plain")
-
-        def _send(self, status: int, body: bytes, content_type: str, gzipped: bool = False) -> None:
-            self._send_pieces([body], len(body), content_type, status=status, gzipped=gzipped)
-
-        def _send_pieces(
-            self,
-            pieces: Iterable[bytes],
-            length: int,
-            content_type: str,
-            *,
-            status: int = 200,
-            gzipped: bool = False,
-        ) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            if gzipped:
-                self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(length))
-            self.end_headers()
-            for piece in pieces:
-                self.wfile.write(piece)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s " + format, self.address_string(), *args)
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    return server
-
-
-def board_page(snapshot: Snapshot | None, request_path: str) -> tuple[int, bytes, str]:
-    """`/` (Japanese) or `/?lang=en`: the board page of the current snapshot."""
-    if snapshot is None:
-        return 503, b"no snapshot yet: the store has not been read\n", "text/plain"
-    query = parse_qs(urlsplit(request_path).query)
-    lang = query.get("lang", ["ja"])[-1]
-    page = snapshot.board.get(lang) or snapshot.board["ja"]  # an unknown language: the default
-    return 200, page, "text/html; charset=utf-8"
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

@@ -10,6 +10,8 @@ How a response status is handled:
     429, 5xx, conn. errors  wait (Retry-After exactly, else exponential backoff with jitter) and
                             retry; out of attempts or time -> RetryableSourceError
     other 4xx               FatalSourceError
+    2xx not JSON            (get_json/post_json) asked again with the same backoff and bounds; then
+                            RetryableSourceError stating type, size and an HTML page's title
     anything else           FatalSourceError (an unexpected status, e.g. 202 where 200 was due)
 
 Errors and log lines carry `METHOD path -> status` with the path WITHOUT its query string (query
@@ -42,13 +44,16 @@ from collector.errors import (
     SourceAuthError,
     SourceDataError,
     SourceError,
+    excerpt,
 )
 
 __all__ = [
     "HttpClient",
     "RequestBudget",
     "TokenProvider",
+    "describe_body",
     "fetched_ahead",
+    "looks_like_html",
     "paginate_cursor",
     "paginate_odata",
     "paginate_offset",
@@ -74,6 +79,10 @@ logging.getLogger("urllib3.connectionpool").addFilter(_NoQueryStrings())
 _DELTA_SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 _VENDOR_MESSAGE_LIMIT = 200
 _LARGE_BODY_BYTES = 1_000_000
+# How much of an unexpected body an error quotes (escaped, see collector.errors.excerpt).
+_BODY_EXCERPT_BYTES = 32
+_HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TITLE_SEARCH_BYTES = 4096
 # Longest single backoff wait without Retry-After; the total is bounded by max_retry_seconds.
 _BACKOFF_CAP_SECONDS = 60.0
 
@@ -281,37 +290,72 @@ class HttpClient:
 
     def get_json(self, path: str, **kwargs: Any) -> Any:
         """GET and parse JSON. A status in `passthrough` returns None instead of a body."""
-        return self._json_of(self.request("GET", path, **kwargs), kwargs.get("passthrough", ()))
+        return self._request_json("GET", path, kwargs)
 
     def post_json(self, path: str, **kwargs: Any) -> Any:
         """POST and parse JSON. A status in `passthrough` returns None instead of a body."""
-        return self._json_of(self.request("POST", path, **kwargs), kwargs.get("passthrough", ()))
+        return self._request_json("POST", path, kwargs)
 
     def describe(self, method: str, path: str) -> str:
         """`METHOD /path` for errors and logs: the URL path only, never its query string."""
         return f"{method.upper()} {urlsplit(self._url(path)).path}"
 
     def parse_json(self, response: requests.Response) -> Any:
-        """The response body as JSON, or SourceDataError naming the request."""
+        """The response body as JSON, or RetryableSourceError saying what came instead: a
+        truncated body or a proxy's error page is transient, and the run is tried again."""
         try:
             with _gc_paused(len(response.content) > _LARGE_BODY_BYTES):
                 return response.json()
-        except ValueError:
-            where = f"{response.request.method} {urlsplit(response.url).path}"
-            raise SourceDataError(
-                self.context.source_id,
-                f"expected a JSON body, got {response.headers.get('Content-Type') or 'no type'} "
-                f"({len(response.content)} bytes)",
-                where=f"{where} -> {response.status_code}",
-                hint="the API may be down behind a proxy page, or its base URL may be wrong",
-            ) from None
+        except ValueError as exc:
+            # JSON that breaks off is described by where it breaks, never quoted: it is data,
+            # and may be a token endpoint's answer.
+            position = getattr(exc, "pos", None)
+            broken = ""
+            if position is not None and not looks_like_html(response.content):
+                broken = f", not valid JSON from byte {position}"
+            raise self.not_data(response, "JSON", broken) from None
+
+    def not_data(
+        self, response: requests.Response, expected: str, detail: str = ""
+    ) -> RetryableSourceError:
+        """The error for an answer that is not the data asked for (a truncated body, an HTML
+        error page from a proxy): what was received, never a guess at why."""
+        where = f"{response.request.method} {urlsplit(response.url).path}"
+        return RetryableSourceError(
+            self.context.source_id,
+            f"expected {expected}, received {describe_body(response, self._redact)}{detail}",
+            where=f"{where} -> {response.status_code}",
+            hint="a truncated answer or an error page in place of data; the run is retried",
+        )
 
     # -- internals -----------------------------------------------------------------------
 
-    def _json_of(self, response: requests.Response, passthrough: Collection[int]) -> Any:
-        if response.status_code in passthrough:
-            return None
-        return self.parse_json(response)
+    def _request_json(self, method: str, path: str, kwargs: dict[str, Any]) -> Any:
+        """`request` and `parse_json`; an answer that is not JSON is asked for again, with the
+        same bounds and backoff as a 5xx, before its RetryableSourceError leaves the client."""
+        attempt = 0
+        waited = 0.0
+        while True:
+            attempt += 1
+            response = self.request(method, path, **kwargs)
+            if response.status_code in kwargs.get("passthrough", ()):
+                return None
+            try:
+                return self.parse_json(response)
+            except RetryableSourceError as exc:
+                wait = self._backoff(attempt)
+                if attempt >= self.max_attempts or waited + wait > self.max_retry_seconds:
+                    raise
+                log.warning(
+                    "source %r: %s; retrying in %.1f s (attempt %d of %d)",
+                    self.context.source_id,
+                    f"{exc.where}: {exc.message}",
+                    wait,
+                    attempt + 1,
+                    self.max_attempts,
+                )
+                self.context.sleep(wait)
+                waited += wait
 
     def _url(self, path: str) -> str:
         if "://" not in path:
@@ -379,6 +423,29 @@ class HttpClient:
         for secret in [*self._redact, *([token] if token else [])]:
             said = said.replace(secret, "***")
         return f"{detail}: {said}" if said else detail
+
+
+def looks_like_html(body: bytes) -> bool:
+    """An HTML page (a proxy's 502, a login page) where a report or JSON was due."""
+    return body.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] == b"<"
+
+
+def describe_body(response: requests.Response, secrets: Iterable[str] = ()) -> str:
+    """What an answer held, for an error: its type, size and first bytes, short and escaped."""
+    kind = response.headers.get("Content-Type") or "no Content-Type"
+    body = response.content
+    described = f"{kind}, {len(body)} bytes"
+    if not looks_like_html(body):
+        return described  # data, perhaps cut off: not quoted
+    title = _HTML_TITLE.search(body[:_TITLE_SEARCH_BYTES])
+    if title is not None:
+        what, text = "titled", title.group(1)
+    else:
+        what, text = "starting", body.lstrip()[:_BODY_EXCERPT_BYTES]
+    shown = " ".join(text.decode("utf-8", "replace").split())
+    for secret in secrets:
+        shown = shown.replace(secret, "***")
+    return f"{described}, an HTML page {what} {excerpt(shown)}"
 
 
 def vendor_message(response: requests.Response) -> str:

@@ -27,10 +27,14 @@ from collector.storage import Store, WriteStats
 
 log = logging.getLogger("dxkpi.runner")
 
-LEASE_TTL = 600.0
-# A run renews its lease between batches once this much of it has gone, not after every batch:
-# a renewal is a transaction, and most runs are one batch long.
-LEASE_RENEW_AFTER = LEASE_TTL / 10
+# A run's lease lives this long unless renewed: a run whose process died (kill -9, lost power)
+# frees its source within a minute. A heartbeat renews it while the run lives, however long a
+# connector takes between items.
+LEASE_TTL = 60.0
+LEASE_HEARTBEAT = LEASE_TTL / 4
+# Recording a failed run is tried again after these pauses (a database restarting); if all
+# fail, the run stays `running` until its lease expires and is then closed as abandoned.
+RECORD_RETRY_PAUSES = (0.5, 2.0, 5.0)
 DEFAULT_CHUNK = timedelta(days=31)
 # Observations per Store.write batch (one transaction each). Small enough that a source read
 # page by page goes to the database while a connector that fetches ahead (ga4) brings the next
@@ -54,12 +58,74 @@ def holder_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:8]}"
 
 
+class LeaseHeartbeat:
+    """Renews a run's lease every `every` seconds from a thread, until stopped. A renewal that
+    fails (the database is away) is tried again at the next beat; the lease outlives a few."""
+
+    def __init__(self, store: Store, source_id: str, holder: str, ttl: float, every: float) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._beat,
+            args=(store, source_id, holder, ttl, every),
+            name=f"dxkpi-lease-{source_id}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _beat(self, store: Store, source_id: str, holder: str, ttl: float, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                if not store.acquire_lease(source_id, holder, ttl):
+                    log.warning(
+                        "source %s: its lease was taken by another run while this one worked "
+                        "(a pause longer than %.0fs?); both may store the same periods",
+                        source_id,
+                        ttl,
+                    )
+            except Exception as exc:  # the next beat tries again
+                log.warning("source %s: could not renew the lease: %s", source_id, redact(str(exc)))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def secrets_of(settings: ConnectorSettings) -> list[str]:
     return [
         value.get_secret_value()
         for value in settings.__dict__.values()
         if isinstance(value, SecretStr)
     ]
+
+
+def _record_failure(
+    store: Store,
+    source_id: str,
+    run_id: int,
+    status: str,
+    exc: BaseException,
+    message: str,
+    holder: str,
+) -> None:
+    """Record a failed run, trying again while the database comes back (the failure may be the
+    database itself restarting). If it never does, the run is closed as abandoned later."""
+    for pause in (*RECORD_RETRY_PAUSES, None):
+        try:
+            store.finish_run(
+                run_id, status, 0, type(exc).__name__, message, release_lease_of=holder
+            )
+            return
+        except Exception as failure:
+            if pause is None:
+                log.warning(
+                    "source %s: could not record the failed run %s (%s); it shows as abandoned "
+                    "once its lease expires, and the source's next run closes it",
+                    source_id,
+                    run_id,
+                    redact(f"{type(failure).__name__}: {failure}").splitlines()[0],
+                )
+                return
+            time.sleep(pause)
 
 
 def build_connector(loaded: LoadedConfig, source_id: str) -> AnyConnector:
@@ -235,22 +301,14 @@ def collect_source(
         if on_collected is not None:
             on_collected()
 
-    leased_at = time.monotonic()
-
-    def batch_done(stats: WriteStats) -> None:
-        nonlocal leased_at
-        if time.monotonic() - leased_at >= LEASE_RENEW_AFTER:  # renew while we work
-            leased_at = time.monotonic()
-            store.acquire_lease(source_id, holder, LEASE_TTL)
-        if on_batch is not None:
-            on_batch(stats)
-
+    heartbeat = LeaseHeartbeat(store, source_id, holder, LEASE_TTL, LEASE_HEARTBEAT)
     started = time.monotonic()
     try:
         stats = store.write(
-            source_id, observations(), run_id=run_id, batch_size=WRITE_BATCH, on_batch=batch_done
+            source_id, observations(), run_id=run_id, batch_size=WRITE_BATCH, on_batch=on_batch
         )
     except BaseException as exc:
+        heartbeat.stop()
         status = (
             "retrying" if isinstance(exc, RetryableSourceError) and not final_attempt else "failed"
         )
@@ -263,13 +321,9 @@ def collect_source(
             time.monotonic() - started,
             message,
         )
-        try:
-            store.finish_run(
-                run_id, status, 0, type(exc).__name__, message, release_lease_of=holder
-            )
-        except Exception:  # the store itself may be what failed: the lease expires by itself
-            log.exception("source %s: could not record the failed run %s", source_id, run_id)
+        _record_failure(store, source_id, run_id, status, exc, message, holder)
         raise
+    heartbeat.stop()
     # One transaction: the outcome, the cursor (scheduled runs only, forward only), the
     # checkpoint, and the lease, released only once the cursor is saved.
     store.finish_run(

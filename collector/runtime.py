@@ -15,8 +15,11 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collector.config import LoadedConfig, load_config
+from pydantic import BaseModel, SecretStr
+
+from collector.config import ENV_REF, LoadedConfig, load_config
 from collector.errors import DxkpiError
+from collector.redact import install_log_redaction, register_secrets, url_password
 from collector.storage import Store
 
 EXAMPLE_CONFIG = Path(__file__).parent / "example" / "dxkpi.yaml"
@@ -79,7 +82,11 @@ def resolve(
         or config.broker.url
         or f"sqla+sqlite:///{directory / 'broker.db'}"
     )
-    if make_dirs and (storage.startswith("sqlite") or broker.startswith("sqla+sqlite")):
+    register_secrets(configured_secrets(loaded, storage, broker))
+    install_log_redaction()
+    # Every process that may write keeps state there (beat its schedule, the embedded store and
+    # broker); a command that only reads creates nothing.
+    if make_dirs:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -99,6 +106,38 @@ def resolve(
         broker_url=broker,
         queue=os.environ.get("DXKPI_QUEUE") or "dxkpi",
     )
+
+
+# A `${ENV}` value not declared secret is masked only from this length: a port or a flag would
+# otherwise be blanked out of every message that happens to contain its digits.
+_SHORTEST_ENV_SECRET = 8
+
+
+def _secret_values(value: object) -> list[str]:
+    if isinstance(value, SecretStr):
+        return [value.get_secret_value()]
+    if isinstance(value, BaseModel):
+        return [s for item in value.__dict__.values() for s in _secret_values(item)]
+    if isinstance(value, dict):
+        return [s for item in value.values() for s in _secret_values(item)]
+    if isinstance(value, list | tuple):
+        return [s for item in value for s in _secret_values(item)]
+    return []
+
+
+def configured_secrets(loaded: LoadedConfig, *urls: str) -> list[str]:
+    """Every secret this deployment knows, whichever source or URL it belongs to: each
+    source's secret settings, every `${ENV}` value the config file refers to, and the URLs'
+    passwords. Any of them may turn up in another source's error (a shared file, a proxy page)."""
+    found = [s for settings in loaded.settings.values() for s in _secret_values(settings)]
+    text = loaded.path.read_text(encoding="utf-8")
+    found += [
+        value
+        for name in set(ENV_REF.findall(text))
+        if len(value := os.environ.get(name, "")) >= _SHORTEST_ENV_SECRET
+    ]
+    found += [password for url in urls if (password := url_password(url))]
+    return found
 
 
 _current: Runtime | None = None

@@ -69,7 +69,9 @@ def cluster(
     tmp_path: Path, pg_url: str, redis_url: str
 ) -> Iterator[tuple[Callable[..., Worker], Celery, Store, Path]]:
     """(start_worker, client app, store, tmp dir): own Redis queue, fresh PostgreSQL schema."""
-    broker = redis_url.rsplit("/", 1)[0] + "/13"
+    # The database DXKPI_TEST_REDIS names: control broadcasts (ping, inspect) reach every worker
+    # on one database, so parallel test runs must not share one.
+    broker = redis_url if "DXKPI_TEST_REDIS" in os.environ else redis_url.rsplit("/", 1)[0] + "/13"
     # A queue of its own: nothing else using this Redis can take these tasks.
     queue = f"dxkpi-test-{uuid.uuid4().hex[:8]}"
     redis.Redis.from_url(broker).delete(queue)
@@ -218,10 +220,13 @@ def test_retryable_error_is_retried_with_the_sources_wait(cluster: Any) -> None:
 def test_fatal_error_is_recorded_once_and_not_retried(cluster: Any) -> None:
     start, client, store, tmp = cluster
     config = write_config(tmp, csv="date,page,page_views\n2024-04-01,/top,12\n2024-04-02,/top,x\n")
-    start(config, "--concurrency", "1")
+    worker = start(config, "--concurrency", "1")
     client.send_task("dxkpi.collect", args=("portal", SINCE, UNTIL))
     [run] = wait_for(lambda: finished_runs(store, "portal"), what="the failed run")
     time.sleep(2.0)
+    log = worker.log.read_text()
+    # An expected error: the runner's one line, not Celery's "raised unexpected" and a traceback.
+    assert "run 1 failed" in log and "Traceback" not in log and "unexpected" not in log
     assert len(store.runs("portal")) == 1
     assert run["status"] == "failed" and run["error_class"] == "SourceDataError"
     assert "pv.csv:3" in run["error_message"]

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError
 
 from collector.cli import main
-from collector.config import Config
+from collector.config import Config, load_config
 from collector.present import format_exact as exact
-from collector.runtime import resolve, set_current
+from collector.runtime import current, resolve, set_current
 from collector.storage import Store
 from collector.supervisor import sources_to_kick_off
 from tests.conftest import PAGE_VIEWS_CSV, write_config
@@ -362,3 +363,81 @@ def test_run_kicks_off_only_sources_without_a_recent_success() -> None:
     now = 1_800_000_000.0
     last = {"hourly": now - 1800, "stale": now - 3600, "daily": now - 20 * 3600}
     assert sources_to_kick_off(config.sources, last, now) == ["stale", "new"]
+
+
+def test_the_data_directory_is_created_for_every_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`dxkpi beat` on Redis and PostgreSQL still keeps its schedule file in the data dir."""
+    monkeypatch.setenv("DXKPI_STORAGE_URL", "postgresql://dxkpi@127.0.0.1:1/dxkpi")
+    monkeypatch.setenv("DXKPI_BROKER_URL", "redis://127.0.0.1:1/0")
+    from collector.runtime import resolve
+
+    runtime = resolve(write_config(tmp_path), tmp_path / "not" / "yet")
+    assert runtime.data_dir.is_dir()
+
+
+def test_a_data_directory_that_cannot_be_made_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    write_config(tmp_path)
+    result = CliRunner().invoke(
+        main,
+        [
+            "--config",
+            str(tmp_path / "dxkpi.yaml"),
+            "--data-dir",
+            str(tmp_path / "file" / "d"),
+            "migrate",
+        ],
+    )
+    assert result.exit_code == 1
+    assert result.output.startswith("error: data directory ") and result.output.count("\n") == 1
+    assert "--data-dir" in result.output
+
+
+def test_a_wrong_database_role_is_one_line_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    wrong = pg_url.replace("root@", "nosuch:pw-7c1e@")
+    monkeypatch.setenv("DXKPI_STORAGE_URL", wrong)
+    code, output = dxkpi(tmp_path, "migrate")
+    assert code == 1
+    assert output.count("\n") == 1 and "Traceback" not in output
+    assert output.startswith("error: the store cannot be used: ") and 'role "nosuch"' in output
+    assert "pw-7c1e" not in output
+
+
+def test_a_store_without_tables_is_unhealthy_and_says_to_migrate(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from collector.exporter import Exporter
+    from collector.runtime import resolve
+    from tasks.collect import collect
+
+    store = Store(pg_url)  # a fresh, empty database
+    loaded = load_config(write_config(tmp_path))
+    assert Exporter(store, loaded).health() == (
+        False,
+        "the store's tables are missing or out of date: run `dxkpi migrate`",
+    )
+    runtime = resolve(loaded.path, tmp_path / "d")
+    runtime.storage_url = pg_url
+    set_current(runtime)
+    # The worker's task: one line saying what to do, and no retry (none would help).
+    result = collect.apply(args=("portal",))
+    assert isinstance(result.result, ProgrammingError) and result.state == "FAILURE"
+    assert "run `dxkpi migrate`" in caplog.text and "retrying" not in caplog.text
+    store.migrate()
+    assert Exporter(store, loaded).health() == (True, "ok")
+    runtime.store.close()
+    store.close()
+
+
+def test_a_worker_is_not_ready_without_a_usable_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pg_url: str
+) -> None:
+    monkeypatch.setenv("DXKPI_STORAGE_URL", pg_url)  # reachable, but no tables
+    code, output = dxkpi(tmp_path, "worker")
+    current().store.close()
+    assert code == 1
+    assert output == "error: the store's tables are missing or out of date: run `dxkpi migrate`\n"

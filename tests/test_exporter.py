@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
@@ -385,7 +386,7 @@ def test_a_large_body_is_served_whole_in_every_format(tmp_path: Path, sqlite_sto
     exporter = Exporter(sqlite_store, loaded, clock=lambda: NOW)
     family = series_family({i: i / 7 for i in range(1, 5001)})
     exporter.snapshot = Snapshot(SeriesRenderer().render([family]), NOW, generations={})
-    server = make_server(exporter, "127.0.0.1", 0)
+    server = make_server(exporter, "127.0.0.1", 0, registry=CollectorRegistry())  # snapshot only
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
     try:

@@ -254,13 +254,42 @@ def test_unexpected_success_status_is_fatal(board: Switchboard) -> None:
         client.get_json("/v1/things")
 
 
-def test_malformed_json_is_a_data_error(board: Switchboard) -> None:
-    page = FakeResponse(200, "<html>maintenance</html>", {"Content-Type": "text/html"})
-    client, _, _ = board(scripted(page))
-    with pytest.raises(SourceDataError) as caught:
+PROXY_502 = FakeResponse(
+    200,  # proxies serve their error pages with 200 too: the body, not the status, tells
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>nginx</body></html>",
+    {"Content-Type": "text/html"},
+)
+
+
+def test_an_error_page_instead_of_json_is_asked_for_again(board: Switchboard) -> None:
+    client, seen, clock = board(scripted(PROXY_502, OK))
+    assert client.get_json("/v1/things") == {"ok": True}
+    assert len(seen) == 2 and len(clock.sleeps) == 1
+
+
+def test_an_error_page_that_stays_is_retryable_and_says_what_came(board: Switchboard) -> None:
+    client, seen, _ = board(scripted(PROXY_502), max_attempts=3)
+    with pytest.raises(RetryableSourceError) as caught:
         client.get_json("/v1/things")
-    assert "GET /v1/things -> 200" in str(caught.value)
-    assert "text/html" in str(caught.value)
+    assert len(seen) == 3
+    assert str(caught.value) == (
+        "source 'web_main': GET /v1/things -> 200: expected JSON, received text/html, 78 bytes, "
+        "an HTML page titled '502 Bad Gateway' (a truncated answer or an error page in place "
+        "of data; the run is retried)"
+    )
+
+
+def test_truncated_json_is_retryable_and_not_quoted(board: Switchboard) -> None:
+    cut = FakeResponse(
+        200, '{"rows": [{"token": "' + SECRET[:10], {"Content-Type": "application/json"}
+    )
+    client, _, _ = board(scripted(cut), max_attempts=2)
+    with pytest.raises(RetryableSourceError) as caught:
+        client.post_json("/v1/report", json={})
+    message = str(caught.value)
+    assert "POST /v1/report -> 200: expected JSON, received application/json, 31 bytes, " in message
+    assert "not valid JSON from byte 20" in message
+    assert SECRET[:10] not in message and "base URL" not in message
 
 
 def test_links_to_another_host_are_refused(board: Switchboard) -> None:

@@ -1,16 +1,18 @@
-"""Storage: SQLAlchemy Core tables, Alembic migrations, and the `Store` that writes and reads."""
+"""Storage: SQLAlchemy Core tables, Alembic migrations, and the `Store` that writes and reads
+(`store.py`) and keeps runs, cursors and leases (`runs.py`)."""
 
 from collector.storage.revision import SchemaNotCurrentError, require_current_schema
+from collector.storage.runs import Gap, SourceHealth
 from collector.storage.store import (
     PeriodPoint,
     SeriesRow,
-    SourceHealth,
     Store,
     WriteStats,
     labels_key,
 )
 
 __all__ = [
+    "Gap",
     "PeriodPoint",
     "SchemaNotCurrentError",
     "SeriesRow",

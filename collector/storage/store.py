@@ -1,4 +1,5 @@
-"""The store: idempotent batched upserts of observations, runs, cursors, leases and reads.
+"""The store: idempotent batched upserts of observations, and reads; runs, cursors and leases
+live in `collector/storage/runs.py`, mixed into `Store`.
 
 Writes go through `Store.write`, which groups observations into batches; each batch is one
 transaction (all or nothing), with no per-row ORM round trip. On PostgreSQL a writer thread
@@ -40,10 +41,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
-from sqlalchemy.sql.elements import TextClause
 
 from collector.contract import Observation
-from collector.storage.schema import collection_runs, series, source_state
+from collector.storage.runs import RunsAndLeases
+from collector.storage.schema import series, source_state
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -141,17 +142,6 @@ class SeriesRow:
 
 
 @dataclass(frozen=True)
-class SourceHealth:
-    source: str
-    last_status: str | None
-    last_started_at: float | None
-    last_finished_at: float | None
-    last_success_at: float | None
-    last_error: str | None
-    runs_by_status: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
 class PeriodPoint:
     """One stored period of a set of series: values summed, the latest write time."""
 
@@ -172,74 +162,19 @@ class RevisionRow:
 
 
 BatchCallback = Callable[[WriteStats], None]
-# (cursor_end, checkpoint) read under the lease -> the run's (window_start, window_end).
-WindowPlan = Callable[[float | None, str | None], tuple[float, float]]
-
-
-# Rows in source_state are never deleted: each source's row is inserted once per process.
-_ENSURE_STATE = text(
-    "INSERT INTO source_state (source, generation) VALUES (:source, 0) ON CONFLICT DO NOTHING"
-)
-# Take the lease unless someone else holds an unexpired one (the holder itself renews it).
-_CLAIM_LEASE = text(
-    "UPDATE source_state SET lease_holder = :holder, lease_expires = :expires "
-    "WHERE source = :source "
-    "AND (lease_holder IS NULL OR lease_expires < :now OR lease_holder = :holder) "
-    "RETURNING cursor_end, checkpoint"
-)
-_INSERT_RUN = text(
-    "INSERT INTO collection_runs (source, kind, window_start, window_end, started_at, status, "
-    "attempt, observations_written) "
-    "VALUES (:source, :kind, :window_start, :window_end, :now, 'running', :attempt, 0) "
-    "RETURNING id"
-)
-
-
-def _record_run(
-    connection: Connection,
-    source: str,
-    kind: str,
-    window: tuple[float, float],
-    now: float,
-    attempt: int,
-) -> int:
-    """Insert a run as running; its id."""
-    params = {"source": source, "kind": kind, "now": now, "attempt": attempt}
-    params.update(window_start=window[0], window_end=window[1])
-    return int(connection.execute(_INSERT_RUN, params).scalar_one())
-
-
-_FINISH_RUN = text(
-    "UPDATE collection_runs SET finished_at = :now, status = :status, "
-    "observations_written = :written, error_class = :error_class, error_message = :error_message "
-    "WHERE id = :run_id RETURNING source"
-)
 
 
 @functools.cache
-def _state_after_run(cursor: bool, checkpoint: bool, release: bool) -> TextClause:
-    """The source's row after a run: the change counter, and as asked the cursor (forward only),
-    the checkpoint, and the lease (if the run's holder still has it), in one statement."""
-    changes = ["generation = generation + 1"]
-    if cursor:
-        changes.append(
-            "cursor_end = CASE WHEN cursor_end IS NULL OR cursor_end < :cursor "
-            "THEN :cursor ELSE cursor_end END"
-        )
-    if checkpoint:
-        changes.append("checkpoint = :checkpoint")
-    if release:
-        # SET sees the row as it was: both columns test the holder before either changes.
-        changes.append(
-            "lease_holder = CASE WHEN lease_holder = :holder THEN NULL ELSE lease_holder END"
-        )
-        changes.append(
-            "lease_expires = CASE WHEN lease_holder = :holder THEN NULL ELSE lease_expires END"
-        )
-    return text(f"UPDATE source_state SET {', '.join(changes)} WHERE source = :source")
+def _head_revision() -> str | None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(cfg).get_current_head()
 
 
-class Store:
+class Store(RunsAndLeases):
     def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
         self.url = normalise_url(url)
         # When a value was written (`observations.updated_at`): when a figure arrived, which the
@@ -273,6 +208,17 @@ class Store:
     def ping(self) -> None:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
+
+    def schema_problem(self) -> str | None:
+        """None when the store's tables are at the newest migration, else what to do."""
+        with self.engine.connect() as connection:
+            try:
+                found = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            except DBAPIError:
+                found = None
+        if found != _head_revision():
+            return "the store's tables are missing or out of date: run `dxkpi migrate`"
+        return None
 
     # -- writes -------------------------------------------------------------------------
 
@@ -472,13 +418,6 @@ class Store:
             known[ident] = self._series_ids[key]
         return [known[ident] for ident in idents]
 
-    def _ensure_state(self, source: str) -> None:
-        if source in self._known_sources:
-            return
-        with self.engine.begin() as connection:
-            connection.execute(_ENSURE_STATE, {"source": source})
-        self._known_sources.add(source)
-
     @staticmethod
     def _bump(connection: Connection, source: str) -> None:
         connection.execute(
@@ -486,181 +425,6 @@ class Store:
             .where(source_state.c.source == source)
             .values(generation=source_state.c.generation + 1)
         )
-
-    # -- runs ---------------------------------------------------------------------------
-
-    def start_run(
-        self, source: str, kind: str, window_start: float, window_end: float, attempt: int = 1
-    ) -> int:
-        """Record a run as running, without a lease (`start_leased_run` is what the runner uses)."""
-        self._ensure_state(source)
-        with self.engine.begin() as connection:
-            window = (window_start, window_end)
-            return _record_run(connection, source, kind, window, time.time(), attempt)
-
-    def start_leased_run(
-        self,
-        source: str,
-        kind: str,
-        holder: str,
-        ttl: float,
-        plan_window: WindowPlan,
-        attempt: int = 1,
-    ) -> int | None:
-        """Take the source's lease, read its cursor and record the run as running, all in one
-        transaction: a run's bookkeeping costs the worker CPU and round trips, and several small
-        transactions cost more than one. `plan_window(cursor_end, checkpoint)` picks the window
-        from the cursor as the lease holder sees it. None, and nothing recorded, if another
-        holder has an unexpired lease."""
-        now = time.time()
-        with self.engine.begin() as connection:
-            if source not in self._known_sources:
-                connection.execute(_ENSURE_STATE, {"source": source})
-            claimed = connection.execute(
-                _CLAIM_LEASE,
-                {"source": source, "holder": holder, "now": now, "expires": now + ttl},
-            ).first()
-            if claimed is None:
-                return None
-            window = plan_window(claimed[0], claimed[1])
-            run_id = _record_run(connection, source, kind, window, now, attempt)
-        self._known_sources.add(source)
-        return run_id
-
-    def finish_run(
-        self,
-        run_id: int,
-        status: str,
-        written: int,
-        error_class: str | None = None,
-        error_message: str | None = None,
-        *,
-        advance_cursor_to: float | None = None,
-        checkpoint: str | None = None,
-        release_lease_of: str | None = None,
-    ) -> None:
-        """Record a run's outcome; in the same transaction move the cursor forward (never back),
-        save the checkpoint, and release the lease if `release_lease_of` still holds it."""
-        with self.engine.begin() as connection:
-            source = connection.execute(
-                _FINISH_RUN,
-                {
-                    "run_id": run_id,
-                    "now": time.time(),
-                    "status": status,
-                    "written": written,
-                    "error_class": error_class,
-                    "error_message": error_message[:4000] if error_message else None,
-                },
-            ).scalar_one()
-            connection.execute(
-                _state_after_run(
-                    advance_cursor_to is not None,
-                    checkpoint is not None,
-                    release_lease_of is not None,
-                ),
-                {
-                    "source": source,
-                    "cursor": advance_cursor_to,
-                    "checkpoint": checkpoint,
-                    "holder": release_lease_of,
-                },
-            )
-
-    def source_health(self) -> list[SourceHealth]:
-        with self.engine.connect() as connection:
-            counts: dict[str, dict[str, int]] = {}
-            for source, status, count in connection.execute(
-                text("SELECT source, status, count(*) FROM collection_runs GROUP BY source, status")
-            ):
-                counts.setdefault(source, {})[status] = int(count)
-            last = {
-                row.source: row
-                for row in connection.execute(
-                    text(
-                        "SELECT r.source, r.status, r.started_at, r.finished_at, r.error_message "
-                        "FROM collection_runs r JOIN (SELECT source, max(id) AS id FROM "
-                        "collection_runs WHERE status <> 'running' GROUP BY source) x "
-                        "ON x.id = r.id"
-                    )
-                )
-            }
-            success: dict[str, float] = {
-                row[0]: row[1]
-                for row in connection.execute(
-                    text(
-                        "SELECT source, max(finished_at) FROM collection_runs "
-                        "WHERE status = 'success' GROUP BY source"
-                    )
-                )
-            }
-        out = []
-        for source in sorted(set(counts) | set(last)):
-            row = last.get(source)
-            out.append(
-                SourceHealth(
-                    source=source,
-                    last_status=row.status if row else None,
-                    last_started_at=row.started_at if row else None,
-                    last_finished_at=row.finished_at if row else None,
-                    last_success_at=success.get(source),
-                    last_error=row.error_message if row else None,
-                    runs_by_status=counts.get(source, {}),
-                )
-            )
-        return out
-
-    def runs(self, source: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        query = select(collection_runs).order_by(collection_runs.c.id.desc()).limit(limit)
-        if source is not None:
-            query = query.where(collection_runs.c.source == source)
-        with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query)]
-
-    # -- cursors and leases ------------------------------------------------------------------
-
-    def cursor(self, source: str) -> tuple[float | None, str | None]:
-        with self.engine.connect() as connection:
-            row = connection.execute(
-                select(source_state.c.cursor_end, source_state.c.checkpoint).where(
-                    source_state.c.source == source
-                )
-            ).first()
-        return (row[0], row[1]) if row else (None, None)
-
-    def save_cursor(self, source: str, cursor_end: float | None, checkpoint: str | None) -> None:
-        """Store what is given; None leaves that part as it was."""
-        self._ensure_state(source)
-        values: dict[str, Any] = {}
-        if cursor_end is not None:
-            values["cursor_end"] = cursor_end
-        if checkpoint is not None:
-            values["checkpoint"] = checkpoint
-        if not values:
-            return
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(source_state).where(source_state.c.source == source).values(**values)
-            )
-
-    def acquire_lease(self, source: str, holder: str, ttl: float) -> bool:
-        """Take the source's lease unless someone else holds an unexpired one."""
-        self._ensure_state(source)
-        now = time.time()
-        with self.engine.begin() as connection:
-            claimed = connection.execute(
-                _CLAIM_LEASE,
-                {"source": source, "holder": holder, "now": now, "expires": now + ttl},
-            ).first()
-            return claimed is not None
-
-    def release_lease(self, source: str, holder: str) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(source_state)
-                .where(source_state.c.source == source, source_state.c.lease_holder == holder)
-                .values(lease_holder=None, lease_expires=None)
-            )
 
     # -- reads --------------------------------------------------------------------------------
 

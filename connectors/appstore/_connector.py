@@ -29,7 +29,7 @@ from collector.contract import (
     next_midnight,
 )
 from collector.errors import FatalSourceError, SourceAuthError, SourceDataError
-from collector.http import HttpClient
+from collector.http import HttpClient, looks_like_html
 from connectors.appstore._report import (
     AppUnits,
     ReportFormatError,
@@ -177,6 +177,8 @@ class AppStoreConnector(Connector[AppStoreSettings]):
         )
         where = f"{self.client.describe('GET', SALES_REPORTS)} -> {response.status_code}"
         if response.status_code == 200:
+            if looks_like_html(response.content):  # a proxy's error page, not the report
+                raise self.client.not_data(response, f"the gzip sales report for {report_date}")
             try:
                 text = decompress(response.content)
                 return units_by_app(text, report_date, self._keys)

@@ -13,6 +13,7 @@ from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
 from collector.contract import Granularity
+from collector.errors import excerpt
 from collector.fiscal import parse_period
 
 # Cells that mean "no figure reported" in Japanese tables, after full-width folding.
@@ -21,6 +22,8 @@ _NO_VALUE = {"", "-", "‐", "―", "—", "–", "ー"}
 _NUMBER = re.compile(
     r"^(?P<sign>[-+△▲])?(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+)(?P<pct>%)?$"
 )
+# Longer than any period label (`2026年04月01日`, `令和3年度`, ` FY2021 `) with room for spaces.
+_LONGEST_PERIOD = 32
 _MOMENT = re.compile(
     r"^(?P<y>\d{4})\s*[-/.年]\s*(?P<mo>\d{1,2})\s*[-/.月]\s*(?P<d>\d{1,2})\s*日?"
     r"(?:[ t]\s*(?P<h>\d{1,2}):(?P<mi>\d{2})(?::(?P<s>\d{2})(?:\.\d+)?)?)?$"
@@ -50,7 +53,7 @@ def parse_number(cell: object, *, ratio: bool) -> float | None:
     Japanese accounting forms of -12.
     """
     if isinstance(cell, bool | date | time):
-        raise ValueError(f"{cell_text(cell)!r} is not a number")
+        raise ValueError(f"{excerpt(cell_text(cell))} is not a number")
     if isinstance(cell, int | float):
         if not math.isfinite(cell):
             raise ValueError(f"{cell!r} is not a finite number")
@@ -60,14 +63,14 @@ def parse_number(cell: object, *, ratio: bool) -> float | None:
         return None
     match = _NUMBER.match(text)
     if match is None:
-        raise ValueError(f"{cell_text(cell)!r} is not a number")
+        raise ValueError(f"{excerpt(cell_text(cell))} is not a number")
     value = float(match.group("digits").replace(",", ""))
     if match.group("sign") in ("-", "△", "▲"):
         value = -value
     if match.group("pct"):
         if not ratio:
             raise ValueError(
-                f"{cell_text(cell)!r} is a percentage but the metric's unit is not ratio"
+                f"{excerpt(cell_text(cell))} is a percentage but the metric's unit is not ratio"
                 " (set unit: ratio to read 48.2% as 0.482)"
             )
         value /= 100
@@ -87,7 +90,10 @@ def parse_period_cell(cell: object) -> tuple[date, Granularity]:
     if isinstance(cell, int) and not isinstance(cell, bool) and 1000 <= cell <= 9999:
         return parse_period(str(cell))
     if not isinstance(cell, str):
-        raise ValueError(f"{cell!r} is a number, not a period (format the cell as a date)")
+        raise ValueError(f"{excerpt(cell)} is a number, not a period (format the cell as a date)")
+    if len(cell) > _LONGEST_PERIOD:
+        # No period label is this long; parse_period's errors would quote the whole cell.
+        raise ValueError(f"{excerpt(cell)} is not a period (write e.g. 2026-04, FY2021, 令和3年度)")
     return parse_period(cell)
 
 
@@ -100,7 +106,7 @@ def parse_moment(cell: object, tz: ZoneInfo) -> datetime | None:
     if isinstance(cell, date):
         return datetime.combine(cell, time(), tzinfo=tz)
     if not isinstance(cell, str):
-        raise ValueError(f"{cell!r} is not a date and time")
+        raise ValueError(f"{excerpt(cell)} is not a date and time")
     text = _fold(cell)
     match = _MOMENT.match(text.lower())
     try:
@@ -110,6 +116,6 @@ def parse_moment(cell: object, tz: ZoneInfo) -> datetime | None:
         moment = datetime.fromisoformat(text.upper())  # 2026-04-01T00:00:00Z, ...+09:00
     except ValueError:
         raise ValueError(
-            f"{cell!r} is not a date and time (write e.g. 2026/04/01 09:30:00)"
+            f"{excerpt(cell)} is not a date and time (write e.g. 2026/04/01 09:30:00)"
         ) from None
     return moment.astimezone(tz) if moment.tzinfo else moment.replace(tzinfo=tz)

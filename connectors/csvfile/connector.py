@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from stat import S_ISREG
 from typing import ClassVar, TypeVar
 
 from collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
@@ -23,10 +24,12 @@ from connectors.csvfile.problems import Problems
 from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
 from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
 from connectors.csvfile.settings import CsvFileSettings
-from connectors.csvfile.table import SeriesKey, read_table, table_metrics
+from connectors.csvfile.table import SeenKeys, read_table, table_metrics
 
 T = TypeVar("T")
 _GLOB_CHARACTERS = frozenset("*?[")
+# Kernel pseudo files: never data, and /proc/self/environ holds every secret of the process.
+_SYSTEM_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
 
 class CsvFileConnector(Connector[CsvFileSettings]):
@@ -51,13 +54,13 @@ class CsvFileConnector(Connector[CsvFileSettings]):
             raise error
 
     def _collect_table(self, window: Window, problems: Problems) -> Iterator[Observation]:
-        seen: dict[SeriesKey, str] = {}
+        seen = SeenKeys()
         tz = self.context.timezone
         for observations, keys in self._accepted_files(
             problems,
             lambda table, file: read_table(table, file, self.settings, window, tz, problems, seen),
         ):
-            seen.update(keys)  # before the next file is parsed: a period may not be in two files
+            seen.where.update(keys)  # before the next file: a period may not be in two files
             yield from observations
 
     def _collect_runs(self, window: Window, problems: Problems) -> Iterator[Observation]:
@@ -128,21 +131,24 @@ class CsvFileConnector(Connector[CsvFileSettings]):
         """Parse one file; None (with the reason in `problems`) when it cannot be read at all."""
         source_id = self.context.source_id
         try:
-            before = self._settled_stat(path, file)
-            fmt = self.settings.file_format(path.name)
-            opened: AbstractContextManager[Table]
-            if fmt == "xlsx":
-                opened = xlsx_table(path, sheet=self.settings.sheet)
-            else:
-                table = csv_table(
-                    path.read_bytes(),
-                    encoding=self.settings.encoding,
-                    delimiter=self.settings.delimiter,
-                )
-                opened = nullcontext(table)
-            with opened as table:
-                result = parse(table, file)
-            after = path.stat()
+            # Opened by its real path, after the checks: what is read is what was checked.
+            descriptor = os.open(self._confined(path), os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(descriptor, "rb") as handle:
+                before = self._checked_stat(os.fstat(descriptor), file)
+                fmt = self.settings.file_format(path.name)
+                opened: AbstractContextManager[Table]
+                if fmt == "xlsx":
+                    opened = xlsx_table(handle, sheet=self.settings.sheet)
+                else:
+                    table = csv_table(
+                        handle.read(),
+                        encoding=self.settings.encoding,
+                        delimiter=self.settings.delimiter,
+                    )
+                    opened = nullcontext(table)
+                with opened as table:
+                    result = parse(table, file)
+                after = os.fstat(descriptor)
         except FileProblem as exc:
             problems.file(file, str(exc))
             return None
@@ -165,9 +171,53 @@ class CsvFileConnector(Connector[CsvFileSettings]):
             )
         return result
 
-    def _settled_stat(self, path: Path, file: str) -> os.stat_result:
+    def _data_folder(self) -> Path:
+        """The folder files are read in, real path: where `path` points before any glob."""
+        pattern = self._pattern()
+        if _GLOB_CHARACTERS.isdisjoint(self.settings.path):
+            return pattern.parent.resolve()
+        fixed = []
+        for part in pattern.parts:
+            if not _GLOB_CHARACTERS.isdisjoint(part):
+                break
+            fixed.append(part)
+        return Path(*fixed).resolve()
+
+    def _confined(self, path: Path) -> Path:
+        """The file's real path, or FileProblem when it leads out of the data folder (a link to
+        /proc/self/environ in a shared folder would put the worker's secrets into errors) or
+        into the kernel's pseudo files. The target is not named: it may itself say too much."""
+        real = path.resolve(strict=True)
+        folder = self._data_folder()
+        if not real.is_relative_to(folder):
+            raise FileProblem(
+                f"refused: it leads outside the data folder {folder} (a symbolic link?); "
+                "files are read only inside the folder `path` names: copy the file there"
+            )
+        if any(real.is_relative_to(root) for root in _SYSTEM_ROOTS):
+            raise FileProblem(
+                "refused: it is a system file, not data; point `path` at a data folder"
+            )
+        return real
+
+    def _checked_stat(self, stat: os.stat_result, file: str) -> os.stat_result:
+        """A regular file of an allowed size that has settled (see `_settled`)."""
+        if not S_ISREG(stat.st_mode):
+            raise FileProblem(
+                "refused: not a regular file (a device, FIFO or socket); point `path` at files"
+            )
+        limit = self.settings.max_file_size
+        if stat.st_size > limit:
+            raise FileProblem(
+                f"the file is {stat.st_size / 1e6:.1f} MB, over this source's max_file_size of "
+                f"{limit / 1e6:.1f} MB (reading it whole would take several times that in "
+                "memory); split it, e.g. one file per year with a glob `path`, or raise "
+                "max_file_size"
+            )
+        return self._settled(stat, file)
+
+    def _settled(self, stat: os.stat_result, file: str) -> os.stat_result:
         """The file's stat, or RetryableSourceError while it may still be being written."""
-        stat = path.stat()
         modified = datetime.fromtimestamp(stat.st_mtime, UTC)
         age = self.context.clock() - modified
         wait = self.settings.min_file_age

@@ -4,6 +4,7 @@ one sheet of an .xlsx workbook. Rows are numbered as a spreadsheet shows them (h
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import warnings
@@ -11,18 +12,23 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from typing import BinaryIO, TextIO
 
 import charset_normalizer
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 
+from collector.errors import excerpt
 from connectors.csvfile.cells import is_blank
 from connectors.csvfile.settings import fold
 
 # Tried strictly in this order before guessing: a valid UTF-8 file almost never decodes as CP932
 # by accident, and Shift_JIS files from Excel are CP932 (Microsoft's superset of Shift_JIS).
 _STRICT_ENCODINGS = ("utf-8-sig", "cp932")
+# How much of a file is checked against an encoding at a time.
+_CHECK_BYTES = 1 << 20
+# How many header names an error about missing columns lists.
+_HEADER_SHOWN = 12
 
 
 class FileProblem(Exception):
@@ -42,11 +48,9 @@ class Table:
             positions.setdefault(fold(name), []).append(index)
         missing = [name for name in wanted if fold(name) not in positions]
         if missing:
-            present = ", ".join(repr(name) for name in self.header if name) or "(none)"
             raise FileProblem(
                 f"column {', '.join(repr(m) for m in missing)} not found in the header (row 1); "
-                f"the file has {present}. If the export format changed, update the column "
-                "names in this source's settings"
+                f"the file has {_describe_header(self.header)}. {_header_hint(self.header)}"
             )
         repeated = [name for name in wanted if len(positions[fold(name)]) > 1]
         if repeated:
@@ -57,34 +61,81 @@ class Table:
         return {name: positions[fold(name)][0] for name in wanted}
 
 
+def _describe_header(header: list[str]) -> str:
+    """The header's columns as an error may quote them: a few, each a short escaped excerpt
+    (a file that is not a table, e.g. one holding secrets, may put anything in row 1)."""
+    named = [name for name in header if name]
+    if not named:
+        return "no column names"
+    shown = ", ".join(excerpt(name) for name in named[:_HEADER_SHOWN])
+    more = f" and {len(named) - _HEADER_SHOWN} more" if len(named) > _HEADER_SHOWN else ""
+    return f"{len(named)} columns: {shown}{more}"
+
+
+def _header_hint(header: list[str]) -> str:
+    """What to do about a header that lacks the wanted columns."""
+    named = [name for name in header if name]
+    if len(named) == 1:
+        for delimiter, written in (("\t", '"\\t"'), (";", '";"'), ("|", '"|"')):
+            if delimiter in named[0]:
+                return (
+                    f"The whole header is one column holding {written}: the file is separated "
+                    f"by it, so set `delimiter: {written}`"
+                )
+    return "If the export format changed, update the column names in this source's settings"
+
+
 def cell_at(cells: Sequence[object], index: int) -> object:
     """The cell at `index`; rows may be shorter than the header when trailing cells are empty."""
     return cells[index] if index < len(cells) else None
 
 
-def decode(data: bytes, encoding: str) -> str:
-    """The file's text. `auto` tries UTF-8 (with or without BOM), then CP932, then guesses."""
+def text_of(data: bytes, encoding: str) -> TextIO:
+    """The file's text, decoded as it is read (a whole decoded copy of a large file would take
+    several times its size). `auto` tries UTF-8 (with or without BOM), then CP932, then guesses.
+    newline="" keeps quoted line breaks inside a cell, as the csv module requires."""
     if encoding != "auto":
-        try:
-            return data.decode(encoding).removeprefix("\ufeff")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
+        error = _first_error(data, encoding)
+        if error is not None:
+            line = data[:error].count(b"\n") + 1
             raise FileProblem(
-                f"line {line} is not valid {encoding} (byte {exc.start}); save the file as "
+                f"line {line} is not valid {encoding} (byte {error}); save the file as "
                 "UTF-8 or Shift_JIS, or set `encoding: auto`"
-            ) from None
+            )
+        return _reader(data, encoding)
     for candidate in _STRICT_ENCODINGS:
-        try:
-            return data.decode(candidate)
-        except UnicodeDecodeError:
-            continue
+        if _first_error(data, candidate) is None:
+            return _reader(data, candidate)
     best = charset_normalizer.from_bytes(data).best()
     if best is None:
         raise FileProblem(
             "the file is neither UTF-8 nor Shift_JIS and its encoding could not be guessed; "
             "set `encoding:` (e.g. euc_jp) or save it as UTF-8"
         )
-    return str(best).removeprefix("\ufeff")
+    return io.StringIO(str(best).removeprefix("\ufeff"), newline="")
+
+
+def _first_error(data: bytes, encoding: str) -> int | None:
+    """Where `data` stops being valid `encoding` (a byte offset), or None: checked a megabyte
+    at a time, keeping none of the text."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    view = memoryview(data)
+    for offset in range(0, len(data), _CHECK_BYTES):
+        try:
+            decoder.decode(view[offset : offset + _CHECK_BYTES])
+        except UnicodeDecodeError as exc:
+            return offset + exc.start
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        return len(data) - len(exc.object) + exc.start
+    return None
+
+
+def _reader(data: bytes, encoding: str) -> TextIO:
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # a BOM is not part of the first header name
+    return io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
 
 
 def _numbered(records: Iterator[Sequence[object]]) -> Iterator[tuple[int, Sequence[object]]]:
@@ -100,24 +151,21 @@ def _header(first: Sequence[object] | None) -> list[str]:
 
 
 def csv_table(data: bytes, *, encoding: str, delimiter: str) -> Table:
-    # newline="" keeps quoted line breaks inside a cell, as the csv module requires.
-    reader = csv.reader(io.StringIO(decode(data, encoding), newline=""), delimiter=delimiter)
+    reader = csv.reader(text_of(data, encoding), delimiter=delimiter)
     header = _header(next(reader, None))
     return Table(header=header, rows=_numbered(reader))
 
 
 @contextmanager
-def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
+def xlsx_table(handle: BinaryIO, *, sheet: str | None) -> Iterator[Table]:
     # An open file rather than a name: openpyxl refuses names without an Excel suffix, and
     # `format: xlsx` exists for exports named otherwise. Read-only mode reads it lazily.
-    handle = path.open("rb")
     try:
         with warnings.catch_warnings():
             # openpyxl warns about styles and data validation it does not keep; we only read values.
             warnings.simplefilter("ignore")
             book = openpyxl.load_workbook(handle, read_only=True, data_only=True)
     except (zipfile.BadZipFile, InvalidFileException, KeyError):
-        handle.close()
         raise FileProblem(
             "not a readable .xlsx workbook (an old .xls, or damaged?); save it as .xlsx or CSV"
         ) from None
@@ -125,7 +173,7 @@ def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
         if sheet is not None and sheet not in book.sheetnames:
             raise FileProblem(
                 f"no sheet {sheet!r}; the workbook's sheets are "
-                f"{', '.join(map(repr, book.sheetnames))}"
+                f"{', '.join(map(excerpt, book.sheetnames))}"
             )
         worksheet = book[sheet] if sheet is not None else book.worksheets[0]
         # Some writers store a wrong sheet size; forget it so every row is read.
@@ -134,4 +182,3 @@ def xlsx_table(path: Path, *, sheet: str | None) -> Iterator[Table]:
         yield Table(header=_header(next(rows, None)), rows=_numbered(rows))
     finally:
         book.close()
-        handle.close()

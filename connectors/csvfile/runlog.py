@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from collector.contract import MetricSpec, Observation, Window
+from collector.errors import excerpt
 from connectors.csvfile.cells import cell_text, is_blank, parse_moment
 from connectors.csvfile.problems import Problems
 from connectors.csvfile.reading import Table, cell_at
@@ -75,7 +76,7 @@ def read_runs(
         result = results.get(fold(result_text))
         if result is None:
             whys.append(
-                f"column {columns.result!r}: unknown result {result_text!r}; map it in "
+                f"column {columns.result!r}: unknown result {excerpt(result_text)}; map it in "
                 f"result_map to successful, faulted or stopped"
             )
         start_cell = cell_at(cells, where[columns.start])
@@ -96,7 +97,7 @@ def read_runs(
             problems.row(
                 file,
                 row,
-                f"the same run ({process}, {start:%Y-%m-%d %H:%M:%S}) is "
+                f"the same run ({excerpt(process)}, {start:%Y-%m-%d %H:%M:%S}) is "
                 f"{earlier.result} in {earlier.where} but {result} here",
             )
     return runs

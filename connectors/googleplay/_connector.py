@@ -33,7 +33,7 @@ from collector.contract import (
     Window,
 )
 from collector.errors import RetryableSourceError, SourceDataError
-from collector.http import HttpClient, paginate_cursor
+from collector.http import HttpClient, looks_like_html, paginate_cursor
 from connectors._google import service_account_info
 from connectors.googleplay._report import InstallsReport, ReportFormatError, decode, parse
 
@@ -237,6 +237,8 @@ class GooglePlayConnector(Connector[GooglePlaySettings]):
                 where=where,
                 hint="Play rewrites the current month daily; the next attempt reads the new one",
             )
+        if looks_like_html(response.content):  # a proxy's error page, not the report
+            raise self.client.not_data(response, "the installs report CSV")
         try:
             report = parse(decode(response.content), package)
         except ReportFormatError as exc:

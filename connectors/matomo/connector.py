@@ -120,7 +120,7 @@ class MatomoConnector(Connector[MatomoSettings]):
         )
         try:
             body = self.client.parse_json(response)
-        except SourceDataError:
+        except RetryableSourceError:  # not JSON
             if response.status_code == 200:
                 raise
             body = None  # a 4xx page from a proxy in front of Matomo: the status speaks

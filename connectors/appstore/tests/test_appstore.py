@@ -301,6 +301,18 @@ def test_unreadable_report_is_a_data_error(body: bytes, expected: str) -> None:
     assert "2026-11-01" in str(caught.value) and "GET /v1/salesReports -> 200" in str(caught.value)
 
 
+def test_a_proxy_page_in_place_of_the_report_is_retryable() -> None:
+    page = b"<html>\r\n<head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
+    answer = FakeResponse(200, page, {"Content-Type": "text/html"})
+    fake = FakeAppStore(PUBLIC_KEY, reports={"2026-11-01": answer})
+    with running(fake) as (connector, _), pytest.raises(RetryableSourceError) as caught:
+        list(connector.collect(days(NOV_1, 1)))
+    assert "GET /v1/salesReports -> 200: expected the gzip sales report for 2026-11-01, " in str(
+        caught.value
+    )
+    assert "an HTML page titled '502 Bad Gateway'" in str(caught.value)
+
+
 def test_settings_never_print_the_key() -> None:
     model = AppStoreSettings.model_validate(settings("https://example.invalid"))
     assert "PRIVATE KEY" not in repr(model) and "PRIVATE KEY" not in str(model.model_dump())

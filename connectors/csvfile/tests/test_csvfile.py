@@ -88,6 +88,20 @@ def test_excel_unicode_text_export_is_guessed(share: FileShare) -> None:
     assert by_key(got) == JAPANESE_EXPECTED
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_with_or_without_bom_is_read(share: FileShare, encoding: str) -> None:
+    share.csv("counts.csv", JAPANESE_ROWS, encoding=encoding, delimiter="\t")
+    got = run(share.connector(**JAPANESE_SOURCE, delimiter="\t"))
+    assert by_key(got) == JAPANESE_EXPECTED
+
+
+def test_a_tab_separated_file_read_with_commas_says_to_set_the_delimiter(share: FileShare) -> None:
+    share.csv("counts.csv", JAPANESE_ROWS, encoding="utf-16", delimiter="\t")
+    _, error = run_until_error(share.connector(**JAPANESE_SOURCE))
+    assert "not found in the header" in str(error)
+    assert 'the file is separated by it, so set `delimiter: "\\t"`' in str(error)
+
+
 def test_forced_encoding(share: FileShare) -> None:
     share.csv("counts.csv", JAPANESE_ROWS, encoding="cp932")
     assert by_key(run(share.connector(**JAPANESE_SOURCE, encoding="cp932"))) == JAPANESE_EXPECTED
@@ -391,8 +405,9 @@ def test_missing_column_names_the_columns_present(share: FileShare) -> None:
     assert got == []
     assert isinstance(error, SourceDataError)
     assert (
-        "views.csv: column 'views' not found in the header (row 1); the file has 'date', 'pv', "
-        "'visitors'. If the export format changed, update the column names" in str(error)
+        "views.csv: column 'views' not found in the header (row 1); the file has 3 columns: "
+        "'date', 'pv', 'visitors'. If the export format changed, update the column names"
+        in str(error)
     )
 
 
@@ -431,6 +446,73 @@ def test_absolute_path(share: FileShare, tmp_path_factory: pytest.TempPathFactor
     path.write_text("date,views\n2026-04-01,x\n")
     _, error = run_until_error(share.connector(**views_source(path=str(path))))
     assert f"{path}:2: column 'views'" in str(error), "files outside the config folder: full path"
+
+
+# -- files that must not be read, data that must not be quoted ---------------------------
+
+CANARY = "canary-7f3a9c1e5b2d4e6f8a0b"
+
+
+def test_link_out_of_the_data_folder_is_refused(
+    share: FileShare, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    secret = tmp_path_factory.mktemp("private") / "secrets.csv"
+    secret.write_text(f"date,views\n2026-04-01,{CANARY}\n")
+    share.csv("m/a.csv", [["date", "views"], ["2026-04-01", "1"]])
+    (share.folder / "m" / "b.csv").symlink_to(secret)
+    got, error = run_until_error(share.connector("pv", **views_source(path="m/*.csv")))
+    assert [o.value for o in got] == [1], "the other files are still read"
+    assert isinstance(error, SourceDataError)
+    assert "m/b.csv: refused: it leads outside the data folder" in str(error)
+    assert CANARY not in str(error) and "private" not in str(error)
+
+
+def test_link_inside_the_data_folder_is_read(share: FileShare) -> None:
+    share.csv("exports/2026.csv", [["date", "views"], ["2026-04-01", "5"]])
+    (share.folder / "views.csv").symlink_to(share.folder / "exports" / "2026.csv")
+    assert [o.value for o in run(share.connector(**views_source()))] == [5]
+
+
+def test_proc_environ_is_never_read(share: FileShare, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DXKPI_TEST_CANARY", CANARY)
+    (share.folder / "views.csv").symlink_to("/proc/self/environ")
+    for settings in (views_source(), views_source(path="/proc/self/environ")):
+        _, error = run_until_error(share.connector("pv", **settings))
+        assert isinstance(error, SourceDataError)
+        assert "refused" in str(error)
+        assert CANARY not in str(error)
+
+
+def test_fifo_in_a_glob_is_not_opened(share: FileShare) -> None:
+    share.csv("m/a.csv", [["date", "views"], ["2026-04-01", "1"]])
+    os.mkfifo(share.folder / "m" / "b.csv")  # opening it would block the worker for ever
+    assert [o.value for o in run(share.connector(**views_source(path="m/*.csv")))] == [1]
+
+
+def test_errors_quote_cells_and_headers_only_in_short_escaped_excerpts(share: FileShare) -> None:
+    long_secret = CANARY * 4
+    share.csv("views.csv", [["date", f"{long_secret}\x1b[31m", "views"], ["2026-04-01", "", "1"]])
+    _, error = run_until_error(
+        share.connector(
+            **views_source(metrics=[{"name": "page_views", "column": "pv", "unit": "page_views"}])
+        )
+    )
+    assert CANARY * 2 not in str(error)
+    assert "\x1b" not in str(error), "control characters are escaped"
+    assert "… (113 characters)" in str(error), "cut, with the length of what was cut"
+    share.csv("views.csv", [["date", "views"], [long_secret, "1"], ["2026-04-02", long_secret]])
+    _, error = run_until_error(share.connector(**views_source()))
+    assert CANARY * 2 not in str(error)
+    assert "views.csv:2: column 'date':" in str(error)
+    assert "views.csv:3: column 'views':" in str(error)
+
+
+def test_file_over_the_size_limit_is_refused_with_what_to_do(share: FileShare) -> None:
+    share.csv("views.csv", [["date", "views"], *[["2026-04-01", "1"]] * 100])
+    _, error = run_until_error(share.connector(**views_source(max_file_size="1KB")))
+    assert isinstance(error, SourceDataError)
+    assert "views.csv: the file is 0.0 MB, over this source's max_file_size of 0.0 MB" in str(error)
+    assert "raise max_file_size" in str(error)
 
 
 # -- window, glob, idempotency --------------------------------------------------------------
@@ -503,8 +585,9 @@ def test_glob_bad_file_is_skipped_and_the_others_are_yielded(share: FileShare) -
         "source 'pv': rejected files m/2026-05.csv, m/2026-07.csv whole (nothing from them was "
         "stored); fix what is listed and the next run reads them again:\n"
         "  m/2026-05.csv:2: column 'views': 'x' is not a number\n"
-        "  m/2026-07.csv: column 'views' not found in the header (row 1); the file has 'date', "
-        "'pv'. If the export format changed, update the column names in this source's settings"
+        "  m/2026-07.csv: column 'views' not found in the header (row 1); the file has 2 "
+        "columns: 'date', 'pv'. If the export format changed, update the column names in this "
+        "source's settings"
     )
 
 
@@ -743,7 +826,8 @@ def test_run_log_bad_rows(share: FileShare) -> None:
         "  rpa.csv:5: column '開始日時' (the start time) is empty",
         "  rpa.csv:6: column '開始日時': '4月1日' is not a date and time "
         "(write e.g. 2026/04/01 09:30:00)",
-        "  rpa.csv:8: the same run (支出命令入力, 2026-04-01 13:00:00) is successful in rpa.csv:7 "
+        "  rpa.csv:8: the same run ('支出命令入力', 2026-04-01 13:00:00) is successful in "
+        "rpa.csv:7 "
         "but faulted here",
     ]
 

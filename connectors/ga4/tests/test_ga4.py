@@ -277,7 +277,7 @@ def test_a_stream_left_early_stops_fetching(ga4: Server) -> None:
         ),
         (
             FakeResponse(200, "<html>502</html>", {"Content-Type": "text/html"}),
-            SourceDataError,
+            RetryableSourceError,
             r"POST /v1beta/properties/\d+:runReport -> 200",
         ),
         (
@@ -396,9 +396,17 @@ def test_persistent_quota_exhaustion_is_retryable(ga4: Server) -> None:
         list(ga4.connector().collect(days(APRIL_1, 1)))
 
 
-def test_html_body_is_a_data_error(ga4: Server) -> None:
+def test_html_body_served_once_is_asked_for_again(ga4: Server) -> None:
     ga4.fake.fail("/v1beta/", FakeResponse(200, "<html>502</html>", {"Content-Type": "text/html"}))
-    with pytest.raises(SourceDataError, match=":runReport -> 200"):
+    assert list(ga4.connector().collect(days(APRIL_1, 1))), "the next answer is read"
+
+
+def test_html_body_that_stays_is_retryable_and_says_what_came(ga4: Server) -> None:
+    page = FakeResponse(200, "<html>502</html>", {"Content-Type": "text/html"})
+    ga4.fake.fail("/v1beta/", *[page] * 6)
+    with pytest.raises(
+        RetryableSourceError, match=":runReport -> 200: expected JSON, received text/h"
+    ):
         list(ga4.connector().collect(days(APRIL_1, 1)))
 
 

@@ -143,6 +143,15 @@ def test_newer_event_columns_are_used_when_user_columns_are_gone() -> None:
     assert by_day(got, "app_uninstalls") == {"2026-11-01": 4}
 
 
+def test_a_proxy_page_in_place_of_the_report_is_retryable() -> None:
+    fake = play()
+    fake.put(f"stats/installs/{NOV}", b"<html><title>502 Bad Gateway</title></html>")
+    with running(fake) as (connector, _), pytest.raises(RetryableSourceError) as caught:
+        list(connector.collect(between("2026-11-01", "2026-11-01")))
+    assert "expected the installs report CSV" in str(caught.value)
+    assert "'502 Bad Gateway'" in str(caught.value) and "renamed" not in str(caught.value)
+
+
 def test_unknown_columns_name_the_file_and_the_headers_seen() -> None:
     fake = play()
     fake.put(f"stats/installs/{NOV}", utf16_csv("Date,Package Name,Acquisitions\r\n"))
@@ -336,10 +345,10 @@ def test_persistent_5xx_is_retryable() -> None:
     assert f"GET /storage/v1/b/{BUCKET}/o -> 503" in str(caught.value)
 
 
-def test_listing_that_is_not_json_is_a_data_error() -> None:
+def test_listing_that_is_not_json_is_retried() -> None:
     fake = play(NOV)
-    fake.script = [FakeResponse(200, "<html>proxy login</html>", {"Content-Type": "text/html"})]
-    with running(fake) as (connector, _), pytest.raises(SourceDataError):
+    fake.script = [FakeResponse(200, "<html>proxy login</html>", {"Content-Type": "text/html"})] * 6
+    with running(fake) as (connector, _), pytest.raises(RetryableSourceError):
         list(connector.collect(between("2026-11-01", "2026-11-01")))
 
 

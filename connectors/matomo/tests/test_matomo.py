@@ -162,9 +162,9 @@ def test_retry_after_is_honoured(matomo: Server) -> None:
     assert matomo.sleeps == [30.0]
 
 
-def test_a_wrong_base_url_gives_html_and_a_data_error(matomo: Server) -> None:
+def test_html_in_place_of_json_is_retried_and_says_what_came(matomo: Server) -> None:
     matomo.fake.fail(FakeResponse(200, "<html>login</html>", {"Content-Type": "text/html"}))
-    with pytest.raises(SourceDataError, match="expected a JSON body"):
+    with pytest.raises(RetryableSourceError, match="expected JSON, received text/html"):
         list(matomo.connector().collect(days(JUNE_2, 1)))
 
 

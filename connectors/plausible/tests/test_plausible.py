@@ -203,14 +203,22 @@ def test_a_bad_query_is_fatal_with_plausibles_message(plausible: Server) -> None
         list(plausible.connector().collect(days(JUNE_2, 1)))
 
 
+def test_a_gateway_page_is_retried(plausible: Server) -> None:
+    page = FakeResponse(200, "<html>Bad gateway</html>", {"Content-Type": "text/html"})
+    plausible.fake.fail(page)
+    assert list(plausible.connector().collect(days(JUNE_2, 1))), "served once: asked again"
+    plausible.fake.fail(*[page] * 6)
+    with pytest.raises(RetryableSourceError, match="expected JSON, received text/html"):
+        list(plausible.connector().collect(days(JUNE_2, 1)))
+
+
 def test_malformed_answers_are_data_errors(plausible: Server) -> None:
     plausible.fake.fail(
-        FakeResponse(200, "<html>Bad gateway</html>", {"Content-Type": "text/html"}),
         FakeResponse(200, {"meta": {}}),
         FakeResponse(200, {"results": [{"metrics": [1], "dimensions": ["2025-06-02"]}]}),
         FakeResponse(200, {"results": [{"metrics": [1, 2], "dimensions": ["2025-05-01"]}]}),
         FakeResponse(200, {"results": [{"metrics": ["x", 2], "dimensions": ["2025-06-02"]}]}),
     )
-    for expected in ("expected a JSON body", "no 'results'", "1 metrics", "outside", "cannot be"):
+    for expected in ("no 'results'", "1 metrics", "outside", "cannot be"):
         with pytest.raises(SourceDataError, match=expected):
             list(plausible.connector().collect(days(JUNE_2, 1)))

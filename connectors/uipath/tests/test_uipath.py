@@ -288,11 +288,11 @@ def test_malformed_job_is_a_data_error(bad: dict[str, Any]) -> None:
     assert f"job {bad['Id']}" in str(caught.value) and "folder 201" in str(caught.value)
 
 
-def test_page_that_is_not_odata_is_a_data_error() -> None:
+def test_page_that_is_not_odata_is_retried() -> None:
     html = FakeResponse(200, "<html>maintenance</html>", {"Content-Type": "text/html"})
     with (
-        running(FakeOrchestrator(script=[html])) as (connector, _),
-        pytest.raises(SourceDataError),
+        running(FakeOrchestrator(script=[html] * 6)) as (connector, _),
+        pytest.raises(RetryableSourceError),
     ):
         list(connector.collect(days(NOV_1, 1)))
 

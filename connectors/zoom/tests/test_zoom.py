@@ -301,12 +301,12 @@ def test_429_without_retry_after_and_5xx_back_off(zoom: Server) -> None:
     assert len(clock.recorded) == 2 and 1 <= clock.recorded[0] < 2 and 2 <= clock.recorded[1] < 3
 
 
-def test_html_instead_of_json_is_a_data_error(zoom: Server) -> None:
+def test_html_instead_of_json_is_retried(zoom: Server) -> None:
     page = FakeResponse(
         200, "<html>Zoom is under maintenance</html>", {"Content-Type": "text/html"}
     )
-    zoom.fake.fail("/v2/report/daily", page)
-    with pytest.raises(SourceDataError, match="GET /v2/report/daily -> 200"):
+    zoom.fake.fail("/v2/report/daily", *[page] * 6)
+    with pytest.raises(RetryableSourceError, match="GET /v2/report/daily -> 200: expected JSON"):
         list(zoom.connector().collect(days(MARCH_3, 1)))
 
 

@@ -1,0 +1,435 @@
+"""The exporter's HTTP server: a fixed pool of threads that clients cannot exhaust or stall.
+
+    at most `max_connections` served at once   one pooled thread each; beyond that a new
+                                               connection is answered 503 at once and closed
+    `timeout` seconds per read or write        a client that sends nothing (half-open, a TLS
+                                               hello on the plain port) or stops reading is
+                                               dropped, freeing its thread
+    listen backlog `backlog`                   bursts of connections queue in the kernel
+    HTTP/1.1 keep-alive                        Prometheus reuses its connection between scrapes
+    a client that went away                    (broken pipe, reset, timeout) is logged at DEBUG
+    GET and HEAD                               /metrics, /healthz, /
+
+`/metrics` is the exporter's snapshot plus the server's own process, Python, scrape and
+rebuild metrics from a prometheus-client registry. `/healthz` says only "ok" or what is wrong in
+general terms; the details (which may name hosts) go to the exporter's log.
+
+TLS and basic auth come from a web config file in the format of Prometheus' exporter-toolkit
+(`--web.config.file`), so one file serves every exporter of a site:
+
+    tls_server_config:
+      cert_file: server.crt            # relative paths: from the file's folder
+      key_file: server.key
+      min_version: TLS12               # TLS10 .. TLS13
+      client_auth_type: RequireAndVerifyClientCert   # or NoClientCert, VerifyClientCertIfGiven
+      client_ca_file: clients-ca.crt
+    basic_auth_users:
+      prometheus: $2y$10$...           # bcrypt hashes (htpasswd -nBC 10 prometheus)
+
+The TLS handshake happens in the connection's pooled thread under the same timeout, so plain
+HTTP or a stalled handshake on the TLS port costs nothing else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import itertools
+import logging
+import ssl
+import sys
+import threading
+import zlib
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from socket import socket
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qs, urlsplit
+
+import bcrypt
+import yaml
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+from prometheus_client import generate_latest as text_exposition
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_exposition
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from collector.errors import DxkpiError
+from collector.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+
+if TYPE_CHECKING:
+    from collector.exporter import Exporter, Snapshot
+
+log = logging.getLogger("dxkpi.exporter")
+
+MAX_CONNECTIONS = 32
+TIMEOUT = 5.0
+BACKLOG = 512
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 34\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\n\r\ntoo many connections; retry soon\r\n"
+)
+
+
+_TLS_VERSIONS = {
+    "TLS10": ssl.TLSVersion.TLSv1,
+    "TLS11": ssl.TLSVersion.TLSv1_1,
+    "TLS12": ssl.TLSVersion.TLSv1_2,
+    "TLS13": ssl.TLSVersion.TLSv1_3,
+}
+_CLIENT_AUTH = {
+    "NoClientCert": ssl.CERT_NONE,
+    "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+    "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TlsServerConfig(_Strict):
+    cert_file: str
+    key_file: str
+    min_version: Literal["TLS10", "TLS11", "TLS12", "TLS13"] = "TLS12"
+    client_auth_type: Literal[
+        "NoClientCert", "VerifyClientCertIfGiven", "RequireAndVerifyClientCert"
+    ] = "NoClientCert"
+    client_ca_file: str | None = None
+
+
+class WebConfig(_Strict):
+    """An exporter-toolkit web config: TLS, client certificates, basic auth users."""
+
+    tls_server_config: TlsServerConfig | None = None
+    basic_auth_users: dict[str, str] = Field(default_factory=dict)
+    folder: Path = Path(".")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        tls = self.tls_server_config
+        if tls is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = _TLS_VERSIONS[tls.min_version]
+        context.load_cert_chain(self.folder / tls.cert_file, self.folder / tls.key_file)
+        context.verify_mode = _CLIENT_AUTH[tls.client_auth_type]
+        if tls.client_auth_type != "NoClientCert":
+            if tls.client_ca_file is None:
+                raise DxkpiError(f"{tls.client_auth_type} needs tls_server_config.client_ca_file")
+            context.load_verify_locations(self.folder / tls.client_ca_file)
+        return context
+
+
+def load_web_config(path: str | Path) -> WebConfig:
+    """The web config file, or DxkpiError naming the file and what is wrong with it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        if not isinstance(raw, dict):
+            raise DxkpiError(f"{path}: the web config must be a mapping")
+        config = WebConfig.model_validate({**raw, "folder": path.resolve().parent})
+        config.ssl_context()  # certificates readable and matching: found now, not at a scrape
+    except OSError as exc:
+        raise DxkpiError(f"{path}: {exc.strerror or exc}: {getattr(exc, 'filename', '')}") from None
+    except (yaml.YAMLError, ssl.SSLError) as exc:
+        raise DxkpiError(f"{path}: {exc}") from None
+    except ValidationError as exc:
+        where = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        raise DxkpiError(f"{path}: {where}") from None
+    for user, hashed in config.basic_auth_users.items():
+        if not hashed.startswith(("$2a$", "$2b$", "$2y$")):
+            raise DxkpiError(
+                f"{path}: basic_auth_users.{user}: not a bcrypt hash (make one with "
+                f"`htpasswd -nBC 10 {user}`)"
+            )
+    return config
+
+
+class BasicAuth:
+    """Checks `Authorization: Basic` against bcrypt hashes. A bcrypt check costs ~50 ms by
+    design; a credential that passed is remembered (as a SHA-256 of it) so scrapes stay cheap."""
+
+    def __init__(self, users: dict[str, str]) -> None:
+        self.users = users
+        self._passed: set[bytes] = set()
+        self._lock = threading.Lock()
+
+    def allows(self, header: str | None) -> bool:
+        if not header or not header.startswith("Basic "):
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        hashed = self.users.get(user)
+        if hashed is None:
+            return False
+        key = hashlib.sha256(f"{user}\0{password}\0{hashed}".encode()).digest()
+        with self._lock:
+            if key in self._passed:
+                return True
+        if not bcrypt.checkpw(password.encode(), hashed.replace("$2y$", "$2b$", 1).encode()):
+            return False
+        with self._lock:
+            self._passed.add(key)
+        return True
+
+
+class ServerStats:
+    """Counters of the server, exposed by `SelfCollector`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.scrapes = 0
+        self.refused = 0
+        self.active = 0
+
+
+class SelfCollector(Collector):
+    """The exporter's own scrape and rebuild metrics, read at scrape time."""
+
+    def __init__(self, exporter: Exporter, stats: ServerStats) -> None:
+        self.exporter = exporter
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        yield CounterMetricFamily(
+            "dxkpi_exporter_scrapes",
+            "Requests for /metrics served by this exporter process.",
+            value=self.stats.scrapes,
+        )
+        yield CounterMetricFamily(
+            "dxkpi_exporter_connections_refused",
+            "Connections answered 503 because max_connections were being served.",
+            value=self.stats.refused,
+        )
+        yield GaugeMetricFamily(
+            "dxkpi_exporter_connections",
+            "Connections being served now.",
+            value=self.stats.active,
+        )
+        yield CounterMetricFamily(
+            "dxkpi_exporter_rebuilds",
+            "Snapshots built from the store by this exporter process.",
+            value=self.exporter.rebuilds,
+        )
+
+
+def default_registry(exporter: Exporter, stats: ServerStats) -> CollectorRegistry:
+    """prometheus-client's process, platform and GC collectors beside the server's own."""
+    registry = CollectorRegistry(auto_describe=True)
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        registry.register(collector)
+    registry.register(SelfCollector(exporter, stats))
+    return registry
+
+
+class BoundedHTTPServer(HTTPServer):
+    """An HTTPServer with a fixed pool of threads instead of a thread per connection."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        backlog: int = BACKLOG,
+        stats: ServerStats | None = None,
+        tls: ssl.SSLContext | None = None,
+        timeout: float = TIMEOUT,
+    ) -> None:
+        self.request_queue_size = backlog
+        self.stats = stats or ServerStats()
+        self.tls = tls
+        self.request_timeout = timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        # Before binding: a port in use makes HTTPServer call server_close(), which needs it.
+        self._pool = ThreadPoolExecutor(max_connections, thread_name_prefix="dxkpi-http")
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with self.stats.lock:
+                self.stats.refused += 1
+            self._refuse(request)
+            return
+        with self.stats.lock:
+            self.stats.active += 1
+        self._pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: Any, client_address: Any) -> None:
+        try:
+            if self.tls is not None:
+                request.settimeout(self.request_timeout)
+                request = self.tls.wrap_socket(request, server_side=True)
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            with self.stats.lock:
+                self.stats.active -= 1
+            self._slots.release()
+
+    def _refuse(self, request: socket) -> None:
+        # A few bytes into a new socket's empty send buffer: this never blocks the accept loop.
+        try:
+            request.setblocking(False)
+            request.send(_REFUSAL)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        error = sys.exc_info()[1]
+        # The client went away or stalled, or spoke plain HTTP (or bad TLS) to the TLS port.
+        if isinstance(error, ConnectionError | TimeoutError | ssl.SSLError):
+            log.debug("client %s: %s", client_address, error)
+            return
+        log.exception("error serving %s", client_address)
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def board_page(snapshot: Snapshot | None, request_path: str) -> tuple[int, bytes, str]:
+    """`/` (Japanese) or `/?lang=en`: the board page of the current snapshot."""
+    if snapshot is None:
+        return 503, b"no snapshot yet: the store has not been read\n", "text/plain"
+    query = parse_qs(urlsplit(request_path).query)
+    lang = query.get("lang", ["ja"])[-1]
+    page = snapshot.board.get(lang) or snapshot.board["ja"]  # an unknown language: the default
+    return 200, page, "text/html; charset=utf-8"
+
+
+def make_server(
+    exporter: Exporter,
+    host: str,
+    port: int,
+    *,
+    registry: CollectorRegistry | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    request_timeout: float = TIMEOUT,
+    web: WebConfig | None = None,
+) -> BoundedHTTPServer:
+    """The exporter's server. `registry` holds what is served beside the snapshot (by default
+    process, platform, GC and the server's own metrics; an empty one serves the snapshot only).
+    `web`: TLS and basic auth (see `load_web_config`)."""
+    stats = ServerStats()
+    own = registry if registry is not None else default_registry(exporter, stats)
+    auth = BasicAuth(web.basic_auth_users) if web is not None and web.basic_auth_users else None
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "dxkpi-exporter"
+        protocol_version = "HTTP/1.1"  # keep-alive: every answer has a Content-Length
+        timeout = request_timeout  # StreamRequestHandler applies it to the socket
+
+        def do_GET(self) -> None:
+            self._route(head=False)
+
+        def do_HEAD(self) -> None:
+            self._route(head=True)
+
+        def _route(self, *, head: bool) -> None:
+            if auth is not None and not auth.allows(self.headers.get("Authorization")):
+                self.send_response(401)
+                self.send_header("WWW-Authenticate", 'Basic realm="dxkpi"')
+                self.send_header("Content-Type", "text/plain")
+                body = b"authentication required\n"
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if not head:
+                    self.wfile.write(body)
+                return
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._metrics(head)
+            elif path == "/healthz":
+                ok, message = exporter.health()
+                self._send(200 if ok else 503, (message + "\n").encode(), "text/plain", head=head)
+            elif path == "/":
+                status, page, content_type = board_page(exporter.snapshot, self.path)
+                self._send(status, page, content_type, head=head)
+            else:
+                self._send(404, b"not found: try /metrics or /healthz\n", "text/plain", head=head)
+
+        def _metrics(self, head: bool) -> None:
+            snapshot = exporter.snapshot
+            if snapshot is None:
+                body = b"no snapshot yet: the store has not been read\n"
+                self._send(503, body, "text/plain", head=head)
+                return
+            with stats.lock:
+                stats.scrapes += 1
+            openmetrics = "application/openmetrics-text" in self.headers.get("Accept", "")
+            content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+            # The server's own families first: an OpenMetrics body must end with the snapshot's
+            # `# EOF`.
+            if openmetrics:
+                mine = openmetrics_exposition(own).removesuffix(b"# EOF\n")  # type: ignore[no-untyped-call]
+            else:
+                mine = text_exposition(own)
+            if "gzip" in self.headers.get("Accept-Encoding", ""):
+                # Two gzip members make one valid gzip stream (RFC 1952): the snapshot's stays
+                # compressed once per build.
+                compressor = zlib.compressobj(1, wbits=16 + zlib.MAX_WBITS)
+                first = compressor.compress(mine) + compressor.flush() if mine else b""
+                rest = snapshot.body(openmetrics=openmetrics, gzipped=True)
+                self._send_pieces(
+                    [first, rest], len(first) + len(rest), content_type, gzipped=True, head=head
+                )
+            else:
+                length = len(mine) + snapshot.length(openmetrics=openmetrics)
+                pieces = itertools.chain([mine], snapshot.pieces(openmetrics=openmetrics))
+                self._send_pieces(pieces, length, content_type, head=head)
+
+        def _send(self, status: int, body: bytes, content_type: str, *, head: bool) -> None:
+            self._send_pieces([body], len(body), content_type, status=status, head=head)
+
+        def _send_pieces(
+            self,
+            pieces: Iterable[bytes],
+            length: int,
+            content_type: str,
+            *,
+            status: int = 200,
+            gzipped: bool = False,
+            head: bool,
+        ) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            if gzipped:
+                self.send_header("Content-Encoding", "gzip")
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            if head:
+                return
+            for piece in pieces:
+                self.wfile.write(piece)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    return BoundedHTTPServer(
+        (host, port),
+        Handler,
+        max_connections=max_connections,
+        stats=stats,
+        tls=web.ssl_context() if web is not None else None,
+        timeout=request_timeout,
+    )
