@@ -461,23 +461,10 @@ class Store(RunsAndLeases):
         self, series_ids: Sequence[int], start: int | None = None, end: int | None = None
     ) -> list[tuple[int, float]]:
         """(period_start, value) of the given series in [start, end), summed across series."""
-        if not series_ids:
-            return []
-        clauses = ["series_id IN :ids"]
-        params: dict[str, Any] = {"ids": list(series_ids)}
-        if start is not None:
-            clauses.append("period_start >= :start")
-            params["start"] = start
-        if end is not None:
-            clauses.append("period_start < :end")
-            params["end"] = end
-        sql = text(
-            "SELECT period_start, sum(value) FROM observations WHERE "
-            + " AND ".join(clauses)
-            + " GROUP BY period_start ORDER BY period_start"
-        ).bindparams(bindparam("ids", expanding=True))
-        with self.engine.connect() as connection:
-            return [(int(p), float(v)) for p, v in connection.execute(sql, params)]
+        summed: dict[int, float] = {}
+        for point in self.period_points(series_ids, start, end):
+            summed[point.start] = summed.get(point.start, 0.0) + point.value
+        return list(summed.items())
 
     def period_points(
         self, series_ids: Sequence[int], start: int | None = None, end: int | None = None
