@@ -590,7 +590,8 @@ def _metrics(exporter: Exporter) -> bytes:
 @pytest.mark.slow
 def test_embedded_run_shows_a_pushed_figure_on_metrics_within_a_second(tmp_path: Path) -> None:
     """`dxkpi run` on the embedded default (SQLite, no Redis): the receiver runs beside the
-    exporter and wakes it, so a pushed figure is on /metrics within a second of its 2xx."""
+    exporter and wakes it, so a pushed figure is on /metrics within a second of its 2xx, and
+    on the KPI board it feeds (the config's portal_views KPI: a fiscal year's page views)."""
     from tests.conftest import write_config
 
     metrics_port, receiver_port = _free_port(), _free_port()
@@ -603,7 +604,9 @@ def test_embedded_run_shows_a_pushed_figure_on_metrics_within_a_second(tmp_path:
               clients:
                 - id: dx_office
                   token_sha256: ${{DX_OFFICE_TOKEN_SHA256}}
-                  metrics: [{{name: paper_sheets, unit: sheets}}]
+                  metrics:
+                    - {{name: paper_sheets, unit: sheets}}
+                    - {{name: portal_page_views, unit: page_views}}
             """
         ),
     )
@@ -636,6 +639,13 @@ def test_embedded_run_shows_a_pushed_figure_on_metrics_within_a_second(tmp_path:
         while 'dxkpi_paper_sheets{source="dx_office"} 4200.0' not in _scrape(metrics_port):
             assert time.monotonic() - accepted < 1.0, "not on /metrics within a second"
             time.sleep(0.02)
+        # FY2021's page views, pushed as one fiscal-year figure: the KPI's reported period.
+        answer = push(receiver, {"metric": "portal_page_views", "period": "R3", "value": 1234567})
+        assert answer.status_code == 200, answer.text
+        accepted = time.monotonic()
+        while "1,234,567" not in _scrape(metrics_port, path="/"):
+            assert time.monotonic() - accepted < 1.0, "not on the KPI board within a second"
+            time.sleep(0.02)
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
@@ -654,8 +664,8 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _scrape(port: int) -> str:
+def _scrape(port: int, path: str = "/metrics") -> str:
     try:
-        return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+        return requests.get(f"http://127.0.0.1:{port}{path}", timeout=2).text
     except requests.RequestException:
         return ""
