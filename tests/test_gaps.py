@@ -46,13 +46,13 @@ def test_gaps_are_failed_backfill_windows_not_covered_since(store: Store) -> Non
 
 def test_a_cli_backfill_goes_on_past_failed_windows(tmp_path: Path) -> None:
     write_config(tmp_path, csv=BAD_CSV)
+    global_options = ["--config", str(tmp_path / "dxkpi.yaml"), "--data-dir", str(tmp_path / "d")]
+    migrated = CliRunner().invoke(main, [*global_options, "migrate"])  # backfill never migrates
+    assert migrated.exit_code == 0, migrated.output
     result = CliRunner().invoke(
         main,
         [
-            "--config",
-            str(tmp_path / "dxkpi.yaml"),
-            "--data-dir",
-            str(tmp_path / "d"),
+            *global_options,
             "backfill",
             "portal",
             "--since",
