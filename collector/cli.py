@@ -28,7 +28,6 @@ from collector.runtime import Runtime, resolve, set_current
 from collector.storage import Store, require_current_schema
 
 if TYPE_CHECKING:
-    from collector.config import SourceConfig
     from collector.contract import Window
     from collector.exporter import Exporter
     from collector.receiver.serve import ReceiverServer
@@ -576,40 +575,20 @@ def schema(ctx: click.Context) -> None:
     out.print_json(json.dumps(config_schema(), ensure_ascii=False))
 
 
-def _schedule_text(source: SourceConfig) -> str:
-    from collector.durations import format_duration
-
-    if source.schedule.every is not None:
-        return f"every {format_duration(source.schedule.every)}"
-    return f"cron {source.schedule.cron}"
-
-
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per source, in a list.")
 @click.pass_context
 def sources(ctx: click.Context, as_json: bool) -> None:
-    """Each source: connector, schedule, last success and last error."""
+    """Each source: connector, schedule, last success and last error (and runs going too
+    long, backfill gaps)."""
+    from collector.present import source_note, source_record
+
     runtime, store = _read_store(ctx)
     tz = runtime.loaded.config.tz
     health = {h.source: h for h in store.source_health()}
-    rows = []
-    for source in runtime.loaded.config.sources:
-        h = health.get(source.id)
-        success = h.last_success_at if h else None
-        failed = h is not None and h.last_status not in (None, "success")
-        rows.append(
-            {
-                "id": source.id,
-                "connector": source.connector,
-                "schedule": _schedule_text(source),
-                "interval_seconds": source.schedule.interval().total_seconds(),
-                "last_status": h.last_status if h else None,
-                "last_success": None
-                if success is None
-                else datetime.fromtimestamp(success, tz).isoformat(),
-                "last_error": (h.last_error if failed and h else None) or None,
-            }
-        )
+    now = time.time()
+    sources_ = runtime.loaded.config.sources
+    rows = [source_record(source, health.get(source.id), tz, now) for source in sources_]
     if as_json:
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -622,9 +601,9 @@ def sources(ctx: click.Context, as_json: bool) -> None:
             if row["last_status"] is None
             else _ts(health[source.id].last_success_at, runtime),
             # The row names the source already; one line, cut to what fits (--json has it all).
-            " ".join(str(row["last_error"] or "").removeprefix(f"source {source.id!r}: ").split()),
+            source_note(row).replace(f"source {source.id!r}: ", ""),
         ]
-        for source, row in zip(runtime.loaded.config.sources, rows, strict=True)
+        for source, row in zip(sources_, rows, strict=True)
     ]
     headers = ["source", "connector", "schedule", "last success", "last error"]
     widths = [max(len(c[i]) for c in [headers, *cells]) for i in range(4)]
@@ -714,6 +693,8 @@ def status(
         kpi_record,
         period_label,
         short_fiscal_year,
+        source_note,
+        source_record,
         split_value,
     )
 
@@ -731,19 +712,8 @@ def status(
             "fiscal_year": year,
             "kpis": [kpi_record(state, tz) for state in states],
             "sources": [
-                {
-                    "id": source.id,
-                    "connector": source.connector,
-                    "last_status": h.last_status if h else None,
-                    "last_success": (
-                        datetime.fromtimestamp(h.last_success_at, tz).isoformat()
-                        if h and h.last_success_at
-                        else None
-                    ),
-                    "last_error": h.last_error if h and h.last_status != "success" else None,
-                }
+                source_record(source, health.get(source.id), tz, time.time())
                 for source in runtime.loaded.config.sources
-                for h in [health.get(source.id)]
             ],
         }
         out.print_json(json.dumps(records, ensure_ascii=False))
@@ -800,12 +770,13 @@ def status(
     sources.add_column("last error", overflow="fold", ratio=2)
     for source in runtime.loaded.config.sources:
         h = health.get(source.id)
+        note = source_note(source_record(source, h, tz, time.time()))
         sources.add_row(
             source.id,
             source.connector,
             (h.last_status or "-") if h else "never",
             _ts(h.last_success_at if h else None, runtime),
-            (h.last_error or "")[:200] if h and h.last_status != "success" else "",
+            note.replace(f"source {source.id!r}: ", "")[:200],
         )
     out.print(sources)
 

@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from collector.contract import ConnectorSettings, MetricSpec, SourceContext
-from collector.durations import Duration
+from collector.durations import Duration, format_duration
 from collector.errors import ConfigError, ConfigProblem, DxkpiError
 from collector.fiscal import format_fiscal_year, parse_fiscal_year
 from collector.receiver.config import ReceiverConfig, check_receiver
@@ -95,6 +95,12 @@ class Schedule(_Model):
         if self.every is not None and self.every < timedelta(seconds=10):
             raise ValueError("`every` must be at least 10s")
         return self
+
+    def describe(self) -> str:
+        """`every 15m` or `cron 0 9 * * *`, as people read a schedule."""
+        if self.every is not None:
+            return f"every {format_duration(self.every)}"
+        return f"cron {self.cron}"
 
     def interval(self) -> timedelta:
         """The schedule's period; for cron, the period implied by its coarsest fixed field."""

@@ -18,8 +18,10 @@ from zoneinfo import ZoneInfo
 
 from rich.cells import cell_len
 
+from collector.config import SourceConfig
 from collector.fiscal import reiwa_label
 from collector.kpi import KpiState, StatusWord
+from collector.storage import SourceHealth
 from collector.units import PERCENT_UNITS, RATIO_UNITS
 
 __all__ = [
@@ -274,3 +276,49 @@ def kpi_record(state: KpiState, tz: ZoneInfo) -> dict[str, Any]:
             for o in state.outcomes
         ],
     }
+
+
+# A run still going after its source's schedule interval (and at least this long) is shown as
+# running too long: the next scheduled run is already due and will be skipped behind its lease.
+RUN_TOO_LONG_MIN_SECONDS = 900.0
+
+
+def running_too_long(health: SourceHealth | None, interval: float, now: float) -> float | None:
+    """How long the source's current run has been going, when that is too long; else None."""
+    if health is None or health.running_since is None:
+        return None
+    running = now - health.running_since
+    return running if running > max(interval, RUN_TOO_LONG_MIN_SECONDS) else None
+
+
+def source_record(
+    source: SourceConfig, health: SourceHealth | None, tz: ZoneInfo, now: float
+) -> dict[str, Any]:
+    """Everything `status --json` and `sources --json` say about one source."""
+    interval = source.schedule.interval().total_seconds()
+    failed = health is not None and health.last_status not in (None, "success")
+    too_long = running_too_long(health, interval, now)
+    return {
+        "id": source.id,
+        "connector": source.connector,
+        "schedule": source.schedule.describe(),
+        "interval_seconds": interval,
+        "last_status": health.last_status if health else None,
+        "last_success": _iso(health.last_success_at if health else None, tz),
+        "last_error": (health.last_error if failed and health else None) or None,
+        "running_too_long_seconds": too_long,
+        "gaps": health.gaps if health else 0,
+    }
+
+
+def source_note(record: dict[str, Any]) -> str:
+    """One line about what needs a look: a run going too long, backfill gaps, the last error."""
+    notes = []
+    if record["running_too_long_seconds"] is not None:
+        minutes = record["running_too_long_seconds"] / 60
+        notes.append(f"running for {format_number(minutes, decimals=0)} min (too long)")
+    if record["gaps"]:
+        notes.append(f"{record['gaps']} backfill gap(s): `dxkpi backfill` again")
+    if record["last_error"]:
+        notes.append(" ".join(str(record["last_error"]).split()))
+    return "; ".join(notes)

@@ -6,7 +6,9 @@ import json
 import logging
 import os
 import socket
+import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from click.testing import CliRunner
@@ -231,6 +233,8 @@ def test_sources_lists_each_source_within_80_columns(tmp_path: Path) -> None:
         "last_status": None,
         "last_success": None,
         "last_error": None,
+        "running_too_long_seconds": None,
+        "gaps": 0,
     }
     dxkpi(tmp_path, "collect", "archive", "--since", "2024-04-01", "--until", "2024-04-20")
     code, output = dxkpi(tmp_path, "sources", "--json")
@@ -441,3 +445,52 @@ def test_a_worker_is_not_ready_without_a_usable_store(
     current().store.close()
     assert code == 1
     assert output == "error: the store's tables are missing or out of date: run `dxkpi migrate`\n"
+
+
+def test_sources_and_status_show_a_run_going_too_long_and_backfill_gaps(tmp_path: Path) -> None:
+    write_config(tmp_path)
+    migrated(tmp_path)
+    store = store_of(tmp_path)
+    now = time.time()
+    runs = [
+        # a backfill window that failed for good: a gap until a later run covers it
+        ("backfill", 1_711_900_000, 1_712_000_000, now - 7200, now - 7100, "failed"),
+        # a scheduled run started two hours ago and still going, on an hourly schedule
+        ("scheduled", now - 9000, now - 7200, now - 7200, None, "running"),
+    ]
+    with store.engine.begin() as connection:
+        for kind, start, end, started, finished, status in runs:
+            connection.execute(
+                text(
+                    "INSERT INTO collection_runs (source, kind, window_start, window_end, "
+                    "started_at, finished_at, status, attempt, observations_written) VALUES "
+                    "('portal', :kind, :start, :end, :started, :finished, :status, 1, 0)"
+                ),
+                {
+                    "kind": kind,
+                    "start": start,
+                    "end": end,
+                    "started": started,
+                    "finished": finished,
+                    "status": status,
+                },
+            )
+        # its worker is alive: it holds the source's lease and renews it
+        connection.execute(
+            text(
+                "INSERT INTO source_state (source, lease_holder, lease_expires, generation) "
+                "VALUES ('portal', 'task:alive', :expires, 0)"
+            ),
+            {"expires": now + 60},
+        )
+    store.close()
+    code, output = dxkpi(tmp_path, "sources", "--json")
+    assert code == 0, output
+    [portal] = json.loads(output)
+    assert portal["gaps"] == 1, portal
+    assert portal["last_status"] == "failed", portal  # the last run that finished
+    assert portal["running_too_long_seconds"] == pytest.approx(7200, abs=60)
+    code, output = dxkpi(tmp_path, "sources")
+    assert "running for 120 min (too long); 1 ba" in output  # cut to 80 columns
+    code, output = dxkpi(tmp_path, "status", "--json")
+    assert json.loads(output)["sources"] == [portal | {"running_too_long_seconds": ANY}]

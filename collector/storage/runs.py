@@ -45,6 +45,8 @@ class SourceHealth:
     runs_by_status: dict[str, int]
     # Backfill windows that failed for good and are not read since (see `Store.gaps`).
     gaps: int = 0
+    # When the run going on now started (its holder alive: the lease is held); None when idle.
+    running_since: float | None = None
 
 
 # (cursor_end, checkpoint) read under the lease -> the run's (window_start, window_end).
@@ -257,6 +259,19 @@ class RunsAndLeases:
                     {"now": time.time()},
                 )
             }
+            # Runs going on now: `running` while the source's lease is held and renewed.
+            running: dict[str, float] = {
+                row[0]: row[1]
+                for row in connection.execute(
+                    text(
+                        "SELECT r.source, min(r.started_at) FROM collection_runs r "
+                        "JOIN source_state s ON s.source = r.source "
+                        "WHERE r.status = 'running' AND s.lease_holder IS NOT NULL "
+                        "AND s.lease_expires >= :now GROUP BY r.source"
+                    ),
+                    {"now": time.time()},
+                )
+            }
             success: dict[str, float] = {
                 row[0]: row[1]
                 for row in connection.execute(
@@ -285,6 +300,7 @@ class RunsAndLeases:
                     last_error=ABANDONED_MESSAGE,
                     runs_by_status=by_status,
                     gaps=gaps[source],
+                    running_since=running.get(source),
                 )
             else:
                 health = SourceHealth(
@@ -297,6 +313,7 @@ class RunsAndLeases:
                     last_error=redact(row.error_message) if row and row.error_message else None,
                     runs_by_status=by_status,
                     gaps=gaps[source],
+                    running_since=running.get(source),
                 )
             out.append(health)
         return out
