@@ -118,7 +118,9 @@ def test_head_keep_alive_and_own_metrics(address: tuple[str, int]) -> None:
         connection.request("GET", "/metrics")  # the same connection: kept alive
         got = connection.getresponse()
         body = got.read()
-        assert len(body) == length
+        # The snapshot's part is the same bytes; the process's own metrics (CPU seconds, memory,
+        # the scrape counter) are read anew for each request and may change length in between.
+        assert abs(len(body) - length) < 256
         connection.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
         zipped = connection.getresponse()
         assert gzip.decompress(zipped.read()).count(b"\n") >= body.count(b"\n") - 5
