@@ -66,11 +66,12 @@ def _when(text: str | None, runtime: Runtime, *, default: datetime | None = None
     if text is None:
         assert default is not None
         return default
+    from collector.clock import parse_datetime
+
     try:
-        moment = datetime.fromisoformat(text)
+        return parse_datetime(text, runtime.loaded.config.tz)
     except ValueError as exc:
         raise click.BadParameter(f"{text!r}: write an ISO date such as 2024-04-01") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=runtime.loaded.config.tz)
 
 
 CONFIG_HELP = "Config file (default: $DXKPI_CONFIG, else the example config shipped with dxkpi)."

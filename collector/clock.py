@@ -12,35 +12,42 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from collector.contract import TOKYO
 
-__all__ = ["AS_OF_ENV", "Clock", "fixed_clock", "now", "parse_moment", "system_clock"]
+__all__ = [
+    "AS_OF_ENV",
+    "Clock",
+    "fixed_clock",
+    "now",
+    "parse_datetime",
+    "parse_moment",
+    "system_clock",
+]
 
 Clock = Callable[[], float]
 AS_OF_ENV = "DXKPI_AS_OF"
 
 
-def parse_moment(text: str, tz: ZoneInfo = TOKYO) -> float:
-    """Unix seconds of an ISO date or datetime; a date means its midnight in `tz`.
+def parse_datetime(text: str, tz: ZoneInfo = TOKYO) -> datetime:
+    """An ISO date or datetime, aware; a date means its midnight, a naive time is in `tz`.
 
     Raises ValueError naming the accepted forms.
     """
-    value = text.strip()
     try:
-        if len(value) == 10:
-            day = date.fromisoformat(value)
-            return datetime(day.year, day.month, day.day, tzinfo=tz).timestamp()
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
             f"{text!r} is not a date or time: write e.g. 2026-12-03 or 2026-12-03T09:00+09:00"
         ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=tz)
-    return moment.timestamp()
+    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+
+
+def parse_moment(text: str, tz: ZoneInfo = TOKYO) -> float:
+    """Unix seconds of `parse_datetime(text, tz)`."""
+    return parse_datetime(text, tz).timestamp()
 
 
 def system_clock() -> float:

@@ -27,6 +27,7 @@ __all__ = [
     "fiscal_year_of",
     "fiscal_year_start",
     "format_fiscal_year",
+    "japanese_fiscal_year",
     "parse_fiscal_year",
     "parse_period",
     "period_end",
@@ -141,12 +142,26 @@ def reiwa_label(fy: int) -> str:
     return f"R{fy - REIWA_OFFSET}"
 
 
-def _japanese_label(fy: int) -> str | None:
+def _era_year(fy: int) -> tuple[str, str, int] | None:
+    """(short era, era, year in it) of a fiscal year: 2021 -> ("R", "令和", 3)."""
     for offset, short, long in ((REIWA_OFFSET, "R", "令和"), (HEISEI_OFFSET, "H", "平成")):
         if fy > offset:
-            n = fy - offset
-            return f"{short}{n} / {long}{'元' if n == 1 else n}年度"
+            return short, long, fy - offset
     return None
+
+
+def japanese_fiscal_year(fy: int) -> str | None:
+    """The Japanese name of a fiscal year: 2021 -> "令和3年度", 2019 -> "令和元年度"."""
+    era = _era_year(fy)
+    if era is None:
+        return None
+    _, long, n = era
+    return f"{long}{'元' if n == 1 else n}年度"
+
+
+def _japanese_label(fy: int) -> str | None:
+    era = _era_year(fy)
+    return None if era is None else f"{era[0]}{era[2]} / {japanese_fiscal_year(fy)}"
 
 
 def format_fiscal_year(fy: int) -> str:

@@ -474,13 +474,16 @@ class KpiCalculator:
             if ended_by >= self.fy_end(t.fiscal_year)
         ]
 
-        # Forecast: the target year's figure once known, else the trend of reported periods.
+        # The reported figures up to the reported period: (period end, value), or a continuous
+        # KPI's levels. The forecast's trend and the stall are read from them.
         trajectory = (
             [(p.end, p.value) for p in complete_periods if p.value is not None]
             if cadence != "continuous"
             else levels
         )
         trajectory = [(t, v) for t, v in trajectory if t <= at + 1]
+
+        # Forecast: the target year's figure once known, else the trend of reported periods.
         plan_start = self.fy_start(start.fiscal_year)
         final = next((o for o in outcomes if o.fiscal_year == target.fiscal_year), None)
         forecast: float | None
@@ -494,25 +497,21 @@ class KpiCalculator:
                 [(t, v) for t, v in trajectory if t > plan_start], target_ts, window_seconds=window
             )
 
-        # Stall and last good move, in the times of the reported data.
+        # Stall and last good move, in the times of the reported data (the forecast's points).
+        last_change = last_good_move(trajectory, direction)
+        if last_change is None and trajectory:
+            last_change = trajectory[0][0]
         if cadence == "continuous":
-            last_change = last_good_move(levels, direction)
-            if last_change is None and levels:
-                last_change = levels[0][0]
-            stalled = bool(
-                levels
-                and stall_after is not None
-                and levels[-1][0] - (last_change or levels[-1][0]) > stall_after.total_seconds()
-            )
             without = 0
+            stalled = bool(
+                trajectory
+                and last_change is not None
+                and stall_after is not None
+                and trajectory[-1][0] - last_change > stall_after.total_seconds()
+            )
         else:
-            series = [(p.end, p.value) for p in complete_periods if p.value is not None]
-            series = [(t, v) for t, v in series if t <= at + 1]
-            last_change = last_good_move(series, direction)
-            if last_change is None and series:
-                last_change = series[0][0]
-            without = _periods_without_improvement(series, direction)
-            stalled = len(series) >= 2 and without >= kpi.stall_periods
+            without = _periods_without_improvement(trajectory, direction)
+            stalled = len(trajectory) >= 2 and without >= kpi.stall_periods
 
         # When the next figure is due: the next data period after the newest, or the next KPI
         # period after the reported one, whichever is earlier.

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from rich.cells import cell_len
 
 from collector.config import SourceConfig
-from collector.fiscal import reiwa_label
+from collector.fiscal import REIWA_OFFSET, japanese_fiscal_year, reiwa_label
 from collector.kpi import KpiState, StatusWord
 from collector.storage import SourceHealth
 from collector.units import PERCENT_UNITS, RATIO_UNITS
@@ -140,11 +140,7 @@ def format_value(value: float | None, unit: str) -> str:
     """A value with its unit: `48.2 %` for ratios, `758 farms`, `-` when absent."""
     if value is None:
         return "-"
-    if unit in RATIO_UNITS:
-        return f"{format_number(value * 100, decimals=1)} %"
-    if unit in PERCENT_UNITS:
-        return f"{format_number(value, decimals=1)} %"
-    return f"{format_number(value)} {unit}"
+    return " ".join(split_value(value, unit))
 
 
 def split_value(value: float | None, unit: str) -> tuple[str, str]:
@@ -186,9 +182,10 @@ def clip(text: str, cells: int, *, lines: int = 1) -> str:
 
 
 def fiscal_year_label(fy: int, lang: Lang = "en") -> str:
-    """FY2021 / R3 in English, 令和3年度 in Japanese (FY2018 and before: 2018年度)."""
+    """FY2021 in English, 令和3年度 in Japanese (FY2018 and before: 2018年度)."""
     if lang == "ja":
-        return f"令和{'元' if fy == 2019 else fy - 2018}年度" if fy >= 2019 else f"{fy}年度"
+        name = japanese_fiscal_year(fy) if fy > REIWA_OFFSET else None
+        return name or f"{fy}年度"
     return f"FY{fy}"
 
 

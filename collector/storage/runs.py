@@ -243,35 +243,26 @@ class RunsAndLeases:
                     )
                 )
             }
-            # Runs still `running` whose source's lease is free or expired: their holder died.
-            # Shown as abandoned now; the next run of the source closes them for good.
-            abandoned = {
-                row.source: row
-                for row in connection.execute(
-                    text(
-                        "SELECT r.source, max(r.id) AS id, max(r.started_at) AS started_at, "
-                        "count(*) AS n, max(s.lease_expires) AS expired_at "
-                        "FROM collection_runs r JOIN source_state s ON s.source = r.source "
-                        "WHERE r.status = 'running' "
-                        "AND (s.lease_holder IS NULL OR s.lease_expires < :now) "
-                        "GROUP BY r.source"
-                    ),
-                    {"now": time.time()},
-                )
-            }
-            # Runs going on now: `running` while the source's lease is held and renewed.
-            running: dict[str, float] = {
-                row[0]: row[1]
-                for row in connection.execute(
-                    text(
-                        "SELECT r.source, min(r.started_at) FROM collection_runs r "
-                        "JOIN source_state s ON s.source = r.source "
-                        "WHERE r.status = 'running' AND s.lease_holder IS NOT NULL "
-                        "AND s.lease_expires >= :now GROUP BY r.source"
-                    ),
-                    {"now": time.time()},
-                )
-            }
+            # Runs still `running`, by whether their source's lease is held: while it is, the run
+            # is going on now; once it is free or expired, its holder died and it is shown as
+            # abandoned (the next run of the source closes it for good).
+            abandoned: dict[str, Any] = {}
+            running: dict[str, float] = {}
+            for runs in connection.execute(
+                text(
+                    "SELECT r.source, (s.lease_holder IS NOT NULL AND s.lease_expires >= :now) "
+                    "AS alive, max(r.id) AS id, min(r.started_at) AS first_started_at, "
+                    "max(r.started_at) AS started_at, count(*) AS n, "
+                    "max(s.lease_expires) AS expired_at "
+                    "FROM collection_runs r JOIN source_state s ON s.source = r.source "
+                    "WHERE r.status = 'running' GROUP BY r.source, alive"
+                ),
+                {"now": time.time()},
+            ):
+                if runs.alive:
+                    running[runs.source] = runs.first_started_at
+                else:
+                    abandoned[runs.source] = runs
             success: dict[str, float] = {
                 row[0]: row[1]
                 for row in connection.execute(
