@@ -1,0 +1,8 @@
+"""kintone: figures kept in a kintone app's records, through the REST API (see README.md)."""
+
+from connectors.kintone.connector import KintoneConnector
+from connectors.kintone.settings import KintoneSettings
+
+CONNECTOR = KintoneConnector
+
+__all__ = ["CONNECTOR", "KintoneConnector", "KintoneSettings"]
