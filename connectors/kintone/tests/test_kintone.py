@@ -6,12 +6,15 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from collector.config import load_config
 from collector.contract import TOKYO, Granularity, Observation, Window
 from collector.errors import (
+    ConfigError,
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
@@ -421,3 +424,20 @@ def test_a_rerun_yields_the_same_observations(kintone: Server) -> None:
     first = observations(connector.collect(Window(APRIL, JULY)))
     second = observations(connector.collect(Window(APRIL, JULY)))
     assert first == second
+
+
+def test_the_example_passes_check_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    example = Path(__file__).parents[1] / "example.yaml"
+    monkeypatch.setenv("KINTONE_E_APPLICATIONS_TOKEN", DOMAIN_TOKEN)
+    loaded = load_config(example)
+    specs = loaded.metric_specs["kintone_e_applications"]
+    assert specs["online_applications"].labels == ("municipality",)
+    inline = tmp_path / "dxkpi.yaml"
+    inline.write_text(
+        example.read_text(encoding="utf-8").replace(
+            "${KINTONE_E_APPLICATIONS_TOKEN}", "plain-token-value"
+        ),
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError, match="secrets are never written inline"):
+        load_config(inline)
