@@ -32,6 +32,12 @@ from connectors.appstore.tests.fake_appstore import FakeAppStore, new_team_key, 
 from connectors.csvfile.tests.fake_csvfile import FileShare
 from connectors.ga4.tests.fake_ga4 import PROPERTY_ID, FakeGa4, key_file, new_key
 from connectors.googleplay.tests.fake_gcs import TESTDATA, FakeGcs, new_service_account
+from connectors.httpjson.tests.fake_statsapi import PATH as STATS_PATH
+from connectors.httpjson.tests.fake_statsapi import TOKEN as STATS_TOKEN
+from connectors.httpjson.tests.fake_statsapi import FakeStatsApi
+from connectors.kintone.tests.fake_kintone import APP as KINTONE_APP
+from connectors.kintone.tests.fake_kintone import DOMAIN_TOKEN as KINTONE_TOKEN
+from connectors.kintone.tests.fake_kintone import FakeKintone
 from connectors.matomo.tests.fake_matomo import PREFIX, SITE_ID, FakeMatomo
 from connectors.matomo.tests.fake_matomo import TOKEN as MATOMO_TOKEN
 from connectors.plausible.tests.fake_plausible import SITE_ID as PLAUSIBLE_SITE
@@ -72,6 +78,8 @@ class Keys:
             "E2E_APPSTORE_KEY": self.appstore[0],
             "E2E_GOOGLEPLAY_KEY_JSON": json.dumps(self.googleplay[0]),
             "E2E_UIPATH_SECRET": self.uipath_secret,
+            "E2E_KINTONE_TOKEN": KINTONE_TOKEN,
+            "E2E_HTTPJSON_TOKEN": STATS_TOKEN,
         }
 
 
@@ -353,6 +361,69 @@ def csvfile_source(folder: Path) -> Source:
     )
 
 
+def kintone_source(stack: ExitStack) -> Source:
+    fake = FakeKintone(types={"受付日": "DATE", "市町村": "DROP_DOWN", "件数": "NUMBER"})
+    for day, city, count in [
+        (1, "盛岡市", "4"),
+        (2, "盛岡市", "7"),
+        (2, "盛岡市", "5"),
+        (2, "花巻市", "3"),
+    ]:
+        fake.add(受付日=f"2026-11-{day:02d}", 市町村=city, 件数=count)
+    url = serve(stack, fake)
+    settings = {
+        "base_url": url,
+        "app": KINTONE_APP,
+        "api_token": "${E2E_KINTONE_TOKEN}",
+        "date_field": "受付日",
+        "labels": {"municipality": "市町村"},
+        "metrics": [{"name": "kintone_applications", "field": "件数", "unit": "applications"}],
+    }
+    morioka, hanamaki = {"municipality": "盛岡市"}, {"municipality": "花巻市"}
+    return Source(
+        "kintone_e2e",
+        "kintone",
+        settings,
+        date(2026, 11, 1),
+        date(2026, 11, 4),
+        [
+            Expect("kintone_applications", morioka, date(2026, 11, 2), 12),
+            Expect("kintone_applications", hanamaki, date(2026, 11, 2), 3),
+            Expect("kintone_applications", morioka, date(2026, 11, 3), 0),
+        ],
+    )
+
+
+def httpjson_source(stack: ExitStack) -> Source:
+    fake = FakeStatsApi(style="link_header", default_page_size=2)
+    for day, online in [(1, 10), (2, 20), (2, "1,000"), (3, 5)]:
+        fake.add(f"2026-11-{day:02d}", "盛岡市", online, online)
+    url = serve(stack, fake)
+    fake.base_url = url  # the Link header's absolute URLs
+    settings = {
+        "url": f"{url}{STATS_PATH}",
+        "params": {"from": "{start}", "to": "{last_day}"},
+        "auth_token": "${E2E_HTTPJSON_TOKEN}",
+        "pagination": {"style": "link_header"},
+        "records": "data",
+        "period": "date",
+        "metrics": [
+            {"name": "eapp_online_applications", "field": "counts.online", "unit": "applications"}
+        ],
+    }
+    return Source(
+        "httpjson_e2e",
+        "httpjson",
+        settings,
+        date(2026, 11, 1),
+        date(2026, 11, 4),
+        [
+            Expect("eapp_online_applications", {}, date(2026, 11, 2), 1020),
+            Expect("eapp_online_applications", {}, date(2026, 11, 3), 5),
+        ],
+    )
+
+
 # -- reading back ---------------------------------------------------------------------------
 
 
@@ -402,6 +473,8 @@ def test_every_connector_collected_by_a_worker_into_postgres_and_exported(
             googleplay_source(stack, keys),
             uipath_source(stack, keys),
             csvfile_source(tmp),
+            kintone_source(stack),
+            httpjson_source(stack),
         ]
         config = tmp / "dxkpi.yaml"
         config.write_text(
