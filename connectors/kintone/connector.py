@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import logging
 from collections.abc import Iterator, Mapping
+from contextlib import closing
 from datetime import UTC, date, datetime, time
 from typing import Any, ClassVar
 
@@ -129,8 +130,11 @@ class KintoneConnector(Connector[KintoneSettings]):
             s.metrics, tuple(s.labels), s.static_labels, s.granularity, tz, problems
         )
         wanted = set(periods)
-        for record in self._records(query):
-            self._add(table, record, wanted)
+        # Closed at once on an error, so that an open cursor is deleted now, not when the
+        # generator happens to be collected.
+        with closing(self._records(query)) as records:
+            for record in records:
+                self._add(table, record, wanted)
         error = problems.error(
             self.context.source_id,
             self._app,
