@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from contextlib import closing
 from datetime import UTC, date, datetime, time
 from typing import Any, ClassVar
@@ -221,7 +221,7 @@ class KintoneConnector(Connector[KintoneSettings]):
 
     # -- reading records -------------------------------------------------------------------
 
-    def _records(self, query: str) -> Iterator[Any]:
+    def _records(self, query: str) -> Generator[Any, None, None]:
         s = self.settings
         fields = self._fields()
         base: dict[str, Any] = {"app": s.app}
