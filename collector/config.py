@@ -122,6 +122,8 @@ class Schedule(_Model):
 class SourceConfig(_Model):
     id: str = Field(pattern=IDENTIFIER)
     connector: str
+    # The organisation that owns the source (its credentials, its share of the workers).
+    org: str = Field(default="default", pattern=IDENTIFIER)
     schedule: Schedule = Schedule(every=timedelta(hours=1))
     lookback: Duration = timedelta(days=3)
     # Where the first collection starts when the source has no cursor yet (default: now - lookback).
