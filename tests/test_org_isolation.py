@@ -9,6 +9,7 @@ PostgreSQL, and each organisation's API a real loopback fake (Plausible's, `conn
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,25 @@ def test_errors_name_the_organisation(tmp_path: Path) -> None:
     assert "(organisation 'a')" in run["error_message"]
     assert KEYS["a"] not in run["error_message"]
     store.close()
+
+
+def test_a_burst_of_runs_queues_one_kpi_history_refresh_not_one_per_run(
+    org_cluster: Any,
+) -> None:
+    """480 runs in a cycle used to queue 480 refreshes (each recomputes every KPI, one at a
+    time behind a table lock); runs that change data within `REFRESH_DELAY` share one."""
+    from tasks.kpis import REFRESH_DELAY
+
+    start, client, store, tmp = org_cluster
+    with loopback_server(FakePlausible(keys={KEYS["a"]})) as (url, _):
+        sources = [f"a_site_{i}" for i in range(8)]
+        config = write(tmp / "orgs.yaml", [plausible_source(s, "a", url) for s in sources])
+        worker = start(config, "--pool", "threads", "--concurrency", "8")
+        for source in sources:
+            client.send_task("dxkpi.collect", args=(source,))
+        wait_for(lambda: succeeded(store, sources) == set(sources), what="every run")
+        # Every run changed data; the refresh queued by the first covers those that follow.
+        wait_for(lambda: "KPI history: stored" in worker.log.read_text(), what="a refresh")
+        time.sleep(REFRESH_DELAY + 2)
+    refreshes = worker.log.read_text().count("KPI history: stored")
+    assert 1 <= refreshes <= 2, refreshes
