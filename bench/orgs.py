@@ -74,6 +74,9 @@ SOURCES_PER_ORG = 8
 FULL_SERIAL_SAMPLE = 96
 DELAY_SECONDS = 0.2
 WARMUP = "warmup_site"
+# The organisation whose API hangs in the second cycle: the prefecture itself, with many sources.
+HANGING_ORG = "pref"
+FULL_HANGING_SOURCES = 40
 EXAMPLE = Path(__file__).resolve().parent.parent / "collector" / "example"
 
 
@@ -127,14 +130,28 @@ def org_kpi(org: str, source_id: str) -> dict[str, Any]:
 
 
 def orgs_config(
-    path: Path, url: str, broker: str, base_url: str, site_id: str, orgs: list[str]
+    path: Path,
+    url: str,
+    broker: str,
+    base_url: str,
+    site_id: str,
+    orgs: list[str],
+    hanging: tuple[str, int] | None = None,
 ) -> Path:
+    """The organisations' sources and KPIs; with `hanging` (its API's URL, how many sources),
+    also the sources of the organisation `HANGING_ORG`, whose API hangs."""
     sources = [site(WARMUP, "warmup", base_url, site_id)]
     kpis = []
     for org in orgs:
         ids = [f"{org}_site_{n}" for n in range(1, SOURCES_PER_ORG + 1)]
         sources += [site(s, org, base_url, site_id) for s in ids]
         kpis.append(org_kpi(org, ids[0]))
+    if hanging is not None:
+        hanging_url, count = hanging
+        sources += [
+            site(f"{HANGING_ORG}_site_{n}", HANGING_ORG, hanging_url, site_id)
+            for n in range(1, count + 1)
+        ]
     config = {
         "data_dir": str(path.parent),
         "storage": {"url": url},
@@ -255,6 +272,43 @@ def send_beat_cycle(app: Any, loaded: LoadedConfig, sources: set[str]) -> int:
     return sent
 
 
+def runs_since(store: Store, sources: list[str], since: float) -> tuple[int, int, float | None]:
+    """(runs of `sources` started since `since`, of which finished, latest finish)."""
+    with store.engine.connect() as connection:
+        row = connection.execute(
+            text(
+                "SELECT count(*), count(finished_at), max(finished_at) FROM collection_runs "
+                "WHERE kind = 'scheduled' AND source = ANY(:sources) AND started_at >= :since"
+            ),
+            {"sources": sources, "since": since},
+        ).one()
+    return int(row[0]), int(row[1]), row[2]
+
+
+def wait_cycle(
+    store: Store, sources: list[str], since: float, timeout: float, worker: Any, log: Path
+) -> float:
+    """Until every source of `sources` has a run started since `since` and finished; the
+    latest finish."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}:\n{tail(log)}")
+        _, done, last = runs_since(store, sources, since)
+        if done >= len(sources) and last is not None:
+            return float(last)
+        time.sleep(0.05)
+    raise RuntimeError(f"{len(sources)} runs not finished after {timeout:.0f}s:\n{tail(log)}")
+
+
+def hanging(handler: Handler, released: threading.Event) -> Handler:
+    def answer(request: FakeRequest) -> FakeResponse:
+        released.wait(timeout=120)
+        return handler(request)
+
+    return answer
+
+
 def run(bench: Bench) -> Outcome:
     try:
         import redis
@@ -262,6 +316,7 @@ def run(bench: Bench) -> Outcome:
 
         from collector.registry import load_connector
         from connectors.plausible.tests.fake_plausible import SITE_ID, FakePlausible
+        from tasks.collect import DEFAULT_ORG_CONCURRENCY
         from tasks.kpis import REFRESH_DELAY
 
         load_connector("plausible")
@@ -288,20 +343,29 @@ def run(bench: Bench) -> Outcome:
     folder = bench.dir("orgs")
     log = folder / "worker.log"
     fake = FakePlausible(keys=set(keys.values()), hourly_limit=10**9)
+    n_hanging = bench.size(FULL_HANGING_SOURCES, minimum=2)
+    keys[key_env(HANGING_ORG)] = org_key(HANGING_ORG)
+    released = threading.Event()
+    hanging_fake = FakePlausible(keys={org_key(HANGING_ORG)}, hourly_limit=10**9)
     with (
         bench.database.schema("orgs") as url,
         bench.database.schema("orgs_example") as example_url,
         loopback_server(slow(fake, DELAY_SECONDS)) as (base_url, _),
+        loopback_server(hanging(hanging_fake, released)) as (hanging_url, hanging_seen),
         ExitStack() as variables,
     ):
+        variables.callback(released.set)
         for name, value in keys.items():
             variables.enter_context(environment(name, value))
         serial_seconds, sampled = serial_sample(
             bench, folder, broker, base_url, SITE_ID, orgs, n_sample
         )
-        config = orgs_config(folder / "orgs.yaml", url, broker, base_url, SITE_ID, orgs)
+        config = orgs_config(
+            folder / "orgs.yaml", url, broker, base_url, SITE_ID, orgs, (hanging_url, n_hanging)
+        )
         loaded = load_config(config)
-        sources = [s.id for s in loaded.config.sources if s.id != WARMUP]
+        sources = [s.id for s in loaded.config.sources if s.org not in ("warmup", HANGING_ORG)]
+        stuck = [s.id for s in loaded.config.sources if s.org == HANGING_ORG]
         n_sources = len(sources)
         serial = serial_seconds * n_sources / sampled
         store = Store(url)
@@ -341,6 +405,24 @@ def run(bench: Bench) -> Outcome:
             refreshes = worker_log.count("KPI history: stored") - refreshes_before
             deferred = worker_log.count("this run waits its turn")
             counts = runs_per_source(store, sources)
+
+            # A second cycle as the first: its runs read the same windows again and change
+            # nothing, as do those of the third, which it is the baseline of.
+            repeat_at = time.time()
+            send_beat_cycle(app, loaded, set(sources))
+            last_finish = wait_cycle(store, sources, repeat_at, max(60.0, serial * 3), worker, log)
+            cycle_repeat = last_finish - repeat_at
+            # The third: the hanging organisation's runs are queued first, then the others'.
+            # Its API answers nothing until the others are all collected.
+            second_at = time.time()
+            send_beat_cycle(app, loaded, set(stuck))
+            send_beat_cycle(app, loaded, set(sources))
+            last_finish = wait_cycle(store, sources, second_at, max(60.0, serial * 3), worker, log)
+            cycle_hanging = last_finish - second_at
+            stuck_started, _, _ = runs_since(store, stuck, second_at)
+            stuck_requests = len(hanging_seen)
+            released.set()
+            wait_cycle(store, stuck, second_at, 120, worker, log)
         finally:
             if worker is not None:
                 stop_process(worker)
@@ -367,6 +449,16 @@ def run(bench: Bench) -> Outcome:
         f"cycle {cycle:.2f}s ({PROCESSES} processes × {CONCURRENCY} threads; each API call "
         f"answers after {DELAY_SECONDS * 1000:.0f} ms); every source collected once",
         target=10,
+    )
+    outcome.ratio(
+        f"cycle while a {n_hanging}-source organisation hangs / cycle",
+        cycle_hanging / cycle_repeat,
+        f"{cycle_hanging:.2f}s vs {cycle_repeat:.2f}s (a repeat cycle, as this one) for the other "
+        f"{n_sources} sources; the hanging organisation's runs, "
+        f"queued first, took {stuck_started} threads (DXKPI_ORG_CONCURRENCY, default "
+        f"{DEFAULT_ORG_CONCURRENCY}), the rest of them waited off the threads",
+        target=1.5,
+        comparison="<=",
     )
     for name, label in (
         ("rebuild_seconds", "exporter rebuild"),
@@ -397,6 +489,11 @@ def run(bench: Bench) -> Outcome:
         serial_seconds_estimated=round(serial, 3),
         cycle_seconds=round(cycle, 3),
         runs_deferred=deferred,
+        hanging_sources=n_hanging,
+        repeat_cycle_seconds=round(cycle_repeat, 3),
+        cycle_while_hanging_seconds=round(cycle_hanging, 3),
+        hanging_runs_started=stuck_started,
+        hanging_requests=stuck_requests,
         kpi_refreshes=refreshes,
         worker_cpu_seconds=round(worker_cpu, 3),
         ideal_seconds=round(
