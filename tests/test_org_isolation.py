@@ -193,3 +193,23 @@ def test_a_burst_of_runs_queues_one_kpi_history_refresh_not_one_per_run(
         time.sleep(REFRESH_DELAY + 2)
     refreshes = worker.log.read_text().count("KPI history: stored")
     assert 1 <= refreshes <= 2, refreshes
+
+
+def test_an_unknown_source_among_hundreds_is_named_with_a_suggestion(
+    tmp_path: Path, org_keys: dict[str, str]
+) -> None:
+    from collector.config import load_config
+    from collector.errors import DxkpiError
+
+    sources = [
+        plausible_source(f"{org}_site_{i}", org, "http://127.0.0.1:9")
+        for org in KEYS
+        for i in range(30)
+    ]
+    loaded = load_config(write(tmp_path / "orgs.yaml", sources))
+    assert loaded.source("b_site_29").org == "b"
+    with pytest.raises(DxkpiError) as raised:
+        loaded.source("b_stie_29")
+    message = str(raised.value)
+    assert "did you mean 'b_site_29'?" in message and "(60 in all)" in message
+    assert "a_site_9," in message and "b_site_28" not in message
