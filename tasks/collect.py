@@ -32,7 +32,14 @@ ORG_DEFER_SECONDS = 2.0
 def org_concurrency() -> int:
     """`DXKPI_ORG_CONCURRENCY` (0: no limit)."""
     value = os.environ.get("DXKPI_ORG_CONCURRENCY", "").strip()
-    return int(value) if value else DEFAULT_ORG_CONCURRENCY
+    if not value:
+        return DEFAULT_ORG_CONCURRENCY
+    if not value.isdigit():
+        raise DxkpiError(
+            f"DXKPI_ORG_CONCURRENCY={value!r} in the worker's environment: give a whole number "
+            f"of runs (0 for no limit; default {DEFAULT_ORG_CONCURRENCY})"
+        )
+    return int(value)
 
 
 def backoff(retries: int, base: float = 10.0, cap: float = 600.0) -> float:

@@ -213,3 +213,29 @@ def test_an_unknown_source_among_hundreds_is_named_with_a_suggestion(
     message = str(raised.value)
     assert "did you mean 'b_site_29'?" in message and "(60 in all)" in message
     assert "a_site_9," in message and "b_site_28" not in message
+
+
+@pytest.mark.parametrize("backend", ["sqlite_store", "pg_store"])
+def test_the_store_lets_an_organisation_hold_at_most_its_share_of_leases(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    from collector.storage import OrgAtLimit, OrgShare, Store
+
+    store: Store = request.getfixturevalue(backend)
+    a = OrgShare("a", ("a1", "a2", "a3"), limit=2)
+    b = OrgShare("b", ("b1",), limit=2)
+
+    def plan(cursor: float | None, checkpoint: str | None) -> tuple[float, float]:
+        return 0.0, 1.0
+
+    def start(source: str, share: OrgShare, holder: str) -> int | None:
+        return store.start_leased_run(source, "scheduled", holder, 60, plan, share=share)
+
+    first, second = start("a1", a, "h1"), start("a2", a, "h2")
+    assert first is not None and second is not None
+    with pytest.raises(OrgAtLimit, match="organisation a: 2 of its sources"):
+        start("a3", a, "h3")
+    assert store.runs("a3") == []  # nothing recorded for the deferred run
+    assert start("b1", b, "h4") is not None  # another organisation is not held up
+    store.finish_run(first, "success", 0, release_lease_of="h1")
+    assert start("a3", a, "h3") is not None  # a lease freed: its turn
