@@ -78,13 +78,19 @@ class SourceError(DxkpiError):
         self.message = message
         self.where = where
         self.hint = hint
-        parts = [f"source {source_id!r}"]
-        if where:
-            parts.append(where)
-        text = ": ".join([*parts, message])
-        if hint:
-            text += f" ({hint})"
-        super().__init__(text)
+        # The source's organisation, set by the runner (connectors do not know it).
+        self.org: str | None = None
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        who = f"source {self.source_id!r}"
+        if self.org:
+            who += f" (organisation {self.org!r})"
+        text = ": ".join([who, *([self.where] if self.where else []), self.message])
+        return f"{text} ({self.hint})" if self.hint else text
+
+    def __str__(self) -> str:
+        return self._text()
 
 
 class RetryableSourceError(SourceError):

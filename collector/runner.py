@@ -20,10 +20,10 @@ from pydantic import SecretStr
 
 from collector.config import LoadedConfig
 from collector.contract import AnyConnector, Checkpoint, ConnectorSettings, Observation, Window
-from collector.errors import RetryableSourceError
+from collector.errors import RetryableSourceError, SourceError
 from collector.redact import redact
 from collector.registry import load_connector
-from collector.storage import Store, WriteStats
+from collector.storage import OrgAtLimit, OrgShare, Store, WriteStats
 
 log = logging.getLogger("dxkpi.runner")
 
@@ -46,7 +46,7 @@ WRITE_BATCH = 25_000
 @dataclass
 class RunResult:
     source: str
-    status: str  # success | failed | retrying | skipped | dry-run
+    status: str  # success | failed | retrying | skipped | deferred | dry-run
     window: Window
     written: int = 0
     changed: int = 0
@@ -126,6 +126,28 @@ def _record_failure(
                 )
                 return
             time.sleep(pause)
+
+
+def who(loaded: LoadedConfig, source_id: str) -> str:
+    """`source X`, or `source X (organisation Y)` when the config has organisations: what
+    every log line and error of a run starts with."""
+    try:
+        org = loaded.source(source_id).org
+    except Exception:  # an unknown source: its own error says so
+        return f"source {source_id}"
+    return f"source {source_id}" if org == "default" else f"source {source_id} (organisation {org})"
+
+
+def org_share(loaded: LoadedConfig, source_id: str, limit: int | None) -> OrgShare | None:
+    """The source's organisation's share of the workers (at most `limit` runs at once), or None
+    without a limit or when every source belongs to one organisation (nothing to isolate)."""
+    if not limit:
+        return None
+    org = loaded.source(source_id).org
+    sources = loaded.config.sources
+    if all(s.org == org for s in sources):
+        return None
+    return OrgShare(org, tuple(s.id for s in sources if s.org == org), limit)
 
 
 def build_connector(loaded: LoadedConfig, source_id: str) -> AnyConnector:
@@ -249,10 +271,13 @@ def collect_source(
     now: datetime | None = None,
     ahead: ReadAhead | None = None,
     on_collected: Callable[[], None] | None = None,
+    org_limit: int | None = None,
 ) -> RunResult:
     """One run of `source_id`. `ahead`: the window's collection, already started (its window is
     the run's). `on_collected`: called once the connector has given its last item, while the
-    run still stores the last batch (a backfill then starts reading the next window)."""
+    run still stores the last batch (a backfill then starts reading the next window).
+    `org_limit`: at most this many runs of the source's organisation at once (`org_share`);
+    past it the run does not start and its status is `deferred`."""
     if ahead is not None:
         connector, window = ahead.connector, ahead.window
     else:
@@ -281,9 +306,24 @@ def collect_source(
 
     secrets = secrets_of(loaded.settings[source_id])
     holder = holder or holder_id()
-    run_id = store.start_leased_run(source_id, kind, holder, LEASE_TTL, plan, attempt)
+    named = who(loaded, source_id)
+    try:
+        run_id = store.start_leased_run(
+            source_id,
+            kind,
+            holder,
+            LEASE_TTL,
+            plan,
+            attempt,
+            org_share(loaded, source_id, org_limit),
+        )
+    except OrgAtLimit as exc:
+        log.info("%s: %s", named, exc)
+        if ahead is not None:
+            ahead.close()
+        return RunResult(source_id, "deferred", given or Window(start=now, end=now))
     if run_id is None:
-        log.info("source %s: another run holds the lease; skipping", source_id)
+        log.info("%s: another run holds the lease; skipping", named)
         if ahead is not None:
             ahead.close()
         skipped = given or scheduled_window(loaded, store, source_id, connector, now)
@@ -309,13 +349,15 @@ def collect_source(
         )
     except BaseException as exc:
         heartbeat.stop()
+        if isinstance(exc, SourceError) and named != f"source {source_id}":
+            exc.org = loaded.source(source_id).org
         status = (
             "retrying" if isinstance(exc, RetryableSourceError) and not final_attempt else "failed"
         )
         message = redact(str(exc), secrets) or repr(exc)
         log.warning(
-            "source %s: run %s %s after %.1fs: %s",
-            source_id,
+            "%s: run %s %s after %.1fs: %s",
+            named,
             run_id,
             status,
             time.monotonic() - started,
@@ -335,8 +377,8 @@ def collect_source(
         release_lease_of=holder,
     )
     log.info(
-        "source %s: run %s stored %d observations (%d changed) in %.1fs",
-        source_id,
+        "%s: run %s stored %d observations (%d changed) in %.1fs",
+        named,
         run_id,
         stats.observations,
         stats.changed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -11,16 +12,34 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from collector.contract import Window
 from collector.errors import DxkpiError, FatalSourceError, RetryableSourceError
-from collector.runner import backfill_windows, build_connector, collect_source
+from collector.runner import backfill_windows, build_connector, collect_source, who
 from collector.runtime import Runtime, current
 from tasks.app import app
-from tasks.kpis import refresh_kpis
+from tasks.kpis import request_refresh
 
 log = logging.getLogger("dxkpi.tasks")
 
 MAX_RETRIES = 5
 # A lost database connection is transient too (a restart, a failover): retry, never lose the run.
 RETRY_ON = (RetryableSourceError, OperationalError, DBAPIError, ConnectionError)
+# At most this many runs of one organisation at once, across all workers (when the config has
+# more than one organisation): a slow or hanging API holds that many threads, never all of them.
+DEFAULT_ORG_CONCURRENCY = 8
+# A run deferred by that limit goes back to the queue for this long (it holds no thread).
+ORG_DEFER_SECONDS = 2.0
+
+
+def org_concurrency() -> int:
+    """`DXKPI_ORG_CONCURRENCY` (0: no limit)."""
+    value = os.environ.get("DXKPI_ORG_CONCURRENCY", "").strip()
+    if not value:
+        return DEFAULT_ORG_CONCURRENCY
+    if not value.isdigit():
+        raise DxkpiError(
+            f"DXKPI_ORG_CONCURRENCY={value!r} in the worker's environment: give a whole number "
+            f"of runs (0 for no limit; default {DEFAULT_ORG_CONCURRENCY})"
+        )
+    return int(value)
 
 
 def backoff(retries: int, base: float = 10.0, cap: float = 600.0) -> float:
@@ -75,12 +94,13 @@ def collect(
             # The task id stays the same across retries: a retry takes over the lease its own
             # earlier attempt left behind (a lost database), instead of waiting for it to expire.
             holder=f"task:{self.request.id}" if self.request.id else None,
+            org_limit=org_concurrency(),
         )
     except ProgrammingError as exc:
         # Tables missing or from an older version: no retry will help, a migration will.
         log.error(
-            "source %s: the store's tables are missing or out of date (%s): run `dxkpi migrate`",
-            source_id,
+            "%s: the store's tables are missing or out of date (%s): run `dxkpi migrate`",
+            who(runtime.loaded, source_id),
             " ".join(str(exc.orig).split()) if exc.orig is not None else type(exc).__name__,
         )
         raise
@@ -93,8 +113,8 @@ def collect(
         # Honour the source's own Retry-After exactly; back off exponentially otherwise.
         countdown = wait if wait is not None else backoff(retries)
         log.warning(
-            "source %s: attempt %d failed (%s); retrying in %.0fs",
-            source_id,
+            "%s: attempt %d failed (%s); retrying in %.0fs",
+            who(runtime.loaded, source_id),
             retries + 1,
             type(exc).__name__,
             countdown,
@@ -106,13 +126,28 @@ def collect(
         if kind == "backfill":
             return gap(source_id, window, exc)
         raise
+    if result.status == "deferred":
+        # Its organisation has its share of the workers busy: back to the queue, keeping the
+        # task's own deadline, instead of holding a thread while it waits.
+        collect.apply_async(
+            (source_id, since, until, kind),
+            countdown=ORG_DEFER_SECONDS,
+            expires=self.request.expires,
+            retries=retries,
+        )
+        return {"source": source_id, "status": "deferred", "written": 0}
     if result.changed:
-        # The stored KPI history (Grafana's long-range panels) follows the new data now. The run
-        # itself succeeded: failing to queue this must not fail it (beat refreshes in 15 min).
+        # The stored KPI history (Grafana's long-range panels) follows the new data soon: one
+        # refresh for all the runs that change data within a few seconds (`request_refresh`).
+        # The run itself succeeded: failing to queue this must not fail it (beat refreshes).
         try:
-            refresh_kpis.delay()
+            request_refresh()
         except Exception as exc:
-            log.warning("source %s: could not queue the KPI history refresh (%s)", source_id, exc)
+            log.warning(
+                "%s: could not queue the KPI history refresh (%s)",
+                who(runtime.loaded, source_id),
+                exc,
+            )
     if result.status == "skipped" and kind == "backfill":
         # Another run (a scheduled one) holds the lease: a backfill window must still run, later.
         raise self.retry(countdown=10)

@@ -2,7 +2,7 @@
 (`store.py`) and keeps runs, cursors and leases (`runs.py`)."""
 
 from collector.storage.revision import SchemaNotCurrentError, require_current_schema
-from collector.storage.runs import Gap, SourceHealth
+from collector.storage.runs import Gap, OrgAtLimit, OrgShare, SourceHealth
 from collector.storage.store import (
     PeriodPoint,
     SeriesRow,
@@ -13,6 +13,8 @@ from collector.storage.store import (
 
 __all__ = [
     "Gap",
+    "OrgAtLimit",
+    "OrgShare",
     "PeriodPoint",
     "SchemaNotCurrentError",
     "SeriesRow",

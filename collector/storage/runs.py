@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, text, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.sql.elements import TextClause
 
 from collector.redact import redact
@@ -53,6 +53,28 @@ class SourceHealth:
 WindowPlan = Callable[[float | None, str | None], tuple[float, float]]
 
 
+@dataclass(frozen=True)
+class OrgShare:
+    """An organisation's share of the workers: at most `limit` of its `sources` hold a lease at
+    once (runs going on now), so that its slow or hanging API never holds every worker thread."""
+
+    org: str
+    sources: tuple[str, ...]
+    limit: int
+
+
+class OrgAtLimit(Exception):
+    """`limit` runs of the organisation go on now: this one must wait its turn (the task puts
+    itself back in the queue; it holds no thread meanwhile)."""
+
+    def __init__(self, share: OrgShare) -> None:
+        self.share = share
+        super().__init__(
+            f"organisation {share.org}: {share.limit} of its sources are being collected now "
+            "(DXKPI_ORG_CONCURRENCY); this run waits its turn"
+        )
+
+
 # Rows in source_state are never deleted: each source's row is inserted once per process.
 _ENSURE_STATE = text(
     "INSERT INTO source_state (source, generation) VALUES (:source, 0) ON CONFLICT DO NOTHING"
@@ -76,6 +98,20 @@ ABANDONED_MESSAGE = (
     "the database) and its lease expired; its window is read again by the next run. If this "
     "repeats, look at the worker's log and memory limits"
 )
+# Leases held now by other runs of an organisation's sources (its runs going on).
+_ORG_RUNNING = (
+    select(func.count())
+    .select_from(source_state)
+    .where(
+        source_state.c.source.in_(bindparam("sources", expanding=True)),
+        source_state.c.source != bindparam("source"),
+        source_state.c.lease_holder.is_not(None),
+        source_state.c.lease_expires >= bindparam("now"),
+    )
+)
+# One organisation's lease-taking at a time (PostgreSQL), so that two runs cannot both see
+# room for one more; released at the end of the transaction.
+_LOCK_ORG = text("SELECT pg_advisory_xact_lock(hashtext(:org))")
 _INSERT_RUN = text(
     "INSERT INTO collection_runs (source, kind, window_start, window_end, started_at, status, "
     "attempt, observations_written) "
@@ -160,16 +196,26 @@ class RunsAndLeases:
         ttl: float,
         plan_window: WindowPlan,
         attempt: int = 1,
+        share: OrgShare | None = None,
     ) -> int | None:
         """Take the source's lease, read its cursor and record the run as running, all in one
         transaction: a run's bookkeeping costs the worker CPU and round trips, and several small
         transactions cost more than one. `plan_window(cursor_end, checkpoint)` picks the window
         from the cursor as the lease holder sees it. None, and nothing recorded, if another
-        holder has an unexpired lease."""
+        holder has an unexpired lease. With `share`, raises `OrgAtLimit` (nothing recorded) if
+        `share.limit` other sources of the organisation hold a lease now."""
         now = time.time()
         with self.engine.begin() as connection:
             if source not in self._known_sources:
                 connection.execute(_ENSURE_STATE, {"source": source})
+            if share is not None:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(_LOCK_ORG, {"org": share.org})
+                running = connection.execute(
+                    _ORG_RUNNING, {"sources": list(share.sources), "source": source, "now": now}
+                ).scalar_one()
+                if running >= share.limit:
+                    raise OrgAtLimit(share)
             claimed = connection.execute(
                 _CLAIM_LEASE,
                 {"source": source, "holder": holder, "now": now, "expires": now + ttl},
