@@ -23,7 +23,16 @@ from typing import Any
 from bench.harness import Bench, Database, NotRun, Outcome
 
 # Run in this order: ga4_backfill divides by the Store.write rate that ingest measures.
-BENCHMARKS = ("ingest", "render", "scrape", "rss", "ga4_backfill", "fanout", "receiver")
+BENCHMARKS = (
+    "ingest",
+    "render",
+    "scrape",
+    "rss",
+    "ga4_backfill",
+    "fanout",
+    "receiver",
+    "files",
+)
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "latest.json"
 
 

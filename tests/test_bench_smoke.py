@@ -21,7 +21,7 @@ from tests.conftest import PG_ADMIN_URL, unavailable
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = {"ingest", "render", "scrape", "rss", "ga4_backfill", "fanout", "receiver"}
+BENCHMARKS = {"ingest", "render", "scrape", "rss", "ga4_backfill", "fanout", "receiver", "files"}
 
 
 def test_every_benchmark_runs_at_a_tiny_scale(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import errno
 import glob
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from stat import S_ISREG
@@ -24,7 +24,8 @@ from connectors.csvfile.problems import Problems
 from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
 from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
 from connectors.csvfile.settings import CsvFileSettings
-from connectors.csvfile.table import SeenKeys, read_table, table_metrics
+from connectors.csvfile.spool import TableSpool
+from connectors.csvfile.table import read_table, spooled_observations, table_metrics
 
 T = TypeVar("T")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -54,14 +55,16 @@ class CsvFileConnector(Connector[CsvFileSettings]):
             raise error
 
     def _collect_table(self, window: Window, problems: Problems) -> Iterator[Observation]:
-        seen = SeenKeys()
         tz = self.context.timezone
-        for observations, keys in self._accepted_files(
-            problems,
-            lambda table, file: read_table(table, file, self.settings, window, tz, problems, seen),
-        ):
-            seen.where.update(keys)  # before the next file: a period may not be in two files
-            yield from observations
+        with TableSpool(tz) as spool:
+            for accepted in self._accepted_files(
+                problems,
+                lambda table, file: read_table(
+                    table, file, self.settings, window, tz, problems, spool
+                ),
+            ):
+                accepted.accept()  # before the next file: a period may not be in two files
+                yield from spooled_observations(accepted, self.settings)
 
     def _collect_runs(self, window: Window, problems: Problems) -> Iterator[Observation]:
         runs: dict[RunKey, Run] = {}
@@ -140,12 +143,9 @@ class CsvFileConnector(Connector[CsvFileSettings]):
                 if fmt == "xlsx":
                     opened = xlsx_table(handle, sheet=self.settings.sheet)
                 else:
-                    table = csv_table(
-                        handle.read(),
-                        encoding=self.settings.encoding,
-                        delimiter=self.settings.delimiter,
+                    opened = csv_table(
+                        handle, encoding=self.settings.encoding, delimiter=self.settings.delimiter
                     )
-                    opened = nullcontext(table)
                 with opened as table:
                     result = parse(table, file)
                 after = os.fstat(descriptor)

@@ -8,31 +8,48 @@ MAX_LISTED = 20
 
 
 class Problems:
-    """Every bad row and unreadable file of one run. A file with any problem is skipped whole."""
+    """Every bad row and unreadable file of one run. A file with any problem is skipped whole.
+
+    What is wrong with one row is one line, whenever it was found: the duplicate check runs in
+    batches (connectors/csvfile/spool.py), after the row's other checks. Lines are listed file
+    by file, a file's own problems first, then its rows in order."""
 
     def __init__(self) -> None:
-        self.lines: list[str] = []
+        # (file, row or 0 for the file itself) -> whys, in the order the files were first named.
+        self._whys: dict[tuple[str, int], list[str]] = {}
+        self._files: dict[str, int] = {}
+        self._count = 0
         self.rejected: list[str] = []
 
     def row(self, file: str, row: int, why: str) -> None:
-        self.lines.append(f"{file}:{row}: {why}")
+        self._files.setdefault(file, len(self._files))
+        self._whys.setdefault((file, row), []).append(why)
+        self._count += 1
 
     def file(self, file: str, why: str) -> None:
-        self.lines.append(f"{file}: {why}")
+        self.row(file, 0, why)
 
     def count(self) -> int:
-        return len(self.lines)
+        return self._count
 
     def reject(self, file: str) -> None:
         self.rejected.append(file)
 
+    def lines(self) -> list[str]:
+        ordered = sorted(self._whys.items(), key=lambda item: (self._files[item[0][0]], item[0][1]))
+        return [
+            f"{file}:{row}: {'; '.join(whys)}" if row else f"{file}: {'; '.join(whys)}"
+            for (file, row), whys in ordered
+        ]
+
     def error(self, source_id: str) -> SourceDataError | None:
         """The error to raise at the end of the run, or None when every file was good."""
-        if not self.lines:
+        lines = self.lines()
+        if not lines:
             return None
-        listed = self.lines[:MAX_LISTED]
-        if len(self.lines) > MAX_LISTED:
-            listed.append(f"... and {len(self.lines) - MAX_LISTED} more")
+        listed = lines[:MAX_LISTED]
+        if len(lines) > MAX_LISTED:
+            listed.append(f"... and {len(lines) - MAX_LISTED} more")
         files = ", ".join(self.rejected)
         noun, it = ("file", "it") if len(self.rejected) == 1 else ("files", "them")
         return SourceDataError(

@@ -12,7 +12,7 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 import charset_normalizer
 import openpyxl
@@ -90,52 +90,73 @@ def cell_at(cells: Sequence[object], index: int) -> object:
     return cells[index] if index < len(cells) else None
 
 
-def text_of(data: bytes, encoding: str) -> TextIO:
-    """The file's text, decoded as it is read (a whole decoded copy of a large file would take
-    several times its size). `auto` tries UTF-8 (with or without BOM), then CP932, then guesses.
-    newline="" keeps quoted line breaks inside a cell, as the csv module requires."""
+def text_of(handle: BinaryIO, encoding: str) -> io.TextIOWrapper:
+    """The file's text, decoded as it is read: neither the bytes nor the text are ever held
+    whole. `auto` tries UTF-8 (with or without BOM), then CP932, then guesses from the first
+    megabyte. Whichever encoding is used is first checked over the whole file, a megabyte at a
+    time, so a bad byte anywhere is reported with its line before any row is read.
+    newline="" keeps quoted line breaks inside a cell, as the csv module requires. `handle`
+    must be seekable; detach the result (`TextIOWrapper.detach`) to keep `handle` open."""
     if encoding != "auto":
-        error = _first_error(data, encoding)
+        error = _first_error(handle, encoding)
         if error is not None:
-            line = data[:error].count(b"\n") + 1
+            offset, line = error
             raise FileProblem(
-                f"line {line} is not valid {encoding} (byte {error}); save the file as "
+                f"line {line} is not valid {encoding} (byte {offset}); save the file as "
                 "UTF-8 or Shift_JIS, or set `encoding: auto`"
             )
-        return _reader(data, encoding)
+        return _reader(handle, encoding)
     for candidate in _STRICT_ENCODINGS:
-        if _first_error(data, candidate) is None:
-            return _reader(data, candidate)
-    best = charset_normalizer.from_bytes(data).best()
-    if best is None:
+        if _first_error(handle, candidate) is None:
+            return _reader(handle, candidate)
+    guessed = _guess(handle)
+    if guessed is None or _first_error(handle, guessed) is not None:
         raise FileProblem(
             "the file is neither UTF-8 nor Shift_JIS and its encoding could not be guessed; "
             "set `encoding:` (e.g. euc_jp) or save it as UTF-8"
         )
-    return io.StringIO(str(best).removeprefix("\ufeff"), newline="")
+    return _reader(handle, guessed)
 
 
-def _first_error(data: bytes, encoding: str) -> int | None:
-    """Where `data` stops being valid `encoding` (a byte offset), or None: checked a megabyte
-    at a time, keeping none of the text."""
+def _guess(handle: BinaryIO) -> str | None:
+    """charset-normalizer's guess from the file's first megabyte, cut at a line end."""
+    handle.seek(0)
+    sample = handle.read(_CHECK_BYTES)
+    if len(sample) == _CHECK_BYTES:
+        end = sample.rfind(b"\n")
+        if end > 0:
+            # UTF-16-LE writes a line end as 0A 00: keep the pair whole.
+            sample = sample[: end + 2 if sample[end + 1 : end + 2] == b"\x00" else end + 1]
+    best = charset_normalizer.from_bytes(sample).best()
+    return None if best is None else best.encoding
+
+
+def _first_error(handle: BinaryIO, encoding: str) -> tuple[int, int] | None:
+    """Where the file stops being valid `encoding` (byte offset, line number), or None: read
+    a megabyte at a time, keeping none of the text."""
     decoder = codecs.getincrementaldecoder(encoding)()
-    view = memoryview(data)
-    for offset in range(0, len(data), _CHECK_BYTES):
+    handle.seek(0)
+    offset = 0
+    lines = 1
+    while chunk := handle.read(_CHECK_BYTES):
         try:
-            decoder.decode(view[offset : offset + _CHECK_BYTES])
+            decoder.decode(chunk)
         except UnicodeDecodeError as exc:
-            return offset + exc.start
+            return offset + exc.start, lines + chunk[: exc.start].count(b"\n")
+        offset += len(chunk)
+        lines += chunk.count(b"\n")
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
-        return len(data) - len(exc.object) + exc.start
+        return offset - len(exc.object) + exc.start, lines
     return None
 
 
-def _reader(data: bytes, encoding: str) -> TextIO:
+def _reader(handle: BinaryIO, encoding: str) -> io.TextIOWrapper:
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"  # a BOM is not part of the first header name
-    return io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
+    handle.seek(0)
+    return io.TextIOWrapper(handle, encoding=encoding, newline="")
 
 
 def _numbered(records: Iterator[Sequence[object]]) -> Iterator[tuple[int, Sequence[object]]]:
@@ -147,13 +168,22 @@ def _numbered(records: Iterator[Sequence[object]]) -> Iterator[tuple[int, Sequen
 def _header(first: Sequence[object] | None) -> list[str]:
     if first is None:
         raise FileProblem("the file is empty; row 1 must be the header")
-    return ["" if cell is None else str(cell).strip() for cell in first]
+    header = ["" if cell is None else str(cell).strip() for cell in first]
+    if header:
+        # A byte order mark the decoder kept (UTF-16-LE guessed for a file that has one).
+        header[0] = header[0].removeprefix("\ufeff").strip()
+    return header
 
 
-def csv_table(data: bytes, *, encoding: str, delimiter: str) -> Table:
-    reader = csv.reader(text_of(data, encoding), delimiter=delimiter)
-    header = _header(next(reader, None))
-    return Table(header=header, rows=_numbered(reader))
+@contextmanager
+def csv_table(handle: BinaryIO, *, encoding: str, delimiter: str) -> Iterator[Table]:
+    """The file's rows as they are read: memory does not grow with the file's size."""
+    text = text_of(handle, encoding)
+    try:
+        reader = csv.reader(text, delimiter=delimiter)
+        yield Table(header=_header(next(reader, None)), rows=_numbered(reader))
+    finally:
+        text.detach()  # the caller's handle stays open (it checks the file afterwards)
 
 
 @contextmanager

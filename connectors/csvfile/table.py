@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date, datetime, time
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -14,38 +15,11 @@ from connectors.csvfile.cells import cell_text, parse_number, parse_period_cell
 from connectors.csvfile.problems import Problems
 from connectors.csvfile.reading import Table, cell_at
 from connectors.csvfile.settings import CsvFileSettings
+from connectors.csvfile.spool import Duplicate, TableSpool
 
 _ORDER = {G.DAY: 0, G.MONTH: 1, G.FISCAL_YEAR: 2}
 _NAMES = {G.DAY: "a day", G.MONTH: "a month", G.FISCAL_YEAR: "a fiscal year"}
 _FIRST_OF = {G.MONTH: "the first day of a month", G.FISCAL_YEAR: "April 1 (a fiscal year start)"}
-
-_GRANULARITY_BITS = {G.DAY: 0, G.MONTH: 1, G.FISCAL_YEAR: 2}
-
-
-class SeenKeys:
-    """Where each key the store keys an observation by, (metric, labels, period start,
-    granularity), was read in this run: a period may not be in two rows or two files.
-
-    Keys and places are packed into ints and each label set is kept once: a backfill reads
-    every row of a file, and a tuple key with a `file:row` string cost ~300 bytes a row, this
-    ~100. A key's file and row are spelled out only for an error.
-    """
-
-    def __init__(self) -> None:
-        self.where: dict[int, int] = {}  # key -> file number << 32 | row
-        self._label_sets: dict[tuple[tuple[str, str], ...], int] = {}
-        self._files: list[str] = []
-
-    def key(self, metric: int, labels: tuple[tuple[str, str], ...], start: date, g: G) -> int:
-        label_set = self._label_sets.setdefault(labels, len(self._label_sets))
-        return (((label_set << 2 | _GRANULARITY_BITS[g]) << 24 | start.toordinal()) << 16) | metric
-
-    def file(self, name: str) -> int:
-        self._files.append(name)
-        return len(self._files) - 1
-
-    def place(self, packed: int) -> str:
-        return f"{self._files[packed >> 32]}:{packed & 0xFFFFFFFF}"
 
 
 def table_metrics(settings: CsvFileSettings) -> tuple[MetricSpec, ...]:
@@ -95,24 +69,25 @@ def read_table(
     window: Window,
     tz: ZoneInfo,
     problems: Problems,
-    seen: SeenKeys,
-) -> tuple[list[Observation], dict[int, int]]:
-    """Validate every row. Return the observations in the window and where each key of the
-    file was read (both meaningful only when the file added no problems; the caller adds the
-    keys to `seen.where` if it accepts the file). `seen.where` holds the keys of files accepted
-    earlier in this run: a period may not be in two files."""
+    spool: TableSpool,
+) -> TableSpool:
+    """Validate every row of one file into `spool`: its keys, checked against every key read
+    before in this run (a period may not be in two rows or two files), and its values in the
+    window. The spool's observations are meaningful only when the file added no problems; the
+    caller then accepts the file (`TableSpool.accept`). Memory does not grow with the file."""
     assert settings.period_column is not None  # the settings model requires it for tables
     period_column = settings.period_column
     wanted = [period_column, *settings.labels.values(), *(m.column for m in settings.metrics)]
     where = table.column_index(wanted)
     static = tuple(settings.static_labels.items())
-    kept: list[Observation] = []
-    keys: dict[int, int] = {}
-    file_number = seen.file(file) << 32
-    # One labels dict and one start time per series and period, shared by its observations
-    # (observations are immutable once yielded).
-    label_dicts: dict[tuple[tuple[str, str], ...], dict[str, str]] = {}
-    starts: dict[date, datetime] = {}
+    spool.begin(file)
+
+    def duplicate(found: Duplicate) -> None:
+        name = settings.metrics[found.metric].name
+        problems.row(
+            file, found.row, f"{name} for this period and labels is already in {found.earlier}"
+        )
+
     for row, cells in table.rows:
         try:
             start, granularity = _period(cell_at(cells, where[period_column]), settings.granularity)
@@ -135,33 +110,26 @@ def read_table(
                 continue
             if value is None:
                 continue  # an empty cell is "not reported", not zero
-            series_labels = (*labels, *static)
-            key = seen.key(number, series_labels, start, granularity)
-            earlier = keys.get(key)
-            if earlier is None:
-                earlier = seen.where.get(key)
-            if earlier is not None:
-                whys.append(
-                    f"{metric.name} for this period and labels is already in {seen.place(earlier)}"
-                )
-                continue
-            keys[key] = file_number | row
-            if in_window:
-                shared = label_dicts.get(series_labels)
-                if shared is None:
-                    shared = label_dicts[series_labels] = dict(series_labels)
-                begins = starts.get(start)
-                if begins is None:
-                    begins = starts[start] = datetime.combine(start, time(), tzinfo=tz)
-                kept.append(
-                    Observation(
-                        metric=metric.name,
-                        value=value * metric.scale,
-                        start=begins,
-                        granularity=granularity,
-                        labels=shared,
-                    )
-                )
+            spool.add(
+                row,
+                number,
+                (*labels, *static),
+                start,
+                granularity,
+                value * metric.scale,
+                keep=in_window,
+                on_duplicate=duplicate,
+            )
         if whys:
             problems.row(file, row, "; ".join(whys))
-    return kept, keys
+    spool.flush(duplicate)
+    return spool
+
+
+def spooled_observations(spool: TableSpool, settings: CsvFileSettings) -> Iterator[Observation]:
+    """The accepted file's observations, read back from the spool a batch at a time."""
+    names = [metric.name for metric in settings.metrics]
+    for metric, value, start, granularity, labels in spool.observations():
+        yield Observation(
+            metric=names[metric], value=value, start=start, granularity=granularity, labels=labels
+        )
