@@ -39,7 +39,7 @@ def _row(index: int) -> str:
 def make_csv(path: Path, size: int) -> int:
     """A CSV of about `size` bytes (kept if one of that size exists); returns its row count."""
     rows = max(10, size // len(_row(0)))
-    marker = path.with_suffix(f".{rows}.rows")
+    marker = path.with_name(f"{path.name}.{rows}.rows")
     if path.exists() and marker.exists():
         return rows
     partial = path.with_suffix(".part")
@@ -54,13 +54,13 @@ def make_csv(path: Path, size: int) -> int:
 
 def _mark(path: Path, marker: Path) -> None:
     """Remember how many rows the kept file has (a later run with another --scale rewrites it)."""
-    for old in path.parent.glob(f"{path.stem}.*.rows"):
+    for old in path.parent.glob(f"{path.name}.*.rows"):
         old.unlink()
     marker.touch()
 
 
 def make_xlsx(path: Path, rows: int) -> int:
-    marker = path.with_suffix(f".{rows}.rows")
+    marker = path.with_name(f"{path.name}.{rows}.rows")
     if path.exists() and marker.exists():
         return rows
     book = openpyxl.Workbook(write_only=True)

@@ -1,9 +1,11 @@
 """The csvfile connector: KPI figures kept in CSV or .xlsx files, one source per file or glob.
 
-Each file is read and validated whole before anything from it is yielded; a file with any bad
-row is skipped whole and the run ends with one `SourceDataError` listing every bad row, after
-the good files have been yielded. Every call re-reads the files and re-yields the window: the
-core's upserts make that idempotent, so no cursor is kept.
+Each file is read and validated whole before anything from it is yielded (streamed: rows are
+parsed as the file is read, and a `table` file's keys and values wait in a spool on disk, so
+memory does not grow with the file); a file with any bad row is skipped whole and the run ends
+with one `SourceDataError` listing every bad row, after the good files have been yielded. Every
+call re-reads the files and re-yields the window: the core's upserts make that idempotent, so no
+cursor is kept.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from typing import ClassVar, TypeVar
 
 from collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
 from collector.errors import FatalSourceError, RetryableSourceError
-from connectors.csvfile.problems import Problems
+from connectors._tables.mapping import read_table, spooled_observations, table_metrics
+from connectors._tables.problems import Problems
+from connectors._tables.spool import TableSpool
 from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
 from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
 from connectors.csvfile.settings import CsvFileSettings
-from connectors.csvfile.spool import TableSpool
-from connectors.csvfile.table import read_table, spooled_observations, table_metrics
 
 T = TypeVar("T")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -42,7 +44,7 @@ class CsvFileConnector(Connector[CsvFileSettings]):
     def declared_metrics(self) -> tuple[MetricSpec, ...]:
         if self.settings.layout == "rpa_run_log":
             return RUN_LOG_METRICS
-        return table_metrics(self.settings)
+        return table_metrics(self.settings, self.settings.path)
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
         problems = Problems()
@@ -210,9 +212,9 @@ class CsvFileConnector(Connector[CsvFileSettings]):
         if stat.st_size > limit:
             raise FileProblem(
                 f"the file is {stat.st_size / 1e6:.1f} MB, over this source's max_file_size of "
-                f"{limit / 1e6:.1f} MB (reading it whole would take several times that in "
-                "memory); split it, e.g. one file per year with a glob `path`, or raise "
-                "max_file_size"
+                f"{limit / 1e6:.1f} MB; raise max_file_size if files this large are expected "
+                "(memory does not grow with the size; time and temporary disk space do), or "
+                "split it, e.g. one file per year with a glob `path`"
             )
         return self._settled(stat, file)
 

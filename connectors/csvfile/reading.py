@@ -9,9 +9,8 @@ import csv
 import io
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import BinaryIO
 
 import charset_normalizer
@@ -19,75 +18,16 @@ import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 
 from collector.errors import excerpt
-from connectors.csvfile.cells import is_blank
-from connectors.csvfile.settings import fold
+from connectors._tables.rows import Table, header_of, numbered
+from connectors._tables.rows import TableProblem as FileProblem
+
+__all__ = ["FileProblem", "Table", "csv_table", "text_of", "xlsx_table"]
 
 # Tried strictly in this order before guessing: a valid UTF-8 file almost never decodes as CP932
 # by accident, and Shift_JIS files from Excel are CP932 (Microsoft's superset of Shift_JIS).
 _STRICT_ENCODINGS = ("utf-8-sig", "cp932")
 # How much of a file is checked against an encoding at a time.
 _CHECK_BYTES = 1 << 20
-# How many header names an error about missing columns lists.
-_HEADER_SHOWN = 12
-
-
-class FileProblem(Exception):
-    """The file as a whole cannot be read; the message says why and what to do."""
-
-
-@dataclass
-class Table:
-    header: list[str]
-    # (spreadsheet row number, cells); blank rows are left out.
-    rows: Iterator[tuple[int, Sequence[object]]]
-
-    def column_index(self, wanted: list[str]) -> dict[str, int]:
-        """Where each wanted column is; FileProblem naming the columns the file does have."""
-        positions: dict[str, list[int]] = {}
-        for index, name in enumerate(self.header):
-            positions.setdefault(fold(name), []).append(index)
-        missing = [name for name in wanted if fold(name) not in positions]
-        if missing:
-            raise FileProblem(
-                f"column {', '.join(repr(m) for m in missing)} not found in the header (row 1); "
-                f"the file has {_describe_header(self.header)}. {_header_hint(self.header)}"
-            )
-        repeated = [name for name in wanted if len(positions[fold(name)]) > 1]
-        if repeated:
-            raise FileProblem(
-                f"column {', '.join(repr(r) for r in repeated)} appears more than once in the "
-                "header (row 1); rename one of them"
-            )
-        return {name: positions[fold(name)][0] for name in wanted}
-
-
-def _describe_header(header: list[str]) -> str:
-    """The header's columns as an error may quote them: a few, each a short escaped excerpt
-    (a file that is not a table, e.g. one holding secrets, may put anything in row 1)."""
-    named = [name for name in header if name]
-    if not named:
-        return "no column names"
-    shown = ", ".join(excerpt(name) for name in named[:_HEADER_SHOWN])
-    more = f" and {len(named) - _HEADER_SHOWN} more" if len(named) > _HEADER_SHOWN else ""
-    return f"{len(named)} columns: {shown}{more}"
-
-
-def _header_hint(header: list[str]) -> str:
-    """What to do about a header that lacks the wanted columns."""
-    named = [name for name in header if name]
-    if len(named) == 1:
-        for delimiter, written in (("\t", '"\\t"'), (";", '";"'), ("|", '"|"')):
-            if delimiter in named[0]:
-                return (
-                    f"The whole header is one column holding {written}: the file is separated "
-                    f"by it, so set `delimiter: {written}`"
-                )
-    return "If the export format changed, update the column names in this source's settings"
-
-
-def cell_at(cells: Sequence[object], index: int) -> object:
-    """The cell at `index`; rows may be shorter than the header when trailing cells are empty."""
-    return cells[index] if index < len(cells) else None
 
 
 def text_of(handle: BinaryIO, encoding: str) -> io.TextIOWrapper:
@@ -106,10 +46,20 @@ def text_of(handle: BinaryIO, encoding: str) -> io.TextIOWrapper:
                 "UTF-8 or Shift_JIS, or set `encoding: auto`"
             )
         return _reader(handle, encoding)
-    for candidate in _STRICT_ENCODINGS:
-        if _first_error(handle, candidate) is None:
-            return _reader(handle, candidate)
-    guessed = _guess(handle)
+    handle.seek(0)
+    start = handle.read(_CHECK_BYTES)
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not start.startswith(
+        codecs.BOM_UTF32_LE
+    ):
+        guessed: str | None = "utf-16"  # the BOM says which byte order
+    elif b"\x00" in start:
+        # UTF-16 without a BOM: text of ASCII characters in it is valid CP932 too.
+        guessed = _guess(handle)
+    else:
+        for candidate in _STRICT_ENCODINGS:
+            if _first_error(handle, candidate) is None:
+                return _reader(handle, candidate)
+        guessed = _guess(handle)
     if guessed is None or _first_error(handle, guessed) is not None:
         raise FileProblem(
             "the file is neither UTF-8 nor Shift_JIS and its encoding could not be guessed; "
@@ -159,29 +109,13 @@ def _reader(handle: BinaryIO, encoding: str) -> io.TextIOWrapper:
     return io.TextIOWrapper(handle, encoding=encoding, newline="")
 
 
-def _numbered(records: Iterator[Sequence[object]]) -> Iterator[tuple[int, Sequence[object]]]:
-    for number, cells in enumerate(records, start=2):
-        if not all(is_blank(cell) for cell in cells):
-            yield number, cells
-
-
-def _header(first: Sequence[object] | None) -> list[str]:
-    if first is None:
-        raise FileProblem("the file is empty; row 1 must be the header")
-    header = ["" if cell is None else str(cell).strip() for cell in first]
-    if header:
-        # A byte order mark the decoder kept (UTF-16-LE guessed for a file that has one).
-        header[0] = header[0].removeprefix("\ufeff").strip()
-    return header
-
-
 @contextmanager
 def csv_table(handle: BinaryIO, *, encoding: str, delimiter: str) -> Iterator[Table]:
     """The file's rows as they are read: memory does not grow with the file's size."""
     text = text_of(handle, encoding)
     try:
         reader = csv.reader(text, delimiter=delimiter)
-        yield Table(header=_header(next(reader, None)), rows=_numbered(reader))
+        yield Table(header=header_of(next(reader, None)), rows=numbered(reader))
     finally:
         text.detach()  # the caller's handle stays open (it checks the file afterwards)
 
@@ -209,6 +143,6 @@ def xlsx_table(handle: BinaryIO, *, sheet: str | None) -> Iterator[Table]:
         # Some writers store a wrong sheet size; forget it so every row is read.
         worksheet.reset_dimensions()
         rows = worksheet.iter_rows(values_only=True)
-        yield Table(header=_header(next(rows, None)), rows=_numbered(rows))
+        yield Table(header=header_of(next(rows, None)), rows=numbered(rows))
     finally:
         book.close()

@@ -14,7 +14,7 @@ import io
 from typing import Any
 
 from collector.events import NumberedRow, UploadProblem
-from connectors.csvfile.cells import cell_text, is_blank, parse_number
+from connectors._tables.cells import cell_text, is_blank, parse_number
 from connectors.csvfile.reading import FileProblem, text_of
 
 REQUIRED = ("metric", "period", "value")

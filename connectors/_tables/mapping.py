@@ -1,4 +1,6 @@
-"""Layout `table`: one period column, optional label columns, one column per metric."""
+"""A table's rows as observations (csvfile's `table` layout, gsheets): one period column,
+optional label columns, one column per metric (see settings.TableColumns). Every row is
+validated; a period may not be in two rows, nor in two tables of one run."""
 
 from __future__ import annotations
 
@@ -11,23 +13,24 @@ from collector.contract import Granularity as G
 from collector.contract import MetricSpec, Observation, Window
 from collector.errors import excerpt
 from collector.fiscal import period_end
-from connectors.csvfile.cells import cell_text, parse_number, parse_period_cell
-from connectors.csvfile.problems import Problems
-from connectors.csvfile.reading import Table, cell_at
-from connectors.csvfile.settings import CsvFileSettings
-from connectors.csvfile.spool import Duplicate, TableSpool
+from connectors._tables.cells import cell_text, parse_number, parse_period_cell
+from connectors._tables.problems import Problems
+from connectors._tables.rows import Table, cell_at
+from connectors._tables.settings import TableColumns
+from connectors._tables.spool import Duplicate, TableSpool
 
 _ORDER = {G.DAY: 0, G.MONTH: 1, G.FISCAL_YEAR: 2}
 _NAMES = {G.DAY: "a day", G.MONTH: "a month", G.FISCAL_YEAR: "a fiscal year"}
 _FIRST_OF = {G.MONTH: "the first day of a month", G.FISCAL_YEAR: "April 1 (a fiscal year start)"}
 
 
-def table_metrics(settings: CsvFileSettings) -> tuple[MetricSpec, ...]:
+def table_metrics(settings: TableColumns, where: str) -> tuple[MetricSpec, ...]:
+    """The metrics declared by `settings`; `where` names the table in default HELP texts."""
     labels = (*settings.labels, *settings.static_labels)
     return tuple(
         MetricSpec(
             name=m.name,
-            help=m.help or f"Column {m.column!r} of {settings.path}",
+            help=m.help or f"Column {m.column!r} of {where}",
             unit=m.unit,
             labels=labels,
             aggregation=m.aggregation,
@@ -65,7 +68,7 @@ def _overlaps(start: date, granularity: G, window: Window, tz: ZoneInfo) -> bool
 def read_table(
     table: Table,
     file: str,
-    settings: CsvFileSettings,
+    settings: TableColumns,
     window: Window,
     tz: ZoneInfo,
     problems: Problems,
@@ -126,7 +129,7 @@ def read_table(
     return spool
 
 
-def spooled_observations(spool: TableSpool, settings: CsvFileSettings) -> Iterator[Observation]:
+def spooled_observations(spool: TableSpool, settings: TableColumns) -> Iterator[Observation]:
     """The accepted file's observations, read back from the spool a batch at a time."""
     names = [metric.name for metric in settings.metrics]
     for metric, value, start, granularity, labels in spool.observations():

@@ -14,7 +14,8 @@ class Problems:
     batches (connectors/csvfile/spool.py), after the row's other checks. Lines are listed file
     by file, a file's own problems first, then its rows in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, noun: str = "file", plural: str = "files") -> None:
+        self._nouns = (noun, plural)
         # (file, row or 0 for the file itself) -> whys, in the order the files were first named.
         self._whys: dict[tuple[str, int], list[str]] = {}
         self._files: dict[str, int] = {}
@@ -51,7 +52,8 @@ class Problems:
         if len(lines) > MAX_LISTED:
             listed.append(f"... and {len(lines) - MAX_LISTED} more")
         files = ", ".join(self.rejected)
-        noun, it = ("file", "it") if len(self.rejected) == 1 else ("files", "them")
+        one = len(self.rejected) == 1
+        noun, it = (self._nouns[0], "it") if one else (self._nouns[1], "them")
         return SourceDataError(
             source_id,
             f"rejected {noun} {files} whole (nothing from {it} was stored); fix what is listed "
