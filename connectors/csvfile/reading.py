@@ -16,6 +16,7 @@ from typing import BinaryIO
 import charset_normalizer
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
+from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
 from collector.errors import excerpt
 from connectors._tables.rows import Table, header_of, numbered
@@ -118,6 +119,19 @@ def csv_table(handle: BinaryIO, *, encoding: str, delimiter: str) -> Iterator[Ta
         yield Table(header=header_of(next(reader, None)), rows=numbered(reader))
     finally:
         text.detach()  # the caller's handle stays open (it checks the file afterwards)
+
+
+def _size_not_read(sheet: ReadOnlyWorksheet) -> None:
+    """Nothing: the sheet's stored size is not read (see below)."""
+
+
+# openpyxl 3.1 reads a read-only sheet's stored size when the workbook is opened, by parsing
+# the sheet's XML up to its <dimension> element and keeping what it parsed. A sheet without
+# one (openpyxl's own write-only output, some exporters) is parsed whole into memory: 546 MB of
+# peak RSS for a 47 MB workbook of 2.5 million rows (bench/files.py). The stored size is
+# ignored anyway (`reset_dimensions` below), so it is not read at all. Only read-only
+# workbooks are affected, and only this module opens any.
+setattr(ReadOnlyWorksheet, "_get_size", _size_not_read)  # noqa: B010
 
 
 @contextmanager

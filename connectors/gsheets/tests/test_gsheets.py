@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -336,3 +337,19 @@ def test_declared_metrics_follow_the_settings(sheets: Server) -> None:
     assert specs["online_ratio"].aggregation == "none"
     assert specs["applications"].labels == ("section",)
     assert "実績!A1:D" in specs["applications"].help
+
+
+def test_the_example_config_is_valid_and_reads_the_fake_sheet(sheets: Server) -> None:
+    import yaml
+
+    from connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID as EXAMPLE_ID
+
+    (entry,) = yaml.safe_load(
+        (Path(__file__).parents[1] / "example.yaml").read_text(encoding="utf-8")
+    )["sources"]
+    settings = {**entry["settings"], "service_account_json": KEY_JSON}
+    assert settings["spreadsheet_id"] == EXAMPLE_ID
+    connector = sheets.connector(**settings)
+    got = by_key(collect(connector))
+    assert got[("procedure_applications", "市民課", date(2026, 4, 1))] == 1234
+    assert got[("procedure_online_ratio", "税務課", date(2026, 4, 1))] == 0.3
