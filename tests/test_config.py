@@ -89,7 +89,8 @@ def test_every_problem_is_listed_with_its_line(tmp_path: Path) -> None:
     assert problems == [
         "bad.yaml:1: timezone: unknown timezone 'Mars/Olympus'; e.g. Asia/Tokyo",
         "bad.yaml:4: sources[s1].connector: unknown connector 'csvfil': did you mean 'csvfile'? "
-        "Known connectors: appstore, csvfile, ga4, googleplay, matomo, plausible, uipath, zoom",
+        "Known connectors: appstore, csvfile, ga4, googleplay, gsheets, matomo, plausible, "
+        "uipath, zoom",
         "bad.yaml:5: sources[s1].id: duplicate source id 's1' (the first is on line 3)",
         "bad.yaml:7: sources[s1].schedule.every: '5x' is not a duration: write e.g. 30s, 15m, "
         "1h, 3d, 2w or 1h30m",

@@ -131,3 +131,30 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
     assert measured["count"] == 1_100_000
     growth = measured["after"] - measured["before"]
     assert growth < 80_000_000, f"peak memory grew by {growth / 1e6:.0f} MB reading 30 MB"
+
+
+def test_opening_a_workbook_does_not_parse_its_sheet_into_memory(tmp_path: Path) -> None:
+    # openpyxl's write-only output has no <dimension> element; openpyxl's reader then parsed
+    # the whole sheet into memory just to learn its size (~80 bytes a cell) before any row.
+    import tracemalloc
+
+    import openpyxl
+
+    from connectors.csvfile.reading import xlsx_table
+
+    path = tmp_path / "views.xlsx"
+    book = openpyxl.Workbook(write_only=True)
+    sheet = book.create_sheet("views")
+    sheet.append(["date", "views"])
+    for day in range(200_000):
+        sheet.append([date(2000, 1, 1) + timedelta(days=day % 30_000), day])
+    book.save(path)
+    with path.open("rb") as handle:
+        tracemalloc.start()
+        try:
+            with xlsx_table(handle, sheet=None) as table:
+                assert next(table.rows)[0] == 2
+                _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert peak < 5_000_000, f"{peak / 1e6:.1f} MB to open a 200,000-row sheet"
