@@ -37,14 +37,15 @@ def test_a_csv_is_read_as_it_is_parsed_not_whole(share: FileShare, encoding: str
     # file a buffer at a time. Reading it whole first would leave the handle at its end.
     path = share.csv("views.csv", [["date", "views"], *days(150_000)], encoding=encoding)
     size = path.stat().st_size
-    with path.open("rb") as handle, csv_table(handle, encoding="auto", delimiter=",") as table:
-        assert table.header == ["date", "views"]
-        assert next(table.rows) == (2, ["2000-01-01", "0"])
-        assert handle.tell() < 64 * 1024 < size // 32
-        assert sum(1 for _ in table.rows) == 150_000 - 1
-        assert handle.tell() == size
-    # The caller's handle stays open for its checks after reading (fstat of the same file).
-    assert handle.closed
+    with path.open("rb") as handle:
+        with csv_table(handle, encoding="auto", delimiter=",") as table:
+            assert table.header == ["date", "views"]
+            assert next(table.rows) == (2, ["2000-01-01", "0"])
+            assert handle.tell() < 64 * 1024 < size // 32
+            assert sum(1 for _ in table.rows) == 150_000 - 1
+            assert handle.tell() == size
+        # The caller's handle stays open for its checks after reading (fstat of the same file).
+        assert not handle.closed
 
 
 def test_a_duplicate_in_a_later_batch_names_the_first_row(share: FileShare) -> None:
