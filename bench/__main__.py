@@ -32,6 +32,7 @@ BENCHMARKS = (
     "fanout",
     "orgs",
     "receiver",
+    "files",
 )
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "latest.json"
 

@@ -30,6 +30,7 @@ BENCHMARKS = {
     "fanout",
     "orgs",
     "receiver",
+    "files",
 }
 
 

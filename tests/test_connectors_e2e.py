@@ -28,10 +28,12 @@ from collector.contract import TOKYO
 from collector.exporter import Exporter
 from collector.storage import Store
 from collector.testing import Handler, loopback_server
+from connectors._google.fake_token import key_file as google_key_file
 from connectors.appstore.tests.fake_appstore import FakeAppStore, new_team_key, report, report_row
 from connectors.csvfile.tests.fake_csvfile import FileShare
 from connectors.ga4.tests.fake_ga4 import PROPERTY_ID, FakeGa4, key_file, new_key
 from connectors.googleplay.tests.fake_gcs import TESTDATA, FakeGcs, new_service_account
+from connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID, FakeSheets
 from connectors.httpjson.tests.fake_statsapi import PATH as STATS_PATH
 from connectors.httpjson.tests.fake_statsapi import TOKEN as STATS_TOKEN
 from connectors.httpjson.tests.fake_statsapi import FakeStatsApi
@@ -67,6 +69,7 @@ class Keys:
     googleplay: tuple[dict[str, str], Any] = field(default_factory=new_service_account)
     plausible_key: str = field(default_factory=lambda: f"pl-{token_hex(16)}")
     uipath_secret: str = field(default_factory=lambda: f"uip-{token_hex(16)}")
+    gsheets_key: Any = field(default_factory=new_key)
 
     def env(self) -> dict[str, str]:
         """What the config's `${...}` references resolve to, in the worker and in this process."""
@@ -80,6 +83,9 @@ class Keys:
             "E2E_UIPATH_SECRET": self.uipath_secret,
             "E2E_KINTONE_TOKEN": KINTONE_TOKEN,
             "E2E_HTTPJSON_TOKEN": STATS_TOKEN,
+            "E2E_GSHEETS_KEY_JSON": google_key_file(
+                self.gsheets_key, "https://oauth2.googleapis.com/token"
+            ),
         }
 
 
@@ -182,6 +188,44 @@ def ga4_source(stack: ExitStack, keys: Keys) -> Source:
         [
             Expect("ga4_page_views", {}, day, views),
             Expect("ga4_active_users", {}, day, fake.users(day)),
+        ],
+    )
+
+
+def gsheets_source(stack: ExitStack, keys: Keys) -> Source:
+    fake = FakeSheets(keys.gsheets_key.public_key())
+    fake.sheet(
+        "実績",
+        [
+            ["年月", "課名", "申請件数"],
+            ["令和7年4月", "市民課", 1234],
+            ["令和7年4月", "税務課", 56],
+            ["令和7年5月", "市民課", 1301],
+        ],
+    )
+    url = serve(stack, fake)
+    fake.token.token_uri = f"{url}/token"
+    settings = {
+        "spreadsheet_id": SPREADSHEET_ID,
+        "range": "実績!A1:C",
+        "service_account_json": "${E2E_GSHEETS_KEY_JSON}",
+        "api_base_url": url,
+        "token_uri": fake.token.token_uri,
+        "period_column": "年月",
+        "granularity": "month",
+        "labels": {"section": "課名"},
+        "metrics": [{"name": "applications", "column": "申請件数", "unit": "applications"}],
+    }
+    return Source(
+        "gsheets_e2e",
+        "gsheets",
+        settings,
+        date(2025, 4, 1),
+        date(2025, 6, 1),
+        [
+            Expect("applications", {"section": "市民課"}, date(2025, 4, 1), 1234),
+            Expect("applications", {"section": "税務課"}, date(2025, 4, 1), 56),
+            Expect("applications", {"section": "市民課"}, date(2025, 5, 1), 1301),
         ],
     )
 
@@ -475,6 +519,7 @@ def test_every_connector_collected_by_a_worker_into_postgres_and_exported(
             csvfile_source(tmp),
             kintone_source(stack),
             httpjson_source(stack),
+            gsheets_source(stack, keys),
         ]
         config = tmp / "dxkpi.yaml"
         config.write_text(

@@ -9,7 +9,7 @@ periods it touches before records are asked for, so a month is never stored from
 records. Every sum metric gets a value for every period of the widened window and every label
 set seen, zeros included: a deleted or corrected record overwrites the old figure.
 
-Cells are read as csvfile reads them (`connectors/csvfile/cells.py`: numbers with separators and
+Cells are read as csvfile reads them (`connectors/_tables/cells.py`: numbers with separators and
 full-width digits, `△12`, `48.2%` for ratios; periods such as `2026-04`, `令和6年度`, `R6`).
 """
 
@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from collector.contract import LABEL_NAME, Aggregation, Granularity, MetricSpec, Observation, Window
 from collector.errors import SourceDataError, excerpt
 from collector.fiscal import fiscal_year_of, period_end
-from connectors.csvfile.cells import cell_text, parse_moment, parse_number, parse_period_cell
-from connectors.csvfile.settings import MetricColumn
+from connectors._tables.cells import cell_text, parse_moment, parse_number, parse_period_cell
+from connectors._tables.settings import MetricColumn
 
 __all__ = [
     "PeriodGranularity",

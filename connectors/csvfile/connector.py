@@ -1,9 +1,11 @@
 """The csvfile connector: KPI figures kept in CSV or .xlsx files, one source per file or glob.
 
-Each file is read and validated whole before anything from it is yielded; a file with any bad
-row is skipped whole and the run ends with one `SourceDataError` listing every bad row, after
-the good files have been yielded. Every call re-reads the files and re-yields the window: the
-core's upserts make that idempotent, so no cursor is kept.
+Each file is read and validated whole before anything from it is yielded (streamed: rows are
+parsed as the file is read, and a `table` file's keys and values wait in a spool on disk, so
+memory does not grow with the file); a file with any bad row is skipped whole and the run ends
+with one `SourceDataError` listing every bad row, after the good files have been yielded. Every
+call re-reads the files and re-yields the window: the core's upserts make that idempotent, so no
+cursor is kept.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import errno
 import glob
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from stat import S_ISREG
@@ -20,11 +22,12 @@ from typing import ClassVar, TypeVar
 
 from collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
 from collector.errors import FatalSourceError, RetryableSourceError
-from connectors.csvfile.problems import Problems
+from connectors._tables.mapping import read_table, spooled_observations, table_metrics
+from connectors._tables.problems import Problems
+from connectors._tables.spool import TableSpool
 from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
 from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
 from connectors.csvfile.settings import CsvFileSettings
-from connectors.csvfile.table import SeenKeys, read_table, table_metrics
 
 T = TypeVar("T")
 _GLOB_CHARACTERS = frozenset("*?[")
@@ -41,7 +44,7 @@ class CsvFileConnector(Connector[CsvFileSettings]):
     def declared_metrics(self) -> tuple[MetricSpec, ...]:
         if self.settings.layout == "rpa_run_log":
             return RUN_LOG_METRICS
-        return table_metrics(self.settings)
+        return table_metrics(self.settings, self.settings.path)
 
     def collect(self, window: Window) -> Iterator[Observation | Checkpoint]:
         problems = Problems()
@@ -54,14 +57,16 @@ class CsvFileConnector(Connector[CsvFileSettings]):
             raise error
 
     def _collect_table(self, window: Window, problems: Problems) -> Iterator[Observation]:
-        seen = SeenKeys()
         tz = self.context.timezone
-        for observations, keys in self._accepted_files(
-            problems,
-            lambda table, file: read_table(table, file, self.settings, window, tz, problems, seen),
-        ):
-            seen.where.update(keys)  # before the next file: a period may not be in two files
-            yield from observations
+        with TableSpool(tz) as spool:
+            for accepted in self._accepted_files(
+                problems,
+                lambda table, file: read_table(
+                    table, file, self.settings, window, tz, problems, spool
+                ),
+            ):
+                accepted.accept()  # before the next file: a period may not be in two files
+                yield from spooled_observations(accepted, self.settings)
 
     def _collect_runs(self, window: Window, problems: Problems) -> Iterator[Observation]:
         runs: dict[RunKey, Run] = {}
@@ -140,12 +145,9 @@ class CsvFileConnector(Connector[CsvFileSettings]):
                 if fmt == "xlsx":
                     opened = xlsx_table(handle, sheet=self.settings.sheet)
                 else:
-                    table = csv_table(
-                        handle.read(),
-                        encoding=self.settings.encoding,
-                        delimiter=self.settings.delimiter,
+                    opened = csv_table(
+                        handle, encoding=self.settings.encoding, delimiter=self.settings.delimiter
                     )
-                    opened = nullcontext(table)
                 with opened as table:
                     result = parse(table, file)
                 after = os.fstat(descriptor)
@@ -210,9 +212,9 @@ class CsvFileConnector(Connector[CsvFileSettings]):
         if stat.st_size > limit:
             raise FileProblem(
                 f"the file is {stat.st_size / 1e6:.1f} MB, over this source's max_file_size of "
-                f"{limit / 1e6:.1f} MB (reading it whole would take several times that in "
-                "memory); split it, e.g. one file per year with a glob `path`, or raise "
-                "max_file_size"
+                f"{limit / 1e6:.1f} MB; raise max_file_size if files this large are expected "
+                "(memory does not grow with the size; time and temporary disk space do), or "
+                "split it, e.g. one file per year with a glob `path`"
             )
         return self._settled(stat, file)
 

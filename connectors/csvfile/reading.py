@@ -9,151 +9,129 @@ import csv
 import io
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import BinaryIO, TextIO
+from typing import BinaryIO
 
 import charset_normalizer
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
+from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
 from collector.errors import excerpt
-from connectors.csvfile.cells import is_blank
-from connectors.csvfile.settings import fold
+from connectors._tables.rows import Table, header_of, numbered
+from connectors._tables.rows import TableProblem as FileProblem
+
+__all__ = ["FileProblem", "Table", "csv_table", "text_of", "xlsx_table"]
 
 # Tried strictly in this order before guessing: a valid UTF-8 file almost never decodes as CP932
 # by accident, and Shift_JIS files from Excel are CP932 (Microsoft's superset of Shift_JIS).
 _STRICT_ENCODINGS = ("utf-8-sig", "cp932")
 # How much of a file is checked against an encoding at a time.
 _CHECK_BYTES = 1 << 20
-# How many header names an error about missing columns lists.
-_HEADER_SHOWN = 12
 
 
-class FileProblem(Exception):
-    """The file as a whole cannot be read; the message says why and what to do."""
-
-
-@dataclass
-class Table:
-    header: list[str]
-    # (spreadsheet row number, cells); blank rows are left out.
-    rows: Iterator[tuple[int, Sequence[object]]]
-
-    def column_index(self, wanted: list[str]) -> dict[str, int]:
-        """Where each wanted column is; FileProblem naming the columns the file does have."""
-        positions: dict[str, list[int]] = {}
-        for index, name in enumerate(self.header):
-            positions.setdefault(fold(name), []).append(index)
-        missing = [name for name in wanted if fold(name) not in positions]
-        if missing:
-            raise FileProblem(
-                f"column {', '.join(repr(m) for m in missing)} not found in the header (row 1); "
-                f"the file has {_describe_header(self.header)}. {_header_hint(self.header)}"
-            )
-        repeated = [name for name in wanted if len(positions[fold(name)]) > 1]
-        if repeated:
-            raise FileProblem(
-                f"column {', '.join(repr(r) for r in repeated)} appears more than once in the "
-                "header (row 1); rename one of them"
-            )
-        return {name: positions[fold(name)][0] for name in wanted}
-
-
-def _describe_header(header: list[str]) -> str:
-    """The header's columns as an error may quote them: a few, each a short escaped excerpt
-    (a file that is not a table, e.g. one holding secrets, may put anything in row 1)."""
-    named = [name for name in header if name]
-    if not named:
-        return "no column names"
-    shown = ", ".join(excerpt(name) for name in named[:_HEADER_SHOWN])
-    more = f" and {len(named) - _HEADER_SHOWN} more" if len(named) > _HEADER_SHOWN else ""
-    return f"{len(named)} columns: {shown}{more}"
-
-
-def _header_hint(header: list[str]) -> str:
-    """What to do about a header that lacks the wanted columns."""
-    named = [name for name in header if name]
-    if len(named) == 1:
-        for delimiter, written in (("\t", '"\\t"'), (";", '";"'), ("|", '"|"')):
-            if delimiter in named[0]:
-                return (
-                    f"The whole header is one column holding {written}: the file is separated "
-                    f"by it, so set `delimiter: {written}`"
-                )
-    return "If the export format changed, update the column names in this source's settings"
-
-
-def cell_at(cells: Sequence[object], index: int) -> object:
-    """The cell at `index`; rows may be shorter than the header when trailing cells are empty."""
-    return cells[index] if index < len(cells) else None
-
-
-def text_of(data: bytes, encoding: str) -> TextIO:
-    """The file's text, decoded as it is read (a whole decoded copy of a large file would take
-    several times its size). `auto` tries UTF-8 (with or without BOM), then CP932, then guesses.
-    newline="" keeps quoted line breaks inside a cell, as the csv module requires."""
+def text_of(handle: BinaryIO, encoding: str) -> io.TextIOWrapper:
+    """The file's text, decoded as it is read: neither the bytes nor the text are ever held
+    whole. `auto` tries UTF-8 (with or without BOM), then CP932, then guesses from the first
+    megabyte. Whichever encoding is used is first checked over the whole file, a megabyte at a
+    time, so a bad byte anywhere is reported with its line before any row is read.
+    newline="" keeps quoted line breaks inside a cell, as the csv module requires. `handle`
+    must be seekable; detach the result (`TextIOWrapper.detach`) to keep `handle` open."""
     if encoding != "auto":
-        error = _first_error(data, encoding)
+        error = _first_error(handle, encoding)
         if error is not None:
-            line = data[:error].count(b"\n") + 1
+            offset, line = error
             raise FileProblem(
-                f"line {line} is not valid {encoding} (byte {error}); save the file as "
+                f"line {line} is not valid {encoding} (byte {offset}); save the file as "
                 "UTF-8 or Shift_JIS, or set `encoding: auto`"
             )
-        return _reader(data, encoding)
-    for candidate in _STRICT_ENCODINGS:
-        if _first_error(data, candidate) is None:
-            return _reader(data, candidate)
-    best = charset_normalizer.from_bytes(data).best()
-    if best is None:
+        return _reader(handle, encoding)
+    handle.seek(0)
+    start = handle.read(_CHECK_BYTES)
+    if start.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) and not start.startswith(
+        codecs.BOM_UTF32_LE
+    ):
+        guessed: str | None = "utf-16"  # the BOM says which byte order
+    elif b"\x00" in start:
+        # UTF-16 without a BOM: text of ASCII characters in it is valid CP932 too.
+        guessed = _guess(handle)
+    else:
+        for candidate in _STRICT_ENCODINGS:
+            if _first_error(handle, candidate) is None:
+                return _reader(handle, candidate)
+        guessed = _guess(handle)
+    if guessed is None or _first_error(handle, guessed) is not None:
         raise FileProblem(
             "the file is neither UTF-8 nor Shift_JIS and its encoding could not be guessed; "
             "set `encoding:` (e.g. euc_jp) or save it as UTF-8"
         )
-    return io.StringIO(str(best).removeprefix("\ufeff"), newline="")
+    return _reader(handle, guessed)
 
 
-def _first_error(data: bytes, encoding: str) -> int | None:
-    """Where `data` stops being valid `encoding` (a byte offset), or None: checked a megabyte
-    at a time, keeping none of the text."""
+def _guess(handle: BinaryIO) -> str | None:
+    """charset-normalizer's guess from the file's first megabyte, cut at a line end."""
+    handle.seek(0)
+    sample = handle.read(_CHECK_BYTES)
+    if len(sample) == _CHECK_BYTES:
+        end = sample.rfind(b"\n")
+        if end > 0:
+            # UTF-16-LE writes a line end as 0A 00: keep the pair whole.
+            sample = sample[: end + 2 if sample[end + 1 : end + 2] == b"\x00" else end + 1]
+    best = charset_normalizer.from_bytes(sample).best()
+    return None if best is None else best.encoding
+
+
+def _first_error(handle: BinaryIO, encoding: str) -> tuple[int, int] | None:
+    """Where the file stops being valid `encoding` (byte offset, line number), or None: read
+    a megabyte at a time, keeping none of the text."""
     decoder = codecs.getincrementaldecoder(encoding)()
-    view = memoryview(data)
-    for offset in range(0, len(data), _CHECK_BYTES):
+    handle.seek(0)
+    offset = 0
+    lines = 1
+    while chunk := handle.read(_CHECK_BYTES):
         try:
-            decoder.decode(view[offset : offset + _CHECK_BYTES])
+            decoder.decode(chunk)
         except UnicodeDecodeError as exc:
-            return offset + exc.start
+            return offset + exc.start, lines + chunk[: exc.start].count(b"\n")
+        offset += len(chunk)
+        lines += chunk.count(b"\n")
     try:
         decoder.decode(b"", final=True)
     except UnicodeDecodeError as exc:
-        return len(data) - len(exc.object) + exc.start
+        return offset - len(exc.object) + exc.start, lines
     return None
 
 
-def _reader(data: bytes, encoding: str) -> TextIO:
+def _reader(handle: BinaryIO, encoding: str) -> io.TextIOWrapper:
     if codecs.lookup(encoding).name == "utf-8":
         encoding = "utf-8-sig"  # a BOM is not part of the first header name
-    return io.TextIOWrapper(io.BytesIO(data), encoding=encoding, newline="")
+    handle.seek(0)
+    return io.TextIOWrapper(handle, encoding=encoding, newline="")
 
 
-def _numbered(records: Iterator[Sequence[object]]) -> Iterator[tuple[int, Sequence[object]]]:
-    for number, cells in enumerate(records, start=2):
-        if not all(is_blank(cell) for cell in cells):
-            yield number, cells
+@contextmanager
+def csv_table(handle: BinaryIO, *, encoding: str, delimiter: str) -> Iterator[Table]:
+    """The file's rows as they are read: memory does not grow with the file's size."""
+    text = text_of(handle, encoding)
+    try:
+        reader = csv.reader(text, delimiter=delimiter)
+        yield Table(header=header_of(next(reader, None)), rows=numbered(reader))
+    finally:
+        text.detach()  # the caller's handle stays open (it checks the file afterwards)
 
 
-def _header(first: Sequence[object] | None) -> list[str]:
-    if first is None:
-        raise FileProblem("the file is empty; row 1 must be the header")
-    return ["" if cell is None else str(cell).strip() for cell in first]
+def _size_not_read(sheet: ReadOnlyWorksheet) -> None:
+    """Nothing: the sheet's stored size is not read (see below)."""
 
 
-def csv_table(data: bytes, *, encoding: str, delimiter: str) -> Table:
-    reader = csv.reader(text_of(data, encoding), delimiter=delimiter)
-    header = _header(next(reader, None))
-    return Table(header=header, rows=_numbered(reader))
+# openpyxl 3.1 reads a read-only sheet's stored size when the workbook is opened, by parsing
+# the sheet's XML up to its <dimension> element and keeping what it parsed. A sheet without
+# one (openpyxl's own write-only output, some exporters) is parsed whole into memory: 546 MB of
+# peak RSS for a 47 MB workbook of 2.5 million rows (bench/files.py). The stored size is
+# ignored anyway (`reset_dimensions` below), so it is not read at all. Only read-only
+# workbooks are affected, and only this module opens any.
+setattr(ReadOnlyWorksheet, "_get_size", _size_not_read)  # noqa: B010
 
 
 @contextmanager
@@ -179,6 +157,6 @@ def xlsx_table(handle: BinaryIO, *, sheet: str | None) -> Iterator[Table]:
         # Some writers store a wrong sheet size; forget it so every row is read.
         worksheet.reset_dimensions()
         rows = worksheet.iter_rows(values_only=True)
-        yield Table(header=_header(next(rows, None)), rows=_numbered(rows))
+        yield Table(header=header_of(next(rows, None)), rows=numbered(rows))
     finally:
         book.close()

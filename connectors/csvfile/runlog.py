@@ -15,9 +15,9 @@ from zoneinfo import ZoneInfo
 
 from collector.contract import MetricSpec, Observation, Window
 from collector.errors import excerpt
-from connectors.csvfile.cells import cell_text, is_blank, parse_moment
-from connectors.csvfile.problems import Problems
-from connectors.csvfile.reading import Table, cell_at
+from connectors._tables.cells import cell_text, is_blank, parse_moment
+from connectors._tables.problems import Problems
+from connectors._tables.rows import Table, cell_at
 from connectors.csvfile.settings import CsvFileSettings, RunResult, fold
 
 log = logging.getLogger(__name__)

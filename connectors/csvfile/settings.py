@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import codecs
-import unicodedata
 from datetime import timedelta
 from typing import Literal
 
@@ -16,22 +15,12 @@ from pydantic import (
     model_validator,
 )
 
-from collector.contract import LABEL_NAME, METRIC_NAME, Aggregation, ConnectorSettings
 from collector.durations import Duration
+from connectors._tables.settings import TableColumns, fold
+
+__all__ = ["CsvFileSettings", "RunLogColumns", "RunResult", "fold"]
 
 RunResult = Literal["successful", "faulted", "stopped"]
-
-# Words promtool's lint flags in metric names: values must be in base units (seconds, ratios).
-_NON_BASE_UNITS = {
-    "minutes": "seconds (scale: 60)",
-    "hours": "seconds (scale: 3600)",
-    "days": "seconds (scale: 86400)",
-    "weeks": "seconds (scale: 604800)",
-    "milliseconds": "seconds (scale: 0.001)",
-    "percent": "a ratio (unit: ratio reads 48.2% as 0.482)",
-    "ms": "seconds (scale: 0.001)",
-    "sec": "seconds",
-}
 
 # What WinActor, UiPath and hand-kept logs write in the result column; keys are compared after
 # full-width folding and case-folding. Extend or override per source with `result_map`.
@@ -57,45 +46,8 @@ DEFAULT_RESULT_MAP: dict[str, RunResult] = {
 }
 
 
-def fold(text: str) -> str:
-    """Compare-friendly text: full-width folded (NFKC), trimmed, case-folded."""
-    return unicodedata.normalize("NFKC", text).strip().casefold()
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MetricColumn(_Model):
-    """One numeric column turned into one metric."""
-
-    name: str
-    column: str
-    unit: str
-    aggregation: Aggregation = "sum"
-    help: str = ""
-    # Multiplies every value, e.g. 60 for a column of minutes stored as seconds.
-    scale: float = 1.0
-
-    @field_validator("name")
-    @classmethod
-    def _snake_case_base_units(cls, name: str) -> str:
-        if not METRIC_NAME.match(name):
-            raise ValueError(f"metric name {name!r} must be snake_case: a-z, 0-9 and _")
-        for word in name.split("_"):
-            if word in _NON_BASE_UNITS:
-                raise ValueError(
-                    f"metric name {name!r} names the unit {word!r}; store {_NON_BASE_UNITS[word]}"
-                    " and name the metric after the base unit"
-                )
-        return name
-
-    @field_validator("scale")
-    @classmethod
-    def _finite_nonzero(cls, scale: float) -> float:
-        if scale == 0 or scale != scale or abs(scale) == float("inf"):
-            raise ValueError("scale must be a finite, non-zero number")
-        return scale
 
 
 class RunLogColumns(_Model):
@@ -107,26 +59,21 @@ class RunLogColumns(_Model):
     result: str = "結果"
 
 
-class CsvFileSettings(ConnectorSettings):
+class CsvFileSettings(TableColumns):
     # Relative paths resolve against the config file's folder; may be a glob (data/apps-*.csv).
     path: str = Field(min_length=1)
     format: Literal["auto", "csv", "xlsx"] = "auto"
     sheet: str | None = None
     encoding: str = "auto"
     delimiter: str = ","
-    # A larger file is refused with an error. A file is validated whole before anything from it
-    # is yielded, at about 11 MB of worker memory per MB of a dense CSV read whole (25-byte
-    # rows, see README.md): 20 MB peaks near 270 MB.
+    # A larger file is refused with an error. Memory does not grow with a file's size (rows are
+    # streamed, keys and pending rows spooled to a temporary file, see spool.py); the limit
+    # guards the time a run takes and the temporary disk space (about the file's size).
     max_file_size: ByteSize = ByteSize(20_000_000)
     # A file modified more recently than this may still be being written: retry later.
     min_file_age: Duration = timedelta(seconds=10)
     layout: Literal["table", "rpa_run_log"] = "table"
-    # layout: table
-    period_column: str | None = None
-    granularity: Literal["auto", "day", "month", "fiscal_year"] = "auto"
-    labels: dict[str, str] = Field(default_factory=dict)
-    static_labels: dict[str, str] = Field(default_factory=dict)
-    metrics: list[MetricColumn] = Field(default_factory=list)
+    # layout: table: the fields of TableColumns
     # layout: rpa_run_log
     columns: RunLogColumns = RunLogColumns()
     result_map: dict[str, RunResult] = Field(default_factory=dict)
@@ -152,14 +99,6 @@ class CsvFileSettings(ConnectorSettings):
                 f"delimiter must be one character (e.g. ',' or '\\t'), not {delimiter!r}"
             )
         return delimiter
-
-    @field_validator("labels", "static_labels")
-    @classmethod
-    def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
-        for name in labels:
-            if not LABEL_NAME.match(name):
-                raise ValueError(f"label name {name!r} must be snake_case: a-z, 0-9 and _")
-        return labels
 
     @field_validator("manual_minutes_per_run")
     @classmethod
@@ -191,17 +130,7 @@ class CsvFileSettings(ConnectorSettings):
         ]
         if run_log_only:
             raise ValueError(f"{', '.join(run_log_only)} apply to layout: rpa_run_log only")
-        if not self.period_column:
-            raise ValueError("layout table needs `period_column`: the header of the date column")
-        if not self.metrics:
-            raise ValueError("layout table needs at least one entry in `metrics`")
-        names = [m.name for m in self.metrics]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"metric names must be unique; repeated: {', '.join(duplicates)}")
-        clash = sorted(set(self.labels) & set(self.static_labels))
-        if clash:
-            raise ValueError(f"labels and static_labels both define {', '.join(clash)}")
+        self.check_columns("layout table needs")
         return self
 
     def result_lookup(self) -> dict[str, RunResult]:

@@ -10,10 +10,11 @@ empty cell: the metric does not take that label). Rows are numbered as a spreads
 from __future__ import annotations
 
 import csv
+import io
 from typing import Any
 
 from collector.events import NumberedRow, UploadProblem
-from connectors.csvfile.cells import cell_text, is_blank, parse_number
+from connectors._tables.cells import cell_text, is_blank, parse_number
 from connectors.csvfile.reading import FileProblem, text_of
 
 REQUIRED = ("metric", "period", "value")
@@ -21,7 +22,7 @@ REQUIRED = ("metric", "period", "value")
 
 def parse_upload(body: bytes, ratio_metrics: frozenset[str]) -> list[NumberedRow]:
     try:
-        text = text_of(body, "auto")
+        text = text_of(io.BytesIO(body), "auto")
     except FileProblem as exc:
         raise UploadProblem(str(exc)) from None
     reader = csv.reader(text)

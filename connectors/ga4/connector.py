@@ -13,25 +13,23 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field
 
 from collector.auth import JwtBearerToken
 from collector.contract import (
     Checkpoint,
     Connector,
-    ConnectorSettings,
     Granularity,
     MetricSpec,
     Observation,
     SourceContext,
     Window,
 )
-from collector.errors import FatalSourceError, SourceDataError
+from collector.errors import SourceDataError
 from collector.http import HttpClient, fetched_ahead, paginate_offset
-from connectors._google import service_account_info
+from connectors._google import ServiceAccountSettings, load_key
 
 log = logging.getLogger("dxkpi.connectors.ga4")
 T = TypeVar("T")
@@ -42,27 +40,13 @@ SCOPE = "https://www.googleapis.com/auth/analytics.readonly"
 MAX_PAGE_SIZE = 250_000
 
 
-class Ga4Settings(ConnectorSettings):
+class Ga4Settings(ServiceAccountSettings):
     property_id: str = Field(pattern=r"^\d+$", description="GA4 property ID (numbers only)")
-    # The service account's JSON key: its contents (from ${ENV}) or a file path.
-    service_account_json: SecretStr | None = None
-    service_account_file: str | None = None
     by_page_path: bool = False
     # The API's own default. The next page is fetched while this one is stored, so larger pages
     # save requests, not time: they only make each store write wait longer for its rows.
     page_size: int = Field(default=10_000, ge=1, le=MAX_PAGE_SIZE)
     api_base_url: str = Field(default=API_URL, pattern=r"^https?://")
-    token_uri: str | None = Field(default=None, pattern=r"^https?://")
-
-    @model_validator(mode="after")
-    def _one_key(self) -> Ga4Settings:
-        if (self.service_account_json is None) == (self.service_account_file is None):
-            raise ValueError("give exactly one of service_account_json or service_account_file")
-        if self.service_account_json is not None:
-            service_account_info(
-                self.service_account_json.get_secret_value(), "service_account_json"
-            )
-        return self
 
 
 class Ga4Connector(Connector[Ga4Settings]):
@@ -89,7 +73,7 @@ class Ga4Connector(Connector[Ga4Settings]):
 
     def __init__(self, settings: Ga4Settings, context: SourceContext) -> None:
         super().__init__(settings, context)
-        info = self._key_info()
+        info = load_key(settings, context)
         token = JwtBearerToken.from_service_account(
             context,
             info,
@@ -212,26 +196,6 @@ class Ga4Connector(Connector[Ga4Settings]):
         if isinstance(exc, KeyError) and re.fullmatch(r"'\d{8}'", str(exc)):
             return self._bad_data(f"the report has a row for {exc}, outside the dates asked")
         return self._bad_data(f"a report row cannot be read ({type(exc).__name__}: {exc})")
-
-    def _key_info(self) -> dict[str, Any]:
-        if self.settings.service_account_json is not None:
-            return service_account_info(
-                self.settings.service_account_json.get_secret_value(), "service_account_json"
-            )
-        path = Path(self.settings.service_account_file or "")
-        path = path if path.is_absolute() else self.context.base_dir / path
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise FatalSourceError(
-                self.context.source_id,
-                f"cannot read the service account key file {path} ({exc.strerror})",
-                hint="check settings.service_account_file and the file's permissions",
-            ) from None
-        try:
-            return service_account_info(text, str(path))
-        except ValueError as exc:
-            raise FatalSourceError(self.context.source_id, str(exc)) from None
 
     def _bad_data(self, message: str) -> SourceDataError:
         return SourceDataError(

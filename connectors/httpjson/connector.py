@@ -35,7 +35,7 @@ from collector.errors import SourceDataError, excerpt
 from collector.fiscal import period_end
 from collector.http import HttpClient
 from connectors._records import RecordProblems, RecordTable, metric_specs, period_of, window_periods
-from connectors.csvfile.cells import cell_text
+from connectors._tables.cells import cell_text
 from connectors.httpjson.settings import HttpJsonSettings
 
 log = logging.getLogger("dxkpi.connectors.httpjson")

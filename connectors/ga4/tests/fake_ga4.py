@@ -1,11 +1,8 @@
 """A fake Google: the OAuth token endpoint for service accounts and the GA4 Data API's
 `runReport`, built from the public references.
 
-- `POST /token`: form `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=JWT`.
-  The JWT is checked like Google does: RS256 signed by the key's private key, `kid` header,
-  `iss` the client email, `aud` the token URI, a scope, `exp - iat` at most an hour. Answers
-  `{"access_token", "expires_in": 3599, "token_type": "Bearer"}`; a bad assertion is 400
-  `{"error": "invalid_grant", "error_description": ...}`.
+- `POST /token`: the service-account token endpoint of connectors/_google/fake_token.py (scope
+  analytics.readonly).
 - `POST /v1beta/properties/{id}:runReport`: `dateRanges`, `dimensions` (date, pagePath),
   `metrics` (screenPageViews, activeUsers), `orderBys`, `limit`/`offset` (int64 as strings or
   numbers). Values are strings, dates `YYYYMMDD`, days without data have no row, `rows` and
@@ -24,47 +21,23 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from collector.testing import FakeRequest, FakeResponse
+from connectors._google.fake_token import (
+    CLIENT_EMAIL,
+    FakeTokenEndpoint,
+    google_error,
+    key_file,
+    new_key,
+)
+
+__all__ = ["CLIENT_EMAIL", "PROPERTY_ID", "FakeGa4", "google_error", "key_file", "new_key"]
 
 PROPERTY_ID = "351234567"
-CLIENT_EMAIL = "dxkpi-reader@pref-dx.iam.gserviceaccount.com"
-KEY_ID = "f3a9c0e1b2d4"
 SCOPE = "https://www.googleapis.com/auth/analytics.readonly"
 DIMENSIONS = {"date", "pagePath"}
 METRICS = {"screenPageViews", "activeUsers"}
-
-
-def new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def key_file(key: rsa.RSAPrivateKey, token_uri: str) -> str:
-    """A service account key file as the Cloud console downloads it."""
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-    return json.dumps(
-        {
-            "type": "service_account",
-            "project_id": "pref-dx",
-            "private_key_id": KEY_ID,
-            "private_key": pem,
-            "client_email": CLIENT_EMAIL,
-            "client_id": "112233445566778899",
-            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
-            "token_uri": token_uri,
-        }
-    )
-
-
-def google_error(code: int, status: str, message: str) -> FakeResponse:
-    return FakeResponse(code, {"error": {"code": code, "message": message, "status": status}})
 
 
 @dataclass
@@ -120,39 +93,12 @@ class FakeGa4:
         return google_error(404, "NOT_FOUND", "Requested entity was not found.")
 
     def _token(self, request: FakeRequest) -> FakeResponse:
-        form = request.form()
-        if form.get("grant_type") != ["urn:ietf:params:oauth:grant-type:jwt-bearer"]:
-            return FakeResponse(400, {"error": "unsupported_grant_type"})
-        assertion = (form.get("assertion") or [""])[0]
-        try:
-            header = jwt.get_unverified_header(assertion)
-            claims = jwt.decode(
-                assertion,
-                self.public_key,
-                algorithms=["RS256"],
-                audience=self.token_uri,
-                # The fake's clock is the tests' clock, not the wall clock.
-                options={"verify_exp": False, "verify_iat": False},
-            )
-        except jwt.PyJWTError:
-            return FakeResponse(
-                400, {"error": "invalid_grant", "error_description": "Invalid JWT Signature."}
-            )
-        if (
-            header.get("kid") != KEY_ID
-            or claims.get("iss") != CLIENT_EMAIL
-            or SCOPE not in str(claims.get("scope", "")).split()
-            or not 0 < claims["exp"] - claims["iat"] <= 3600
-        ):
-            return FakeResponse(
-                400, {"error": "invalid_grant", "error_description": "Invalid JWT claims."}
-            )
-        self.tokens_issued += 1
-        token = f"ya29.fake-{next(self._counter)}"
-        self.valid_tokens.add(token)
-        return FakeResponse(
-            200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
+        endpoint = FakeTokenEndpoint(
+            self.public_key, SCOPE, self.token_uri, self.valid_tokens, _counter=self._counter
         )
+        response = endpoint(request)
+        self.tokens_issued += endpoint.tokens_issued
+        return response
 
     def _run_report(self, body: dict[str, Any]) -> FakeResponse:
         self.reports.append(body)

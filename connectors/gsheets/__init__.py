@@ -1,0 +1,7 @@
+"""gsheets: KPI figures from a range of a Google Sheets spreadsheet (see README.md)."""
+
+from connectors.gsheets.connector import GsheetsConnector, GsheetsSettings
+
+CONNECTOR = GsheetsConnector
+
+__all__ = ["CONNECTOR", "GsheetsConnector", "GsheetsSettings"]
