@@ -9,6 +9,7 @@ The bounds below (15 s) are hang guards, not measurements.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,6 +207,46 @@ def test_two_deployments_sharing_a_data_directory_keep_their_own_beat_state(
         for config in (first, second)
     }
     assert len(files) == 2 and all(Path(f).parent == shared for f in files)
+
+
+def test_an_exporter_on_a_store_without_tables_is_unhealthy_until_migrated(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import urllib.error
+    import urllib.request
+
+    config = write_config(tmp_path)
+    env = dxkpi_env(tmp_path, DXKPI_BROKER_URL=redis_url)
+    exporter = Process(
+        config,
+        env,
+        tmp_path / "e.log",
+        "exporter",
+        "--listen",
+        "127.0.0.1:0",
+        ignore_sigint=False,
+    )
+
+    def status(base: str, path: str) -> int:
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as answer:
+                return int(answer.status)
+        except urllib.error.HTTPError as refused:
+            return int(refused.code)
+
+    try:
+        exporter.wait_for(READY["exporter"])
+        found = re.search(r"serving (http://\S+)/metrics", exporter.text())
+        assert found, exporter.text()
+        base = found.group(1)
+        assert status(base, "/healthz") == 503
+        assert status(base, "/metrics") == 503
+        code, output = run_to_exit(config, env, "migrate")
+        assert code == 0, output
+        wait_for(lambda: status(base, "/healthz") == 200, what="healthy after migrate")
+        assert exporter.stop(signal.SIGTERM) == 0
+    finally:
+        exporter.kill()
 
 
 SLOW_SOURCE = """
