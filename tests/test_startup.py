@@ -307,6 +307,11 @@ def test_a_worker_mid_collection_against_a_slow_api_stops_within_its_stop_timeou
                 ) from None
             assert code == 1
             assert "collections still running 2s after the stop signal" in worker.text()
+            # The task went back to the queue (rejected with requeue), not only after Redis'
+            # visibility timeout.
+            import redis
+
+            assert redis.Redis.from_url(redis_url).llen(queue) == 1, worker.text()[-3000:]
         finally:
             release.set()
             worker.kill()
