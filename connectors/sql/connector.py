@@ -76,18 +76,19 @@ def _short(query: str) -> str:
     return flat if len(flat) <= _QUERY_SHOWN else flat[: _QUERY_SHOWN - 1] + "…"
 
 
-def _code(exc: DBAPIError) -> str:
+def _codes(exc: DBAPIError) -> set[str]:
+    """What the driver says the error is: a SQLSTATE (psycopg, PyMySQL), a MySQL error number
+    (PyMySQL, mysqlclient), an SQLite error name."""
     orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None)  # psycopg
-    if sqlstate:
-        return str(sqlstate)
-    name = getattr(orig, "sqlite_errorname", None)  # sqlite3
-    if name:
-        return str(name)
+    codes = {
+        str(value)
+        for value in (getattr(orig, "sqlstate", None), getattr(orig, "sqlite_errorname", None))
+        if value
+    }
     args = getattr(orig, "args", ())
-    if args and isinstance(args[0], int):  # PyMySQL, mysqlclient
-        return str(args[0])
-    return ""
+    if args and isinstance(args[0], int):
+        codes.add(str(args[0]))
+    return codes
 
 
 def _said(exc: BaseException) -> str:
@@ -234,10 +235,10 @@ class SqlConnector(Connector[SqlSettings]):
         dbapi_connection.set_progress_handler(interrupt, 10_000)
 
     def _failure(self, exc: DBAPIError) -> SourceError:
-        source, code, said = self.context.source_id, _code(exc), self._scrub(_said(exc))
+        source, codes, said = self.context.source_id, _codes(exc), self._scrub(_said(exc))
         where = self._where
         if (
-            code in _AUTH
+            codes & _AUTH
             or any(word in said for word in _AUTH_WORDS)
             or ("role" in said and "does not exist" in said)
         ):
@@ -247,11 +248,11 @@ class SqlConnector(Connector[SqlSettings]):
                 where=where,
                 hint="check the url's user and the password's environment variable",
             )
-        if code in _NO_DATABASE or ("database" in said and "does not exist" in said):
+        if codes & _NO_DATABASE or ("database" in said and "does not exist" in said):
             return FatalSourceError(
                 source, f"no such database: {said}", where=where, hint="check the url"
             )
-        if code in _TIMEOUT:
+        if codes & _TIMEOUT:
             limit = self.settings.statement_timeout.total_seconds()
             return FatalSourceError(
                 source,
@@ -260,18 +261,20 @@ class SqlConnector(Connector[SqlSettings]):
                 hint="make the query cheaper (an index, GROUP BY in the database) or raise "
                 "statement_timeout",
             )
-        if code in _READ_ONLY:
+        if codes & _READ_ONLY:
             return FatalSourceError(
                 source,
                 f"the query tried to write, which the read-only transaction refused: {said}",
                 where=where,
                 hint="a sql source only reads: call no function that writes",
             )
-        transient = code.startswith(_TRANSIENT_PREFIXES) or code in _TRANSIENT_MYSQL
+        transient = any(c.startswith(_TRANSIENT_PREFIXES) for c in codes) or bool(
+            codes & _TRANSIENT_MYSQL
+        )
         if (
             transient
-            or (not code and exc.connection_invalidated)
-            or (not code and type(exc).__name__ in ("OperationalError", "InterfaceError"))
+            or (not codes and exc.connection_invalidated)
+            or (not codes and type(exc).__name__ in ("OperationalError", "InterfaceError"))
         ):
             return RetryableSourceError(
                 source, f"the database cannot be reached now: {said}", where=where

@@ -140,6 +140,17 @@ def test_postgres_statement_timeout_stops_a_slow_query(pg_db: Database) -> None:
     )
 
 
+def test_mariadb_statement_timeout_stops_a_slow_query(maria_db: Database) -> None:
+    slow = f"{ROW_OF} SLEEP(30) AS online, 1 AS total"
+    connector = maria_db.connector(query=slow, statement_timeout="0.5s")
+    with pytest.raises(FatalSourceError) as caught:
+        list(connector.collect(TWO_DAYS))
+    message = str(caught.value)
+    assert "the database stopped the query after statement_timeout (0.5 s)" in message
+    assert "(1969) Query execution was interrupted (max_statement_time exceeded)" in message
+    assert PASSWORD not in message
+
+
 def test_sqlite_statement_timeout_interrupts_a_slow_query(sqlite_db: Database) -> None:
     slow = (
         "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000000)"
