@@ -173,6 +173,8 @@ def _stop_on_signals() -> None:
     ignored: take it back (before any child starts, so children get it too). SIGTERM, whose
     default kills at once, unwinds like Ctrl-C instead, so servers close their sockets and
     threads. Celery's worker and beat install their own handlers over these."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # the CLI called from a thread (tests): only a main thread can set handlers
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
