@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import json
@@ -10,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,6 +40,8 @@ out = Console()
 
 NAME_WIDTH = 20  # `status`: cells of a KPI name per line, two lines at most
 RECOMMENDED_POOL = "threads"
+# Seconds a stopping worker lets running collections finish (below Docker's 10 s before SIGKILL).
+DEFAULT_STOP_TIMEOUT = 5.0
 RECOMMENDED_CONCURRENCY = 32
 
 
@@ -153,10 +157,52 @@ def main(ctx: click.Context, config_path: str | None, data_dir: str | None, log_
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Alembic announces each of its plugins at INFO on every start: noise before a one-line error.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    _stop_on_signals()
     obj = ctx.ensure_object(dict)
     obj["config"] = config_path
     obj["data_dir"] = data_dir
     obj["log_level"] = log_level
+
+
+def _stop_on_signals() -> None:
+    """SIGINT and SIGTERM stop every command promptly, whatever the parent shell did.
+
+    A non-interactive shell starts `dxkpi … &` with SIGINT ignored, and Python then leaves it
+    ignored: take it back (before any child starts, so children get it too). SIGTERM, whose
+    default kills at once, unwinds like Ctrl-C instead, so servers close their sockets and
+    threads. Celery's worker and beat install their own handlers over these."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # the CLI called from a thread (tests): only a main thread can set handlers
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(*_: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _check_store(runtime: Runtime) -> None:
+    """Connect once, so that a wrong URL, a refused login or a server that is not there is one
+    line and a non-zero exit at start, not a process that runs and fails later."""
+    with runtime.store.engine.connect():
+        pass
+
+
+def _check_broker(runtime: Runtime) -> None:
+    """An unknown broker scheme is one line before Celery starts (its banner, its warnings)."""
+    from kombu.transport import resolve_transport
+
+    scheme = runtime.broker_url.partition("://")[0]
+    try:
+        resolve_transport(scheme.partition("+")[0])
+    except KeyError:
+        raise DxkpiError(
+            f"the broker URL's scheme {scheme!r} is unknown: use redis:// or rediss:// "
+            "(DXKPI_BROKER_URL or broker.url)"
+        ) from None
 
 
 def _child_args(ctx: click.Context, runtime: Runtime) -> list[str]:
@@ -189,16 +235,15 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     """Everything in one: migrate, a Celery worker, beat, and the exporter (embedded default)."""
     from collector.supervisor import sources_to_kick_off
 
-    # Started with `&` from a script, the shell gives it SIGINT ignored: take it back (before
-    # the children start, so they get it too), or Ctrl-C and `kill -INT` would do nothing.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGINT is taken back from a script's `&` in main(), before the children start.
     runtime = _runtime(ctx)
+    _check_broker(runtime)
     _describe(runtime)
     exp, server = _bind(runtime, listen)  # first: a busy port fails before anything starts
     runtime.store.migrate()
     # Beat starts afresh, without catching up on runs its last life missed: the kick-off
     # below collects what is due, and beat takes over one interval later.
-    for leftover in runtime.data_dir.glob("celerybeat-schedule*"):
+    for leftover in runtime.data_dir.glob(f"{runtime.beat_state.name}*"):
         leftover.unlink()
     base = _child_args(ctx, runtime)
     children = [
@@ -206,10 +251,6 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
         subprocess.Popen([*base, "beat"]),
     ]
 
-    def stop(*_: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     try:
         from tasks.app import app
 
@@ -262,6 +303,14 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     "<name>1@… to <name>N@….",
 )
 @click.option("--beat/--no-beat", default=False, help="Also run the beat scheduler (one per site).")
+@click.option(
+    "--stop-timeout",
+    default=DEFAULT_STOP_TIMEOUT,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a stopping worker lets running collections finish; then it exits anyway "
+    "(their tasks are redelivered, their leases expire).",
+)
 @click.pass_context
 def worker(
     ctx: click.Context,
@@ -270,9 +319,11 @@ def worker(
     processes: int,
     hostname: str | None,
     beat: bool,
+    stop_timeout: float,
 ) -> None:
     """A Celery worker that runs collections."""
     runtime = _runtime(ctx)  # before importing the app: it is built from the current runtime
+    _check_broker(runtime)
     # Ready only with a usable store: an unreachable one or one without tables is one line now,
     # not a retry loop in every task.
     problem = runtime.store.schema_problem()
@@ -281,6 +332,7 @@ def worker(
     if processes > 1:
         name, _, host = (hostname or "celery@%h").partition("@")
         base = [*_child_args(ctx, runtime), "worker", "--pool", pool]
+        base += ["--stop-timeout", str(stop_timeout)]
         if concurrency is not None:
             base += ["--concurrency", str(concurrency)]
         commands = [
@@ -308,6 +360,7 @@ def worker(
     if beat:
         argv.append("--beat")
     _quiet_celery_per_task_lines()
+    _bound_warm_shutdown(stop_timeout)
     _import_connectors(runtime)
     # The store's engine imports its dialect and driver: at start, not in the first runs.
     runtime.store  # noqa: B018
@@ -315,6 +368,38 @@ def worker(
     # it again on every collection (a large share of a short run's CPU with 32 threads).
     gc.freeze()
     app.worker_main(argv)
+
+
+def _bound_warm_shutdown(seconds: float) -> None:
+    """SIGTERM or SIGINT make Celery's warm shutdown wait for running tasks, however long they
+    take: a collection waiting on a slow API or a Retry-After kept a worker up for minutes. Give
+    them `seconds`, then exit. Nothing is lost: tasks are acknowledged late, so their messages go
+    back to the queue, and a dead holder's lease expires within a minute (its run is closed as
+    abandoned by the next one)."""
+    from celery.signals import worker_shutting_down
+    from celery.worker.state import active_requests
+
+    def give_up() -> None:
+        logging.getLogger("dxkpi.worker").warning(
+            "collections still running %gs after the stop signal: exiting without them "
+            "(their tasks go back to the queue; raise --stop-timeout to wait longer)",
+            seconds,
+        )
+        # Back on the queue now, not after the broker's visibility timeout (an hour on Redis):
+        # what kombu does when a channel closes cleanly, for each channel that delivered them.
+        channels = {id(r.message.channel): r.message.channel for r in list(active_requests)}
+        for channel in channels.values():
+            with contextlib.suppress(Exception):
+                channel.qos.restore_unacked()
+        logging.shutdown()
+        os._exit(1)
+
+    def on_shutdown(**_: Any) -> None:
+        timer = threading.Timer(seconds, give_up)
+        timer.daemon = True  # a warm shutdown that finishes in time exits without waiting for it
+        timer.start()
+
+    worker_shutting_down.connect(on_shutdown, weak=False)
 
 
 def _quiet_celery_per_task_lines() -> None:
@@ -342,7 +427,9 @@ def _import_connectors(runtime: Runtime) -> None:
 @click.pass_context
 def beat(ctx: click.Context) -> None:
     """The beat scheduler: queues each source's collection on its schedule. Run exactly one."""
-    _runtime(ctx)
+    runtime = _runtime(ctx)
+    _check_broker(runtime)
+    _check_store(runtime)
     from tasks.app import app
 
     app.start(["beat", "--loglevel", ctx.obj["log_level"]])
@@ -360,7 +447,10 @@ def beat(ctx: click.Context) -> None:
 def exporter(ctx: click.Context, listen: str | None, web_config: str | None) -> None:
     """Serve /metrics and /healthz from the store."""
     runtime = _runtime(ctx)
-    _serve(*_bind(runtime, listen, web_config))
+    # Reachable is required; tables are not: until `dxkpi migrate` ran, /healthz says so (503).
+    _check_store(runtime)
+    with contextlib.suppress(KeyboardInterrupt):  # SIGTERM or Ctrl-C: a clean stop
+        _serve(*_bind(runtime, listen, web_config))
 
 
 def _bind(
@@ -850,7 +940,9 @@ __all__ = ["main"]
 def receiver(ctx: click.Context, listen: str | None) -> None:
     """Take vendor webhooks and pushed figures; each is stored before it is answered."""
     runtime = _runtime(ctx)
-    _receiver_server(runtime, listen).serve_forever()
+    _check_store(runtime)
+    with contextlib.suppress(KeyboardInterrupt):  # SIGTERM or Ctrl-C: a clean stop
+        _receiver_server(runtime, listen).serve_forever()
 
 
 def _receiver_server(runtime: Runtime, listen: str | None) -> ReceiverServer:

@@ -54,6 +54,13 @@ class Runtime:
             return self._store
 
     @property
+    def beat_state(self) -> Path:
+        """Beat's schedule file, keyed by queue and config: deployments that share a data
+        directory keep their own (Celery adds suffixes to it on some platforms)."""
+        digest = hashlib.sha256(str(self.loaded.path.resolve()).encode()).hexdigest()[:8]
+        return self.data_dir / f"celerybeat-schedule-{self.queue}-{digest}"
+
+    @property
     def embedded(self) -> bool:
         return self.broker_url.startswith("sqla+sqlite")
 

@@ -37,8 +37,8 @@ def create_app(runtime: Runtime | None = None) -> Celery:
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport_options(runtime.broker_url),
         beat_schedule=beat_schedule(config),
-        # Keyed by queue: deployments sharing a data directory keep their own beat state.
-        beat_schedule_filename=str(runtime.data_dir / f"celerybeat-schedule-{runtime.queue}"),
+        # Keyed by queue and config: deployments sharing a data directory keep their own state.
+        beat_schedule_filename=str(runtime.beat_state),
         worker_hijack_root_logger=False,
     )
     return app

@@ -61,3 +61,29 @@ def test_days_that_dst_makes_shorter_or_longer_end_at_the_next_midnight(
     assert end.timestamp() - day.timestamp() == hours * 3600
     assert Window(day, end).complete_days(BERLIN) == [day]
     assert Window(day, end - timedelta(seconds=1)).complete_days(BERLIN) == []
+
+
+def test_every_builtin_connector_runs_the_shared_contract_suite() -> None:
+    """A connector folder is registered by its folder name; its tests must subclass
+    `collector.testing.ConnectorContract` for it, or the contract is never checked."""
+    import ast
+    from pathlib import Path
+
+    from collector.registry import _builtin_names
+
+    root = Path(__file__).parents[1] / "connectors"
+    contracted = set()
+    for test_file in root.glob("*/tests/test_*.py"):
+        for node in ast.walk(ast.parse(test_file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(base, ast.Name) and base.id == "ConnectorContract" for base in node.bases
+            ):
+                for item in node.body:
+                    if (
+                        isinstance(item, ast.Assign)
+                        and isinstance(item.value, ast.Constant)
+                        and any(getattr(t, "id", "") == "connector_name" for t in item.targets)
+                    ):
+                        contracted.add(item.value.value)
+    assert "sql" in contracted
+    assert set(_builtin_names()) <= contracted, set(_builtin_names()) - contracted

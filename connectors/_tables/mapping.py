@@ -40,7 +40,7 @@ def table_metrics(settings: TableColumns, where: str) -> tuple[MetricSpec, ...]:
 
 
 @lru_cache(maxsize=4096)  # rows of one period repeat per label: parse each cell text once
-def _period(cell: object, configured: str) -> tuple[date, G]:
+def period_of(cell: object, configured: str) -> tuple[date, G]:
     """The row's period start, checked against the configured granularity."""
     start, found = parse_period_cell(cell)
     if configured == "auto":
@@ -59,7 +59,7 @@ def _period(cell: object, configured: str) -> tuple[date, G]:
     )
 
 
-def _overlaps(start: date, granularity: G, window: Window, tz: ZoneInfo) -> bool:
+def overlaps(start: date, granularity: G, window: Window, tz: ZoneInfo) -> bool:
     begins = datetime.combine(start, time(), tzinfo=tz)
     ends = datetime.combine(period_end(start, granularity), time(), tzinfo=tz)
     return begins < window.end and ends > window.start
@@ -93,7 +93,9 @@ def read_table(
 
     for row, cells in table.rows:
         try:
-            start, granularity = _period(cell_at(cells, where[period_column]), settings.granularity)
+            start, granularity = period_of(
+                cell_at(cells, where[period_column]), settings.granularity
+            )
         except ValueError as exc:
             problems.row(file, row, f"column {period_column!r}: {exc}")
             continue
@@ -102,7 +104,7 @@ def read_table(
             for name, column in settings.labels.items()
         )
         whys = [f"column {settings.labels[n]!r} (label {n}) is empty" for n, v in labels if not v]
-        in_window = _overlaps(start, granularity, window, tz)
+        in_window = overlaps(start, granularity, window, tz)
         for number, metric in enumerate(settings.metrics):
             try:
                 value = parse_number(

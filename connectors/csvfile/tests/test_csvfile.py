@@ -95,6 +95,17 @@ def test_utf16_with_or_without_bom_is_read(share: FileShare, encoding: str) -> N
     assert by_key(got) == JAPANESE_EXPECTED
 
 
+@pytest.mark.parametrize("forced", ["utf-8", "cp932"])
+def test_utf16_read_with_a_forced_encoding_says_so_not_a_missing_header(
+    share: FileShare, forced: str
+) -> None:
+    share.csv("counts.csv", JAPANESE_ROWS, encoding="utf-16")
+    _, error = run_until_error(share.connector(**JAPANESE_SOURCE, encoding=forced))
+    assert f"counts.csv: line 1 is not valid {forced}" in str(error)
+    assert "or set `encoding: auto`" in str(error)
+    assert "not found in the header" not in str(error)
+
+
 def test_a_tab_separated_file_read_with_commas_says_to_set_the_delimiter(share: FileShare) -> None:
     share.csv("counts.csv", JAPANESE_ROWS, encoding="utf-16", delimiter="\t")
     _, error = run_until_error(share.connector(**JAPANESE_SOURCE))

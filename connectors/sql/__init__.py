@@ -1,0 +1,7 @@
+"""sql: KPI figures from a read-only SELECT against an organisation's own database (README.md)."""
+
+from connectors.sql.connector import SqlConnector
+
+CONNECTOR = SqlConnector
+
+__all__ = ["CONNECTOR", "SqlConnector"]
