@@ -577,6 +577,7 @@ def test_two_beats_and_a_vendor_answering_garbage(site: Site) -> None:
         what="the second beat's third tick",
     )
     second.stop()
+    assert all(p.alive() for p in site.processes if p is not second)
     steady_runs = [r for r in site.runs("steady") if r.started_at > started]
     print(f"two beats: {len(steady_runs)} steady runs recorded while both sent")
     for source in ("steady", "killed"):
@@ -606,7 +607,7 @@ def test_two_beats_and_a_vendor_answering_garbage(site: Site) -> None:
         "a second `dxkpi beat` for the same deployment until it has sent 3 times (both send "
         "every 10 s)",
         "runs of one source overlapping; periods; processes",
-        "the duplicate tasks skip behind the lease or repeat a finished window: no overlap, "
+        "twice the tasks, one run at a time (the lease): no two runs of a source overlap, "
         "every period once",
         None,
     )
