@@ -58,7 +58,7 @@ TZ = ZoneInfo("Asia/Tokyo")
 LEASE_SECONDS = 6
 QUEUE = "dxkpi-faults"
 WRITE_BATCH = 25_000  # collector.runner.WRITE_BATCH: a stored count is a multiple of it
-BULK_DAYS, BULK_PAGES = 40, 3_000  # 120,000 rows: five batches
+BULK_DAYS, BULK_PAGES = 20, 3_000  # 60,000 rows: three batches
 # Hang guards, not timings: a recovery slower than these is a hang.
 GUARD = 90.0
 
@@ -121,6 +121,7 @@ class Process:
     def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
         self.name = name
         self.log = log
+        self.killed = False  # by the test, on purpose
         with log.open("ab") as output:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "collector", *args],
@@ -431,6 +432,7 @@ def test_a_worker_killed_holding_a_lease(site: Site) -> None:
     run = wait_for(lambda: running_run(site, "killed"), what="a killed run in progress")
     [worker] = site.workers  # type: ignore[attr-defined]
     worker.process.kill()
+    worker.killed = True
     killed = time.time()
     site.workers = [site.worker()]  # type: ignore[attr-defined]  # systemd/compose restart it
     # During, while the lease lives: the run is shown as going on, not as a success or failure.
@@ -480,11 +482,23 @@ def test_postgres_stopped_mid_batch_for_25s(site: Site) -> None:
     site.write_bulk(BULK_DAYS)
     total = BULK_DAYS * BULK_PAGES
     since, until = "2024-05-01T00:00:00+09:00", "2024-07-01T00:00:00+09:00"
+    # Writes to observations wait behind this lock (reads do not): the run's first batch is held
+    # in flight, so the stop lands mid-batch whatever the machine's speed.
+    locker = site.engine.connect()
+    locker.begin()
+    locker.execute(text("LOCK TABLE observations IN EXCLUSIVE MODE"))
     # Queued as beat queues a task: expiring long before the retries' backoff is over.
     client.send_task("dxkpi.collect", args=("bulk", since, until, "backfill"), expires=5)
-    # The first batch committed, the next in flight: stop the database now.
-    wait_for(lambda: site.stored_count("bulk") > 0, what="the first batch", timeout=GUARD)
+    wait_for(
+        lambda: site.query(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND query ILIKE '%observations%'"
+        )[0][0],
+        what="the run's first batch waiting to be written",
+    )
     site.postgres.stop()
+    with contextlib.suppress(Exception):  # its server is gone
+        locker.close()
     stopped = time.time()
     # During: `status` says in one line that the store is unreachable; /healthz says 503;
     # /metrics goes on serving the last snapshot.
@@ -526,8 +540,8 @@ def test_postgres_stopped_mid_batch_for_25s(site: Site) -> None:
     assert recovery < GUARD
     client.close()
     OUTCOMES["postgres"] = Outcome(
-        f"PostgreSQL stopped (`pg_ctl stop -m fast`) for 25 s once a {total:,}-row run has "
-        "committed its 1st batch (its task queued to expire after 5 s, as beat's do)",
+        f"PostgreSQL stopped (`pg_ctl stop -m fast`) for 25 s while a {total:,}-row run writes "
+        "its 1st batch (its task queued to expire after 5 s, as beat's do)",
         "rows committed when it came back; rows after; runs; `status`; `/healthz`; "
         "`dxkpi_source_up`; worker log",
         "whole batches only; `status` fails in one line and `/healthz` answers 503 meanwhile; "
@@ -577,7 +591,7 @@ def test_two_beats_and_a_vendor_answering_garbage(site: Site) -> None:
         what="the second beat's third tick",
     )
     second.stop()
-    assert all(p.alive() for p in site.processes if p is not second)
+    assert all(p.alive() for p in site.processes if p is not second and not p.killed)
     steady_runs = [r for r in site.runs("steady") if r.started_at > started]
     print(f"two beats: {len(steady_runs)} steady runs recorded while both sent")
     for source in ("steady", "killed"):
