@@ -56,6 +56,8 @@ class Snapshot:
     chunks: list[Chunk]
     built_at: float
     generations: dict[str, int]
+    # Runs shown abandoned (their lease expired) when built: a lease expiring changes no counter.
+    dead_runs: int = 0
     # The board page (`/`) per language, rendered with the snapshot from the same figures.
     board: dict[str, bytes] = field(default_factory=dict)
     _gzipped: dict[bool, bytes] = field(default_factory=dict)
@@ -403,28 +405,37 @@ class Exporter:
         self._changes: ChangeWaiter | None = None
         self.rebuilds = 0
 
-    def rebuild(self, generations: dict[str, int] | None = None) -> Snapshot:
+    def rebuild(
+        self, generations: dict[str, int] | None = None, dead_runs: int | None = None
+    ) -> Snapshot:
         now = self.clock()
         if generations is None:
             generations = self.store.generations()
+        if dead_runs is None:
+            dead_runs = self.store.dead_runs()
         chunks, board = self.builder.build(now)
-        snapshot = Snapshot(chunks, built_at=now, generations=generations, board=board)
+        snapshot = Snapshot(
+            chunks, built_at=now, generations=generations, dead_runs=dead_runs, board=board
+        )
         self.snapshot = snapshot  # an atomic swap: scrapes see the old or the new, whole
         self.rebuilds += 1
         _return_freed_memory()
         return snapshot
 
     def refresh(self) -> None:
-        """Rebuild if any source's change counter moved or the snapshot is too old."""
+        """Rebuild if any source's change counter moved, a run's lease expired (its holder
+        died: the run is shown abandoned), or the snapshot is too old."""
         try:
             generations = self.store.generations()
+            dead_runs = self.store.dead_runs()
             current = self.snapshot
             if (
                 current is None
                 or generations != current.generations
+                or dead_runs != current.dead_runs
                 or self.clock() - current.built_at >= self.max_age
             ):
-                self.rebuild(generations)
+                self.rebuild(generations, dead_runs)
             self.store_error = None
         except Exception as exc:  # keep serving the last snapshot; /healthz reports the failure
             self.store_error = redact(f"{type(exc).__name__}: {exc}")

@@ -134,6 +134,28 @@ def test_snapshot_is_rebuilt_only_when_the_store_changed(
     assert b"dxkpi_portal_page_views" in exporter.snapshot.text  # type: ignore[union-attr]
 
 
+def test_a_run_whose_lease_expired_shows_at_the_next_refresh(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
+    """A holder killed mid-run changes nothing in the store: its lease just expires. The exporter
+    must still show the run abandoned at its next refresh, not when something else changes."""
+    loaded = load_config(write_config(tmp_path))
+    collect_source(loaded, sqlite_store, "portal", window=WINDOW)
+    sqlite_store.start_leased_run("portal", "scheduled", "killed", 60, lambda c, k: (0.0, 1.0))
+    exporter = Exporter(sqlite_store, loaded)
+    exporter.refresh()
+    up = ("dxkpi_source_up", (("source", "portal"),))
+    assert samples(exporter.snapshot.text.decode())[up] == 1  # type: ignore[union-attr]
+    sqlite_store.acquire_lease("portal", "killed", -1)  # what an unrenewed lease becomes
+    exporter.refresh()
+    got = samples(exporter.snapshot.text.decode())  # type: ignore[union-attr]
+    assert got[up] == 0
+    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "abandoned")))] == 1
+    rebuilds = exporter.rebuilds
+    exporter.refresh()
+    assert exporter.rebuilds == rebuilds, "rebuilt again with nothing changed"
+
+
 @pytest.fixture
 def served(fed: tuple[Store, LoadedConfig]) -> Iterator[str]:
     store, loaded = fed

@@ -1,6 +1,5 @@
-"""Faults injected into a real deployment: a real `dxkpi worker` on real Redis, storing into real
-PostgreSQL through a loopback proxy the test takes down and brings back (the shared server
-itself is never touched)."""
+"""Faults to a single process. The faults to a whole deployment (Redis, PostgreSQL, workers,
+beats, the vendor, the exporter's clients) are in tests/test_fault_suite.py."""
 
 from __future__ import annotations
 
@@ -9,88 +8,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-import redis
-from celery import Celery
-from sqlalchemy.engine import make_url
 
-from collector.storage import Store
 from tests.conftest import write_config
-from tests.tcp_proxy import TcpProxy
-from tests.test_celery_e2e import Worker, wait_for
+from tests.test_celery_e2e import wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def deployment(tmp_path: Path, pg_url: str, redis_url: str) -> Iterator[dict[str, Any]]:
-    """A worker's environment whose store is behind `proxy`; a Celery client on its own queue."""
-    url = make_url(pg_url)
-    proxy = TcpProxy((url.host or "127.0.0.1", url.port or 5432))
-    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(False)
-    queue = f"dxkpi-test-{uuid.uuid4().hex[:8]}"
-    redis.Redis.from_url(redis_url).delete(queue)
-    store = Store(pg_url)
-    store.migrate()
-    env = {
-        **os.environ,
-        "DXKPI_STORAGE_URL": proxied,
-        "DXKPI_BROKER_URL": redis_url,
-        "DXKPI_QUEUE": queue,
-        "DXKPI_DATA_DIR": str(tmp_path / "data-dir"),
-    }
-    client = Celery(broker=redis_url)
-    client.conf.task_default_queue = queue
-    workers: list[Worker] = []
-    parts: dict[str, Any] = {
-        "proxy": proxy,
-        "store": store,
-        "client": client,
-        "start": lambda config, *args: (
-            workers.append(Worker(config, env, tmp_path / f"worker{len(workers)}.log", *args))
-            or workers[-1]
-        ),
-    }
-    yield parts
-    for worker in workers:
-        worker.stop()
-    client.close()
-    store.close()
-    proxy.stop()
-    for worker in workers:
-        sys.stderr.write(worker.log.read_text(errors="replace")[-3000:])
-
-
-def test_a_25s_database_outage_ends_with_the_run_done_not_discarded(
-    tmp_path: Path, deployment: dict[str, Any]
-) -> None:
-    proxy: TcpProxy = deployment["proxy"]
-    store: Store = deployment["store"]
-    client: Celery = deployment["client"]
-    worker = deployment["start"](write_config(tmp_path), "--concurrency", "1")
-    wait_for(lambda: client.control.ping(timeout=1.0), what="the worker")
-    proxy.stop()
-    down = time.monotonic()
-    # As beat sends it: expiring long before the retries' backoff (10 s, then 20 s) is over.
-    client.send_task("dxkpi.collect", args=("portal",), expires=5)
-    time.sleep(25.0)
-    proxy.start()
-    wait_for(
-        lambda: any(r["status"] == "success" for r in store.runs("portal")),
-        timeout=60,
-        what="the run to succeed after the outage",
-    )
-    recovered = time.monotonic() - down
-    print(f"25 s database outage: run done {recovered:.1f} s after it began")
-    log = worker.log.read_text(errors="replace")
-    assert "Discarding revoked task" not in log
-    assert store.count_observations() == 6
-    assert recovered < 45, f"recovered {recovered:.0f}s after the outage began"
 
 
 def test_run_started_in_the_background_by_a_script_stops_on_sigint(tmp_path: Path) -> None:

@@ -355,6 +355,22 @@ class RunsAndLeases:
             out.append(health)
         return out
 
+    def dead_runs(self) -> int:
+        """Runs still `running` whose source's lease is free or expired: their holder died.
+        A lease expiring changes nothing stored, so the exporter asks this besides the change
+        counters to show such a run abandoned without waiting for the source's next run."""
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(
+                    text(
+                        "SELECT count(*) FROM collection_runs r "
+                        "JOIN source_state s ON s.source = r.source WHERE r.status = 'running' "
+                        "AND (s.lease_holder IS NULL OR COALESCE(s.lease_expires, 0) < :now)"
+                    ),
+                    {"now": time.time()},
+                ).scalar_one()
+            )
+
     def gaps(self, source: str | None = None) -> list[Gap]:
         """Backfill windows whose last run failed or was abandoned and that no later successful
         run has covered, oldest window first. They come from the run records: the record of a
