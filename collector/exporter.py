@@ -151,7 +151,7 @@ class SnapshotBuilder:
             "Backfill windows of the source that failed for good and are not read since.",
         )
         for source in self.loaded.config.sources:
-            labels = {"source": source.id}
+            labels = {"source": source.id, "org": source.org}
             interval.add(labels, source.schedule.interval().total_seconds())
             h = health.get(source.id)
             gaps.add(labels, h.gaps if h else 0)
@@ -172,6 +172,7 @@ class SnapshotBuilder:
         """Each stored metric's latest period, and for summable metrics the fiscal-year-to-date
         and month-to-date sums (exact totals for reports, not rebuilt from daily gauges)."""
         families: dict[str, SeriesFamily] = {}
+        org_of = self.kpis.org_of
         by_id: dict[int, SeriesRow] = {}
         parts: dict[int, str] = {}  # this build's only: a series is in up to three families
 
@@ -183,7 +184,8 @@ class SnapshotBuilder:
                     by_id.update((row.id, row) for row in rows)
                 row = by_id[series_id]
                 names = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
-                part = parts[series_id] = label_part({**names, "source": row.source})
+                org = org_of.get(row.source, row.org)
+                part = parts[series_id] = label_part({**names, "source": row.source, "org": org})
             return part
 
         specs = self.loaded.metric_specs
@@ -313,13 +315,45 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
     outcome_ts = family(
         "target_outcome_timestamp_seconds", "When the target year's figure arrived."
     )
+    members = family(
+        "rollup_organisations", "Roll-ups: how many organisations the rolled-up figure adds up."
+    )
+    rollup_complete = family(
+        "rollup_complete",
+        "Roll-ups: 1 when every member organisation reported every ended period that any "
+        "member reported after the reported one, else 0 (the value stays at the last period "
+        "all reported).",
+    )
+    missing = family(
+        "rollup_missing_organisations",
+        "Roll-ups: member organisations that have not reported the newest period others did.",
+    )
+    member_missing = family(
+        "rollup_member_missing",
+        "Roll-ups: 1 per member organisation (label member) missing from that period.",
+    )
+    incomplete_end = family(
+        "rollup_incomplete_period_end_timestamp_seconds",
+        "Roll-ups: end of the newest period some members reported and others have not.",
+    )
     info = Family(
-        "dxkpi_kpi_info", "info", "The KPI's names (Japanese and English), area, unit and cadence."
+        "dxkpi_kpi_info",
+        "info",
+        "The KPI's names (Japanese and English), area, unit and cadence; org is the "
+        "organisation or the roll-up's label.",
     )
     families.append(info)
     for state in states:
         kpi = state.kpi
-        labels = {"kpi": kpi.id}
+        labels = {"kpi": kpi.id, "org": state.org}
+        if state.rollup is not None:
+            members.add(labels, len(state.rollup.members))
+            rollup_complete.add(labels, 1.0 if state.rollup.complete else 0.0)
+            missing.add(labels, len(state.rollup.missing))
+            for member in state.rollup.missing:
+                member_missing.add({**labels, "member": member}, 1.0)
+            if state.rollup.incomplete is not None:
+                incomplete_end.add(labels, state.rollup.incomplete.end)
         info.add(
             {
                 **labels,

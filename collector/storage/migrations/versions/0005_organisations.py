@@ -83,11 +83,13 @@ END $$
 
 
 def _history_tables() -> None:
-    org = sa.Column("org", sa.String(64), primary_key=True, server_default="default")
+    def org() -> sa.Column[str]:
+        return sa.Column("org", sa.String(64), primary_key=True, server_default="default")
+
     op.create_table(
         "kpis",
         sa.Column("kpi", sa.String(200), primary_key=True),
-        org.copy(),
+        org(),
         sa.Column("rollup", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.Column("name_ja", sa.Text, nullable=False),
         sa.Column("name_en", sa.Text, nullable=False),
@@ -119,7 +121,7 @@ def _history_tables() -> None:
     op.create_table(
         "kpi_periods",
         sa.Column("kpi", sa.String(200), primary_key=True),
-        org.copy(),
+        org(),
         sa.Column("period_start", sa.Float, primary_key=True),
         sa.Column("period_end", sa.Float, nullable=False),
         sa.Column("fiscal_year", sa.Integer, nullable=False),
@@ -137,7 +139,7 @@ def _history_tables() -> None:
     op.create_table(
         "kpi_outcomes",
         sa.Column("kpi", sa.String(200), primary_key=True),
-        org.copy(),
+        org(),
         sa.Column("target_fiscal_year", sa.Integer, primary_key=True),
         sa.Column("target_value", sa.Float, nullable=False),
         sa.Column("outcome", sa.String(16), nullable=False),
@@ -148,7 +150,7 @@ def _history_tables() -> None:
     op.create_table(
         "kpi_path",
         sa.Column("kpi", sa.String(200), primary_key=True),
-        org.copy(),
+        org(),
         sa.Column("target_fiscal_year", sa.Integer, primary_key=True),
         sa.Column("at", sa.Float, primary_key=True),
         sa.Column("value", sa.Float, nullable=False),
@@ -184,4 +186,4 @@ def downgrade() -> None:
     with op.batch_alter_table("series") as batch:
         batch.drop_column("org")
     # 0003 created them: the same statements again.
-    importlib.import_module(f"{__package__}.0003_kpi_history").upgrade()
+    importlib.import_module("collector.storage.migrations.versions.0003_kpi_history").upgrade()
