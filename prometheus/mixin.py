@@ -83,10 +83,17 @@ SNAPSHOT_STALE_AFTER = 30 * MINUTE
 SNAPSHOT_STALE_FOR = 5 * MINUTE
 
 KPI_LABELS = "name_ja, name_en, area"
-KPI_DASHBOARD = "/d/dxkpi-kpi-overview/dxkpi-kpi-overview?var-kpi={{ $labels.kpi }}"
+KPI_DASHBOARD = (
+    "/d/dxkpi-kpi-overview/dxkpi-kpi-overview?var-kpi={{ $labels.kpi }}&var-org={{ $labels.org }}"
+)
 # Stall and overdue state first, then the KPI's whole plan (grafana/generate.py).
-HISTORY_DASHBOARD = "/d/dxkpi-kpi-history/dxkpi-kpi-history?var-kpi={{ $labels.kpi }}"
-SOURCE_DASHBOARD = "/d/dxkpi-source-health/dxkpi-source-health?var-source={{ $labels.source }}"
+HISTORY_DASHBOARD = (
+    "/d/dxkpi-kpi-history/dxkpi-kpi-history?var-kpi={{ $labels.kpi }}&var-org={{ $labels.org }}"
+)
+SOURCE_DASHBOARD = (
+    "/d/dxkpi-source-health/dxkpi-source-health"
+    "?var-source={{ $labels.source }}&var-org={{ $labels.org }}"
+)
 HEALTH_DASHBOARD = "/d/dxkpi-source-health/dxkpi-source-health"
 
 # The alert's value printed as a whole number, and English plurals of it.
