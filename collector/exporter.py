@@ -104,7 +104,8 @@ class SnapshotBuilder:
         rows = self.store.series_rows()
         states = self.kpis.compute_all(now, rows)
         health = self.store.source_health()
-        board = Board(states, health, self.loaded.config.sources, now, self.loaded.config.tz)
+        config = self.loaded.config
+        board = Board(states, health, config.sources, now, config.tz, config)
         pages: dict[str, bytes] = {lang: render_board(board, lang) for lang in LANGS}
         return self.renderer.render(self.families(now, rows, states, health)), pages
 
