@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -450,4 +451,74 @@ def test_a_failing_municipality_source_keeps_the_others_and_marks_the_rollup_inc
         name for name, labels in got if name.startswith("dxkpi_") and "org" not in dict(labels)
     }
     assert unlabelled == {"dxkpi_snapshot_timestamp_seconds"}
+    store.close()
+
+
+def test_status_sources_report_and_board_name_the_organisations(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from rich.cells import cell_len
+
+    from collector.cli import main
+    from collector.runtime import set_current
+
+    shutil.copytree(EXAMPLE, tmp_path / "config")
+
+    def dxkpi(*args: str) -> str:
+        result = CliRunner().invoke(
+            main,
+            [
+                "--config",
+                str(tmp_path / "config" / "dxkpi.yaml"),
+                "--data-dir",
+                str(tmp_path / "d"),
+                *args,
+            ],
+            env={"COLUMNS": "80", "DXKPI_AS_OF": AS_OF},
+        )
+        set_current(None)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    dxkpi("migrate")
+    for org in ("sakura", "sakura_city", "ume", "momo"):
+        dxkpi("collect", f"{org}.procedures", "--since", "2022-04-01")
+    status = dxkpi("status")
+    assert all(cell_len(line) <= 80 for line in status.splitlines()), status
+    for text in (
+        "桜県：",
+        "桜市：",
+        "梅町：",
+        "桃村：",
+        "合計（4団体）：",
+        "合計（3団体）：",
+        "R7未着:momo",
+    ):
+        assert text in status, (text, status)
+    english = dxkpi("status", "--lang", "en")
+    assert "total of 4: Online" in english and "R7 lacks momo" in english
+    records = json.loads((out := dxkpi("status", "--json"))[out.index("{") :])["kpis"]
+    assert [(r["id"], r["org"]) for r in records if r["rollup"]] == [
+        ("online_procedure_usage_rate", "all"),
+        ("municipal_online_applications", "municipalities"),
+    ]
+    rolled = next(r for r in records if r["org"] == "all")
+    assert (
+        rolled["rollup"]["missing"] == ["momo"]
+        and rolled["rollup"]["incomplete_period"]["label"] == "FY2025"
+    )
+    sources = dxkpi("sources")
+    assert all(f"{org}.procedures" in sources for org in ("sakura", "sakura_city", "ume", "momo"))
+    report = dxkpi("report", "--fiscal-year", "R6", "--format", "md")
+    assert "| 合計（4団体）：県及び市町村の行政手続のオンライン利用率 |" in report
+    loaded = load_config(tmp_path / "config" / "dxkpi.yaml")
+    store = Store(f"sqlite:///{tmp_path / 'd' / 'dxkpi.sqlite'}")
+    page = (
+        Exporter(store, loaded, clock=lambda: parse_moment(AS_OF, TOKYO))
+        .rebuild()
+        .board["ja"]
+        .decode()
+    )
+    assert 'id="kpi-online_procedure_usage_rate--all"' in page
+    assert 'id="kpi-online_procedure_usage_rate--momo"' in page
+    assert "合計（4団体） (R7未着:momo)" in page
     store.close()
