@@ -765,13 +765,19 @@ def status(
         if not state.complete and state.value is not None:
             value += "*"
         target, _ = split_value(state.target.value, kpi.unit)
+        target_cell = f"{target}\n[dim]{short_fiscal_year(state.target.fiscal_year)}[/dim]"
+        progress, path = format_ratio(state.progress), format_ratio(state.expected_progress)
+        if not state.plan_applies:
+            # A member's part of a summed roll-up: the plan's target is the roll-up's.
+            target_cell, progress, path = "-", "", ""
+            word = "内訳" if language == "ja" else "part"
         kpis.add_row(
             escape(clip(name, NAME_WIDTH, lines=2)),
             period_label(state, language, short=True),
             f"{value}\n[dim]{escape(unit)}[/dim]",
-            f"{target}\n[dim]{short_fiscal_year(state.target.fiscal_year)}[/dim]",
-            format_ratio(state.progress),
-            format_ratio(state.expected_progress),
+            target_cell,
+            progress,
+            path,
             f"{word}\n[dim]{note}[/dim]",
         )
     out.print(kpis)

@@ -366,14 +366,18 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
             },
             1.0,
         )
-        baseline.add(labels, state.baseline_value)
-        target.add(labels, state.target.value)
-        baseline_ts.add(labels, state.baseline_ts)
-        target_ts.add(labels, state.target_ts)
-        ended.add(labels, 1.0 if state.target_period_ended else 0.0)
         direction.add(labels, state.direction)
-        expected.add(labels, state.expected_value)
-        expected_progress.add(labels, state.expected_progress)
+        plan = state.plan_applies
+        if plan:
+            # A member's part of a summed roll-up has figures but no plan of its own: no
+            # target, progress, path, forecast or outcome, so no plan alert fires on it.
+            baseline.add(labels, state.baseline_value)
+            target.add(labels, state.target.value)
+            baseline_ts.add(labels, state.baseline_ts)
+            target_ts.add(labels, state.target_ts)
+            ended.add(labels, 1.0 if state.target_period_ended else 0.0)
+            expected.add(labels, state.expected_value)
+            expected_progress.add(labels, state.expected_progress)
         if state.stall_after is not None:
             stall_after.add(labels, state.stall_after.total_seconds())
         else:
@@ -386,8 +390,8 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
             (period_end, state.period_end),
             (running, state.running_value),
             (running_end, state.running_period_end),
-            (progress, state.progress),
-            (forecast, state.forecast),
+            (progress, state.progress if plan else None),
+            (forecast, state.forecast if plan else None),
             (last_change, state.last_change_ts),
             (due, state.next_data_due_ts),
         )
@@ -396,9 +400,9 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
                 gauge.add(labels, sample)
         if state.value is not None:
             stalled.add(labels, 1.0 if state.stalled else 0.0)
-        if state.on_track is not None:
+        if state.on_track is not None and plan:
             track.add(labels, 1.0 if state.on_track else 0.0)
-        for result in state.outcomes:
+        for result in state.outcomes if plan else ():
             year = {**labels, "target_fiscal_year": f"FY{result.fiscal_year}"}
             outcome.add({**year, "outcome": result.outcome}, 1.0)
             if result.final_progress is not None:

@@ -195,6 +195,13 @@ class KpiState:
         return 1 if self.kpi.direction == "up" else -1
 
     @property
+    def plan_applies(self) -> bool:
+        """Whether the KPI's baseline and targets are this figure's: not for a member's part of
+        a summed roll-up (the plan's total is the roll-up's), yes for a member's ratio."""
+        member = self.kpi.rollup is not None and self.rollup is None
+        return not (member and self.kpi.feed.kind != "ratio")
+
+    @property
     def status_word(self) -> StatusWord:
         """One word for people (status, report, board); alerts follow the same definitions."""
         if self.value is None:

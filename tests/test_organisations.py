@@ -446,6 +446,13 @@ def test_a_failing_municipality_source_keeps_the_others_and_marks_the_rollup_inc
     assert got[("dxkpi_kpi_rollup_member_missing", (kpi, ("member", "ume"), ("org", "all")))] == 1
     assert got[("dxkpi_source_up", (("org", "ume"), ("source", "ume.procedures")))] == 0
     assert got[("dxkpi_source_up", (("org", "sakura"), ("source", "sakura.procedures")))] == 1
+    # A member's part of a summed roll-up has its figure but not the roll-up's plan: no plan
+    # alert fires on a municipality for missing the prefecture-wide total.
+    town = (("kpi", "municipal_online_applications"), ("org", "sakura_city"))
+    assert got[("dxkpi_kpi_value", town)] == read_csv_sums("sakura_city")[2025][0]
+    assert ("dxkpi_kpi_target_value", town) not in got
+    assert ("dxkpi_kpi_progress_ratio", town) not in got
+    assert ("dxkpi_kpi_target_value", (kpi, ("org", "sakura"))) in got  # a member's rate: yes
     # Every dxkpi_* sample says whose it is.
     unlabelled = {
         name for name, labels in got if name.startswith("dxkpi_") and "org" not in dict(labels)

@@ -218,20 +218,23 @@ class Report:
             name = f"{org_label(state, self.config, lang)}{mark}{name}"
         if state.rollup is not None and not state.rollup.complete:
             period += f" ({rollup_note(state, lang)})"
+        plan = state.plan_applies  # a member's part of a summed roll-up has no plan of its own
         return {
             "area": area_label(kpi.area, lang),
             "name": name,
             "unit": unit_label(kpi.unit, lang),
-            "baseline": state.baseline_value,
-            "baseline_year": fiscal_year_label(state.baseline_fiscal_year, lang),
-            "target": state.target.value,
-            "target_year": fiscal_year_label(state.target.fiscal_year, lang),
+            "baseline": state.baseline_value if plan else None,
+            "baseline_year": fiscal_year_label(state.baseline_fiscal_year, lang) if plan else "",
+            "target": state.target.value if plan else None,
+            "target_year": fiscal_year_label(state.target.fiscal_year, lang) if plan else "",
             "value": state.value,
             "period": period,
-            "progress": state.progress,
-            "expected": state.expected_value,
-            "forecast": state.forecast,
-            "status": STATUS_WORDS[state.status_word][lang],
+            "progress": state.progress if plan else None,
+            "expected": state.expected_value if plan else None,
+            "forecast": state.forecast if plan else None,
+            "status": STATUS_WORDS[state.status_word][lang]
+            if plan
+            else ("内訳" if lang == "ja" else "part"),
         }
 
     def operation_cells(self, op: Operation, lang: Lang) -> Cells:
