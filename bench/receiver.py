@@ -156,7 +156,7 @@ def _healthy(port: int) -> bool:
         return False
 
 
-MEETINGS = re.compile(rb'^dxkpi_zoom_meetings\{source="zoom_main"\} (\S+)$', re.M)
+MEETINGS = re.compile(rb'^dxkpi_zoom_meetings\{org="default",source="zoom_main"\} (\S+)$', re.M)
 
 
 def shown(exporter: Exporter) -> float:

@@ -77,10 +77,11 @@ def raw_families(rows: list[SeriesRow]) -> tuple[list[SeriesFamily], float]:
 
 def gauge_registry(rows: list[SeriesRow], family: SeriesFamily) -> CollectorRegistry:
     registry = CollectorRegistry()
-    gauge = Gauge(family.name, family.help, ["page_path", "source"], registry=registry)
+    gauge = Gauge(family.name, family.help, ["page_path", "source", "org"], registry=registry)
     for row in rows:
         assert row.last_value is not None
-        gauge.labels(page_path=row.labels["page_path"], source=row.source).set(row.last_value)
+        labels = gauge.labels(page_path=row.labels["page_path"], source=row.source, org=row.org)
+        labels.set(row.last_value)
     return registry
 
 

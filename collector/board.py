@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
-from collector.config import SourceConfig
+from collector.config import Config, SourceConfig
 from collector.kpi import KpiState
 from collector.present import (
     STATUS_WORDS,
@@ -30,6 +30,8 @@ from collector.present import (
     format_ratio,
     format_value,
     label_for_people,
+    org_label,
+    rollup_note,
     short_fiscal_year,
     split_value,
 )
@@ -124,6 +126,8 @@ class Board:
     sources: Sequence[SourceConfig]
     built_at: float
     tz: ZoneInfo
+    # With several organisations each card names whose figure it is.
+    config: Config | None = None
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ class Chart:
 
 def render_board(board: Board, lang: Lang) -> bytes:
     """The whole page in `lang`, as UTF-8 bytes."""
-    cards = [_card(state, board.tz, lang) for state in board.states]
+    cards = [_card(state, board.tz, lang, board.config) for state in board.states]
     health = {h.source: h for h in board.health}
     rows = [_source_row(source, health.get(source.id), board.tz, lang) for source in board.sources]
     page = _template().render(
@@ -173,11 +177,20 @@ def _template() -> jinja2.Template:
     return environment.get_template("board.html.j2")
 
 
-def _card(state: KpiState, tz: ZoneInfo, lang: Lang) -> dict[str, object]:
+def _card(
+    state: KpiState, tz: ZoneInfo, lang: Lang, config: Config | None = None
+) -> dict[str, object]:
     kpi = state.kpi
     word = state.status_word
+    org = None
+    if config is not None and (config.multi_org or state.rollup is not None):
+        org = org_label(state, config, lang)
+        if state.rollup is not None and not state.rollup.complete:
+            org += f" ({rollup_note(state, lang)})"
     return {
-        "id": kpi.id,
+        # One card per KPI and organisation: `kpi-<id>` alone when there is one organisation.
+        "id": kpi.id if org is None else f"{kpi.id}--{state.org}",
+        "org": org,
         "name": kpi.name_ja if lang == "ja" else kpi.name_en,
         "other_name": kpi.name_en if lang == "ja" else kpi.name_ja,
         "area": kpi.area,

@@ -30,6 +30,7 @@ from collector.runtime import Runtime, resolve, set_current
 from collector.storage import Store, require_current_schema
 
 if TYPE_CHECKING:
+    from collector.config import Config, SourceConfig
     from collector.contract import Window
     from collector.exporter import Exporter
     from collector.receiver.serve import ReceiverServer
@@ -685,7 +686,7 @@ def sources(ctx: click.Context, as_json: bool) -> None:
         return
     cells = [
         [
-            source.id,
+            _source_name(source, runtime.loaded.config),
             source.connector,
             str(row["schedule"]),
             "never"
@@ -705,6 +706,14 @@ def sources(ctx: click.Context, as_json: bool) -> None:
         error = row_cells[4]
         table.add_row(*row_cells[:4], error if len(error) <= room else error[: room - 1] + "…")
     out.print(table)
+
+
+def _source_name(source: SourceConfig, config: Config) -> str:
+    """The source's id; with several organisations, a plain source's org before it (a
+    template's expansion, `momo.procedures`, names its org already)."""
+    if not config.multi_org or source.id.startswith(f"{source.org}."):
+        return source.id
+    return f"{source.org}/{source.id}"
 
 
 def _ts(ts: float | None, runtime: Runtime) -> str:
@@ -782,7 +791,9 @@ def status(
         clip,
         format_ratio,
         kpi_record,
+        org_label,
         period_label,
+        rollup_note,
         short_fiscal_year,
         source_note,
         source_record,
@@ -822,12 +833,19 @@ def status(
     kpis.add_column("prog.", justify="right", no_wrap=True)
     kpis.add_column("path", justify="right", no_wrap=True)
     kpis.add_column("status", no_wrap=True)
+    config = runtime.loaded.config
     for state in states:
         kpi = state.kpi
         name = kpi.name_ja if language == "ja" else kpi.name_en
+        if config.multi_org or state.rollup is not None:
+            # Whose figure it is comes first: 桜市: 県及び市町村の…, 合計（4団体）: …
+            mark = "：" if language == "ja" else ": "
+            name = f"{org_label(state, config, language)}{mark}{name}"
         word = STATUS_WORDS[state.status_word][language]
         note = ""
-        if state.status_word == "overdue":
+        if state.rollup is not None and not state.rollup.complete:
+            note = rollup_note(state, language)
+        elif state.status_word == "overdue":
             note = f"due {_ts(state.next_data_due_ts, runtime)[:10]}"
         elif state.stalled and state.status_word != "stalled":
             note = STATUS_WORDS["stalled"][language]
@@ -837,13 +855,19 @@ def status(
         if not state.complete and state.value is not None:
             value += "*"
         target, _ = split_value(state.target.value, kpi.unit)
+        target_cell = f"{target}\n[dim]{short_fiscal_year(state.target.fiscal_year)}[/dim]"
+        progress, path = format_ratio(state.progress), format_ratio(state.expected_progress)
+        if not state.plan_applies:
+            # A member's part of a summed roll-up: the plan's target is the roll-up's.
+            target_cell, progress, path = "-", "", ""
+            word = "内訳" if language == "ja" else "part"
         kpis.add_row(
             escape(clip(name, NAME_WIDTH, lines=2)),
             period_label(state, language, short=True),
             f"{value}\n[dim]{escape(unit)}[/dim]",
-            f"{target}\n[dim]{short_fiscal_year(state.target.fiscal_year)}[/dim]",
-            format_ratio(state.progress),
-            format_ratio(state.expected_progress),
+            target_cell,
+            progress,
+            path,
             f"{word}\n[dim]{note}[/dim]",
         )
     out.print(kpis)
@@ -863,7 +887,7 @@ def status(
         h = health.get(source.id)
         note = source_note(source_record(source, h, tz, time.time()))
         sources.add_row(
-            source.id,
+            _source_name(source, config),
             source.connector,
             (h.last_status or "-") if h else "never",
             _ts(h.last_success_at if h else None, runtime),

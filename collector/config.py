@@ -33,7 +33,7 @@ from collector.contract import ConnectorSettings, MetricSpec, SourceContext
 from collector.durations import Duration, format_duration
 from collector.errors import ConfigError, ConfigProblem, DxkpiError
 from collector.fiscal import format_fiscal_year, parse_fiscal_year
-from collector.receiver.config import ReceiverConfig, check_receiver
+from collector.receiver.config import QUALIFIED_ID, ReceiverConfig, check_receiver
 from collector.registry import load_connector
 from collector.units import conversion_factor, known_units
 
@@ -119,16 +119,109 @@ class Schedule(_Model):
         return timedelta(days=31)
 
 
-class SourceConfig(_Model):
+OrgKind = Literal["prefecture", "municipality"]
+# The organisation of a config that declares none: its sources and KPIs keep working, labelled
+# org="default".
+DEFAULT_ORG_ID = "default"
+
+
+class OrganisationConfig(_Model):
+    """A prefecture or municipality whose sources and KPIs the deployment collects."""
+
     id: str = Field(pattern=IDENTIFIER)
+    name_ja: str
+    name_en: str
+    kind: OrgKind = "prefecture"
+    # The organisation this one belongs to (a municipality's prefecture), if any.
+    parent: str | None = None
+    # Per-organisation values for templates: `{{vars.ga4_property}}` (see SourceTemplate).
+    vars: dict[str, str] = Field(default_factory=dict)
+
+
+DEFAULT_ORG = OrganisationConfig(
+    id=DEFAULT_ORG_ID, name_ja="既定の組織", name_en="Default organisation"
+)
+
+
+class KindDefaults(_Model):
+    """Defaults for every organisation of one kind: template variables (an organisation's own
+    `vars` win) and the schedule and lookback of its sources (a source's own win)."""
+
+    vars: dict[str, str] = Field(default_factory=dict)
+    schedule: Schedule | None = None
+    lookback: Duration | None = None
+
+
+class OrgSelector(_Model):
+    """Which organisations: `all`, a list of ids, or `{kind: municipality}` / `{parent: iwate}`
+    / `{ids: [...]}` (the conditions together)."""
+
+    all: bool = False
+    ids: list[str] | None = None
+    kind: OrgKind | None = None
+    parent: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, value: Any) -> Any:
+        if value == "all":
+            return {"all": True}
+        if isinstance(value, list):
+            return {"ids": value}
+        return value
+
+    def select(self, orgs: list[OrganisationConfig]) -> list[OrganisationConfig]:
+        return [
+            org
+            for org in orgs
+            if (self.ids is None or org.id in self.ids)
+            and (self.kind is None or org.kind == self.kind)
+            and (self.parent is None or org.parent == self.parent)
+        ]
+
+    def unknown(self, orgs: list[OrganisationConfig]) -> list[str]:
+        known = {org.id for org in orgs}
+        named = [*(self.ids or ()), *([self.parent] if self.parent else [])]
+        return [name for name in named if name not in known]
+
+
+class SourceConfig(_Model):
+    # `<org>.<template>` for a source expanded from `source_templates`.
+    id: str = Field(pattern=QUALIFIED_ID)
+    # The organisation that owns the source: its credentials, its share of the workers (set by
+    # load_config: the only top organisation when not given).
+    org: str = DEFAULT_ORG_ID
     connector: str
-    # The organisation that owns the source (its credentials, its share of the workers).
-    org: str = Field(default="default", pattern=IDENTIFIER)
     schedule: Schedule = Schedule(every=timedelta(hours=1))
     lookback: Duration = timedelta(days=3)
     # Where the first collection starts when the source has no cursor yet (default: now - lookback).
     start: date | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class SourceTemplate(_Model):
+    """A source expanded once per selected organisation into `<org>.<id>`. Every text in it may
+    hold `{{org}}` (the organisation's id), `{{ORG}}` (the id in capitals, for environment
+    variable names: `${GA4_KEY_{{ORG}}}`), `{{name_ja}}`, `{{name_en}}`, `{{kind}}` and
+    `{{vars.NAME}}` (the organisation's vars over its kind's)."""
+
+    id: str = Field(pattern=IDENTIFIER)
+    orgs: OrgSelector = OrgSelector(all=True)
+    connector: str
+    schedule: Schedule | None = None
+    lookback: Duration | None = None
+    start: date | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class RollupConfig(_Model):
+    """A KPI over several organisations: each member's figure (labelled with its org) and the
+    rolled-up one (labelled org=`id`): sums added, ratios as the sum of the numerators over the
+    sum of the denominators. A period is complete only when every member reported it."""
+
+    orgs: OrgSelector = OrgSelector(all=True)
+    # The `org` label of the rolled-up figure; must not be an organisation's id.
+    id: str = Field(default="all", pattern=IDENTIFIER)
 
 
 class PointConfig(_Model):
@@ -209,6 +302,11 @@ class KpiConfig(_Model):
     id: str = Field(pattern=IDENTIFIER)
     name_ja: str
     name_en: str
+    # The owning organisation (set by load_config: the only top organisation when not given);
+    # the feed reads only that organisation's series. Ignored with `rollup`.
+    org: str = DEFAULT_ORG_ID
+    # Over several organisations instead of one (fiscal_year_sum and ratio feeds).
+    rollup: RollupConfig | None = None
     area: str
     unit: str
     direction: Literal["up", "down"] = "up"
@@ -302,6 +400,11 @@ class Config(_Model):
     exporter: ExporterConfig = ExporterConfig()
     forecast: ForecastConfig = ForecastConfig()
     receiver: ReceiverConfig = ReceiverConfig()
+    # None declared: one implicit organisation, `default` (DEFAULT_ORG).
+    organisations: list[OrganisationConfig] = Field(default_factory=list)
+    organisation_kinds: dict[OrgKind, KindDefaults] = Field(default_factory=dict)
+    # After loading, `sources` holds every template's expansion too.
+    source_templates: list[SourceTemplate] = Field(default_factory=list)
     sources: list[SourceConfig] = Field(default_factory=list)
     kpis: list[KpiConfig] = Field(default_factory=list)
 
@@ -322,6 +425,27 @@ class Config(_Model):
     def fiscal_start(self) -> tuple[int, int]:
         month, day = (int(p) for p in self.fiscal_year_start.split("-"))
         return month, day
+
+    def organisation(self, org_id: str) -> OrganisationConfig | None:
+        return next((org for org in self.organisations if org.id == org_id), None)
+
+    @property
+    def multi_org(self) -> bool:
+        """Whether there are several organisations (views then show the org)."""
+        return len(self.organisations) > 1
+
+    def source_orgs(self) -> dict[str, str]:
+        """Each source's organisation (push clients: the top organisation's)."""
+        top = _top_org(self.organisations) or DEFAULT_ORG_ID
+        orgs = {client.id: top for client in self.receiver.clients}
+        orgs.update((source.id, source.org) for source in self.sources)
+        return orgs
+
+    def rollup_members(self, kpi: KpiConfig) -> list[str]:
+        """The organisations a roll-up KPI adds up, in declared order."""
+        if kpi.rollup is None:
+            return [kpi.org]
+        return [org.id for org in kpi.rollup.orgs.select(self.organisations)]
 
 
 @dataclass
@@ -359,6 +483,9 @@ class LoadedConfig:
         raise DxkpiError(
             f"unknown source {source_id!r} in {self.path}; {hint}known sources: {known or '(none)'}"
         )
+
+    def source_orgs(self) -> dict[str, str]:
+        return self.config.source_orgs()
 
     def context(self, source_id: str) -> SourceContext:
         return SourceContext(source_id=source_id, timezone=self.config.tz, base_dir=self.base_dir)
@@ -473,6 +600,11 @@ def _validation_problems(
             message = _PLAIN_WORDS[error["type"]].format(key=loc[-1] if loc else "")
         elif error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == IDENTIFIER:
             message = "write lower-case letters, digits and _, starting with a letter (zoom_main)"
+        elif error["type"] == "string_pattern_mismatch" and error["ctx"]["pattern"] == QUALIFIED_ID:
+            message = (
+                "write lower-case letters, digits and _, starting with a letter (zoom_main); "
+                "`<org>.<template>` only for sources expanded from source_templates"
+            )
         elif error["type"] == "extra_forbidden" and loc:
             key = str(loc[-1])
             allowed = _keys_at(model, loc[:-1])
@@ -541,6 +673,231 @@ def _resolve_env(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
     return value
 
 
+# -- organisations and source templates ------------------------------------------------------
+
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.]*)\s*\}\}")
+
+
+def _top_org(orgs: list[OrganisationConfig]) -> str | None:
+    """The one organisation without a parent, if exactly one: what owns an unlabelled item."""
+    tops = [org.id for org in orgs if org.parent is None]
+    return tops[0] if len(tops) == 1 else None
+
+
+def _placeholders(org: OrganisationConfig, kinds: dict[str, KindDefaults]) -> dict[str, str]:
+    kind = kinds.get(org.kind)
+    values = {
+        "org": org.id,
+        "ORG": org.id.upper(),
+        "name_ja": org.name_ja,
+        "name_en": org.name_en,
+        "kind": org.kind,
+        "parent": org.parent or "",
+    }
+    merged = {**(kind.vars if kind else {}), **org.vars}
+    values.update({f"vars.{name}": value for name, value in merged.items()})
+    return values
+
+
+def _fill(value: Any, values: dict[str, str], path: str, missing: list[tuple[str, str]]) -> Any:
+    """Replace `{{name}}` in every string; record each unknown name with its path."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in values:
+                missing.append((path, name))
+                return ""
+            return values[name]
+
+        return PLACEHOLDER.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _fill(v, values, f"{path}.{k}", missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, values, f"{path}[{i}]", missing) for i, v in enumerate(value)]
+    return value
+
+
+def _organisations(
+    raw: dict[str, Any], problem: Any
+) -> tuple[list[OrganisationConfig], dict[str, KindDefaults]]:
+    """The declared organisations (or the implicit `default` one) and the defaults per kind."""
+    orgs: list[OrganisationConfig] = []
+    items = raw.get("organisations")
+    if isinstance(items, list):
+        first: dict[Any, int] = {}
+        for i, item in enumerate(items):
+            org_id = item.get("id") if isinstance(item, dict) else None
+            if org_id is not None and org_id in first:
+                problem(f"organisations[{i}].id", f"duplicate organisation id {org_id!r}")
+                continue
+            first.setdefault(org_id, i)
+            try:
+                orgs.append(OrganisationConfig.model_validate(item))
+            except ValidationError as exc:
+                for p, message in _validation_problems(
+                    exc, OrganisationConfig, f"organisations[{i}]"
+                ):
+                    problem(p, message)
+        known = {org.id for org in orgs}
+        for i, org in enumerate(orgs):
+            if org.parent is not None and (org.parent not in known or org.parent == org.id):
+                problem(
+                    f"organisations[{i}].parent",
+                    f"organisation {org.id}: no other organisation with id {org.parent!r}",
+                )
+    kinds: dict[str, KindDefaults] = {}
+    kinds_raw = raw.get("organisation_kinds")
+    if isinstance(kinds_raw, dict):
+        for kind, value in kinds_raw.items():
+            if kind not in get_args(OrgKind):
+                continue  # Config says which kinds there are
+            try:
+                kinds[kind] = KindDefaults.model_validate(value)
+            except ValidationError as exc:
+                for p, message in _validation_problems(
+                    exc, KindDefaults, f"organisation_kinds.{kind}"
+                ):
+                    problem(p, message)
+    if not orgs:
+        orgs = [DEFAULT_ORG]
+    return orgs, kinds
+
+
+def _with_kind_defaults(
+    source: dict[str, Any], org: OrganisationConfig, kinds: dict[str, KindDefaults]
+) -> dict[str, Any]:
+    kind = kinds.get(org.kind)
+    if kind is None:
+        return source
+    out = dict(source)
+    if "schedule" not in out and kind.schedule is not None:
+        out["schedule"] = kind.schedule.model_dump(exclude_none=True, mode="json")
+    if "lookback" not in out and kind.lookback is not None:
+        out["lookback"] = format_duration(kind.lookback)
+    return out
+
+
+def _expand_sources(
+    raw: dict[str, Any],
+    lines: dict[str, int],
+    orgs: list[OrganisationConfig],
+    kinds: dict[str, KindDefaults],
+    problem: Any,
+) -> tuple[list[Any], dict[int, str]]:
+    """Every source with its `org` set and its `{{…}}` filled in: the plain ones, then each
+    template once per selected organisation as `<org>.<template id>`. Returns the list and,
+    for each expanded item's index, the template it came from (`source_templates[i]`), whose
+    lines the expanded item's problems point at."""
+    by_id = {org.id: org for org in orgs}
+    top = _top_org(orgs)
+    out: list[Any] = []
+    origin: dict[int, str] = {}
+    plain = raw.get("sources")
+    for i, item in enumerate(plain if isinstance(plain, list) else ()):
+        if not isinstance(item, dict):
+            out.append(item)
+            continue
+        org_id = item.get("org", top)
+        org = by_id.get(org_id) if isinstance(org_id, str) else None
+        if org is None:
+            where = f"sources[{i}].org" if "org" in item else f"sources[{i}]"
+            problem(
+                where,
+                f"no organisation {org_id!r}; declared: {', '.join(by_id)}"
+                if "org" in item
+                else "several top organisations: say which owns this source with `org:`",
+            )
+            out.append(item)
+            continue
+        missing: list[tuple[str, str]] = []
+        filled = _fill(item, _placeholders(org, kinds), f"sources[{i}]", missing)
+        for p, name in missing:
+            problem(p, f"organisation {org.id} has no `{name}` for {{{{{name}}}}}")
+        out.append(_with_kind_defaults({**filled, "org": org.id}, org, kinds))
+    templates = raw.get("source_templates")
+    for t, template in enumerate(templates if isinstance(templates, list) else ()):
+        prefix = f"source_templates[{t}]"
+        try:
+            model = SourceTemplate.model_validate(template)
+        except ValidationError as exc:
+            for p, message in _validation_problems(exc, SourceTemplate, prefix):
+                problem(p, message)
+            continue
+        for name in model.orgs.unknown(orgs):
+            problem(f"{prefix}.orgs", f"template {model.id}: no organisation {name!r}")
+        for org in model.orgs.select(orgs):
+            missing = []
+            body = {k: v for k, v in template.items() if k not in ("id", "orgs")}
+            filled = _fill(body, _placeholders(org, kinds), prefix, missing)
+            for p, name in missing:
+                problem(
+                    p,
+                    f"organisation {org.id} has no `{name}` for {{{{{name}}}}} "
+                    f"(template {model.id}): add it to its vars or its kind's",
+                )
+            index = len(out)
+            origin[index] = prefix
+            out.append(
+                _with_kind_defaults(
+                    {"id": f"{org.id}.{model.id}", "org": org.id, **filled}, org, kinds
+                )
+            )
+            # The expanded source's problems point at the template's lines.
+            for key, line in list(lines.items()):
+                if key == prefix or key.startswith((f"{prefix}.", f"{prefix}[")):
+                    lines.setdefault(f"sources[{index}]{key[len(prefix) :]}", line)
+    return out, origin
+
+
+def _check_kpi_orgs(raw_kpis: Any, orgs: list[OrganisationConfig], problem: Any) -> list[Any] | Any:
+    """Each KPI with its `org` set (the top organisation when not given); roll-ups checked."""
+    if not isinstance(raw_kpis, list):
+        return raw_kpis
+    by_id = {org.id: org for org in orgs}
+    top = _top_org(orgs)
+    out = []
+    for i, item in enumerate(raw_kpis):
+        if not isinstance(item, dict):
+            out.append(item)
+            continue
+        rollup = item.get("rollup")
+        if "org" in item and item["org"] not in by_id:
+            problem(
+                f"kpis[{i}].org", f"no organisation {item['org']!r}; declared: {', '.join(by_id)}"
+            )
+        elif "org" not in item and top is None and rollup is None:
+            problem(f"kpis[{i}]", "several top organisations: say which owns this KPI with `org:`")
+        elif "org" not in item:
+            item = {**item, "org": top or orgs[0].id}
+        if isinstance(rollup, dict):
+            try:
+                model = RollupConfig.model_validate(rollup)
+            except ValidationError:
+                pass  # reported with the KPI
+            else:
+                for name in model.orgs.unknown(orgs):
+                    problem(f"kpis[{i}].rollup.orgs", f"no organisation {name!r}")
+                if model.id in by_id:
+                    problem(
+                        f"kpis[{i}].rollup.id",
+                        f"{model.id!r} is an organisation's id; the rolled-up figure needs "
+                        "a label of its own (default `all`)",
+                    )
+                if not model.orgs.select(orgs):
+                    problem(f"kpis[{i}].rollup.orgs", "selects no organisation")
+            feed = item.get("feed")
+            kind = feed.get("kind", "latest") if isinstance(feed, dict) else None
+            if kind not in ("fiscal_year_sum", "ratio"):
+                problem(
+                    f"kpis[{i}].rollup",
+                    f"a roll-up adds its organisations' figures per period: its feed must be "
+                    f"fiscal_year_sum or ratio, not {kind}",
+                )
+        out.append(item)
+    return out
+
+
 # -- loading --------------------------------------------------------------------------------
 
 
@@ -573,12 +930,33 @@ def load_config(path: str | Path) -> LoadedConfig:
         # Lines are found by position (`sources[1]`), people are told the id (`sources[zoom]`).
         problems.append(ConfigProblem(file, _line_for(lines, p), _named(raw, p), message))
 
+    # Organisations first: every source and KPI gets its `org`, templates are expanded into
+    # sources (their problems point at the template's lines and name the organisation).
+    orgs, kinds = _organisations(raw, problem)
+    sources, origin = _expand_sources(raw, lines, orgs, kinds, problem)
+    if "kpis" in raw:
+        raw = {**raw, "kpis": _check_kpi_orgs(raw["kpis"], orgs, problem)}
+    if "sources" in raw or origin:
+        raw["sources"] = sources
+
+    def named_problem(p: str, message: str) -> None:
+        match = _ITEM.match(p)
+        if match is not None and match.group(1) == "sources" and int(match.group(2)) in origin:
+            item = sources[int(match.group(2))]
+            message += f" (organisation {item['org']}, from {origin[int(match.group(2))]})"
+        problem(p, message)
+
     # Resolve ${ENV} outside connector settings now (storage/broker URLs may carry passwords).
     env_problems: list[tuple[str, str]] = []
     resolved = {
-        key: (value if key == "sources" else _resolve_env(value, key, env_problems))
+        key: (
+            value
+            if key in ("sources", "source_templates")
+            else _resolve_env(value, key, env_problems)
+        )
         for key, value in raw.items()
     }
+    resolved["organisations"] = [org.model_dump() for org in orgs]
     # Each source and KPI is validated on its own: one bad item hides no problem of another,
     # and the checks across items below still run on every good one.
     top = dict(resolved)
@@ -603,7 +981,7 @@ def load_config(path: str | Path) -> LoadedConfig:
                 valid[key].append((i, model.model_validate(item)))
             except ValidationError as exc:
                 for p, message in _validation_problems(exc, model, f"{key}[{i}]"):
-                    problem(p, message)
+                    named_problem(p, message)
     try:
         partial = Config.model_validate(top)
     except ValidationError as exc:
@@ -619,7 +997,7 @@ def load_config(path: str | Path) -> LoadedConfig:
         ),
         path=path,
     )
-    _check_sources(loaded, valid["sources"], raw, problem)
+    _check_sources(loaded, valid["sources"], raw, named_problem)
     check_receiver(loaded, raw, problem)
     raw_sources = raw.get("sources")
     source_ids = (
@@ -726,16 +1104,26 @@ def _check_kpis(
     or not; a feed that may rest on a source with problems of its own is not blamed for them
     (one misspelt connector is one problem, not one per KPI)."""
     broken = source_ids - set(loaded.metric_specs)
+    config = loaded.config
+    org_of = {source.id: source.org for source in config.sources}
+    templates = {template.id for template in config.source_templates}
     for i, kpi in kpis:
         prefix = f"kpis[{i}]"
+        members = set(config.rollup_members(kpi))
         for j, ref in enumerate(kpi.feed.refs()):
             where = f"{prefix}.feed" + (
                 "" if kpi.feed.kind != "ratio" else (".numerator", ".denominator")[j]
             )
-            if ref.source is not None and ref.source not in source_ids:
+            if ref.source is not None and ref.source not in source_ids | templates:
                 problem(f"{where}.source", f"no source with id {ref.source!r}")
                 continue
-            candidates = [ref.source] if ref.source else sorted(loaded.metric_specs)
+            # A template's id names its expansion in each organisation (`<org>.<id>`).
+            candidates = [
+                s
+                for s in sorted(loaded.metric_specs)
+                if (ref.source is None or s == ref.source or s.endswith(f".{ref.source}"))
+                and (org_of.get(s) in members or not config.multi_org)
+            ]
             specs = [
                 loaded.metric_specs[s][ref.metric]
                 for s in candidates

@@ -106,7 +106,8 @@ class SnapshotBuilder:
         rows = self.store.series_rows()
         states = self.kpis.compute_all(now, rows)
         health = self.store.source_health()
-        board = Board(states, health, self.loaded.config.sources, now, self.loaded.config.tz)
+        config = self.loaded.config
+        board = Board(states, health, config.sources, now, config.tz, config)
         pages: dict[str, bytes] = {lang: render_board(board, lang) for lang in LANGS}
         return self.renderer.render(self.families(now, rows, states, health)), pages
 
@@ -153,7 +154,7 @@ class SnapshotBuilder:
             "Backfill windows of the source that failed for good and are not read since.",
         )
         for source in self.loaded.config.sources:
-            labels = {"source": source.id}
+            labels = {"source": source.id, "org": source.org}
             interval.add(labels, source.schedule.interval().total_seconds())
             h = health.get(source.id)
             gaps.add(labels, h.gaps if h else 0)
@@ -174,6 +175,7 @@ class SnapshotBuilder:
         """Each stored metric's latest period, and for summable metrics the fiscal-year-to-date
         and month-to-date sums (exact totals for reports, not rebuilt from daily gauges)."""
         families: dict[str, SeriesFamily] = {}
+        org_of = self.kpis.org_of
         by_id: dict[int, SeriesRow] = {}
         parts: dict[int, str] = {}  # this build's only: a series is in up to three families
 
@@ -185,7 +187,8 @@ class SnapshotBuilder:
                     by_id.update((row.id, row) for row in rows)
                 row = by_id[series_id]
                 names = {_LABEL_NAME.sub("_", k): v for k, v in row.labels.items()}
-                part = parts[series_id] = label_part({**names, "source": row.source})
+                org = org_of.get(row.source, row.org)
+                part = parts[series_id] = label_part({**names, "source": row.source, "org": org})
             return part
 
         specs = self.loaded.metric_specs
@@ -315,13 +318,45 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
     outcome_ts = family(
         "target_outcome_timestamp_seconds", "When the target year's figure arrived."
     )
+    members = family(
+        "rollup_organisations", "Roll-ups: how many organisations the rolled-up figure adds up."
+    )
+    rollup_complete = family(
+        "rollup_complete",
+        "Roll-ups: 1 when every member organisation reported every ended period that any "
+        "member reported after the reported one, else 0 (the value stays at the last period "
+        "all reported).",
+    )
+    missing = family(
+        "rollup_missing_organisations",
+        "Roll-ups: member organisations that have not reported the newest period others did.",
+    )
+    member_missing = family(
+        "rollup_member_missing",
+        "Roll-ups: 1 per member organisation (label member) missing from that period.",
+    )
+    incomplete_end = family(
+        "rollup_incomplete_period_end_timestamp_seconds",
+        "Roll-ups: end of the newest period some members reported and others have not.",
+    )
     info = Family(
-        "dxkpi_kpi_info", "info", "The KPI's names (Japanese and English), area, unit and cadence."
+        "dxkpi_kpi_info",
+        "info",
+        "The KPI's names (Japanese and English), area, unit and cadence; org is the "
+        "organisation or the roll-up's label.",
     )
     families.append(info)
     for state in states:
         kpi = state.kpi
-        labels = {"kpi": kpi.id}
+        labels = {"kpi": kpi.id, "org": state.org}
+        if state.rollup is not None:
+            members.add(labels, len(state.rollup.members))
+            rollup_complete.add(labels, 1.0 if state.rollup.complete else 0.0)
+            missing.add(labels, len(state.rollup.missing))
+            for member in state.rollup.missing:
+                member_missing.add({**labels, "member": member}, 1.0)
+            if state.rollup.incomplete is not None:
+                incomplete_end.add(labels, state.rollup.incomplete.end)
         info.add(
             {
                 **labels,
@@ -333,14 +368,18 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
             },
             1.0,
         )
-        baseline.add(labels, state.baseline_value)
-        target.add(labels, state.target.value)
-        baseline_ts.add(labels, state.baseline_ts)
-        target_ts.add(labels, state.target_ts)
-        ended.add(labels, 1.0 if state.target_period_ended else 0.0)
         direction.add(labels, state.direction)
-        expected.add(labels, state.expected_value)
-        expected_progress.add(labels, state.expected_progress)
+        plan = state.plan_applies
+        if plan:
+            # A member's part of a summed roll-up has figures but no plan of its own: no
+            # target, progress, path, forecast or outcome, so no plan alert fires on it.
+            baseline.add(labels, state.baseline_value)
+            target.add(labels, state.target.value)
+            baseline_ts.add(labels, state.baseline_ts)
+            target_ts.add(labels, state.target_ts)
+            ended.add(labels, 1.0 if state.target_period_ended else 0.0)
+            expected.add(labels, state.expected_value)
+            expected_progress.add(labels, state.expected_progress)
         if state.stall_after is not None:
             stall_after.add(labels, state.stall_after.total_seconds())
         else:
@@ -353,8 +392,8 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
             (period_end, state.period_end),
             (running, state.running_value),
             (running_end, state.running_period_end),
-            (progress, state.progress),
-            (forecast, state.forecast),
+            (progress, state.progress if plan else None),
+            (forecast, state.forecast if plan else None),
             (last_change, state.last_change_ts),
             (due, state.next_data_due_ts),
         )
@@ -363,9 +402,9 @@ def kpi_families(states: list[KpiState]) -> list[Family]:
                 gauge.add(labels, sample)
         if state.value is not None:
             stalled.add(labels, 1.0 if state.stalled else 0.0)
-        if state.on_track is not None:
+        if state.on_track is not None and plan:
             track.add(labels, 1.0 if state.on_track else 0.0)
-        for result in state.outcomes:
+        for result in state.outcomes if plan else ():
             year = {**labels, "target_fiscal_year": f"FY{result.fiscal_year}"}
             outcome.add({**year, "outcome": result.outcome}, 1.0)
             if result.final_progress is not None:

@@ -36,19 +36,36 @@ monthly one, anything finer a continuous one.
   first period when none did: it exists whenever the KPI has data, so a flat KPI cannot hide.
 - **Data due**: the next data period after the newest stored one is due `publication_lag` after
   it ends, and so is the next KPI period; past the earlier of the two, the data is overdue.
+
+Organisations: a KPI reads the series of its organisation's sources (`kpi.org`). A **roll-up**
+(`kpi.rollup`) gives one state per member organisation (its own figures) and one rolled-up
+state: each period's sums are added over the members, so a ratio is the sum of the numerators
+over the sum of the denominators, never a mean of the members' ratios. A roll-up's period is
+complete only when every member's period is complete: a member that has not reported a period
+(a failing source, a missing month) leaves it incomplete, named in `PeriodFigure.missing`, so
+the rolled-up value stays at the last period every member reported instead of showing a
+smaller sum; `KpiState.rollup.incomplete` is the newest ended period some members reported and
+others have not.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from collector.config import Cadence, Config, FeedConfig, KpiConfig, MetricRef, TargetConfig
+from collector.config import (
+    Cadence,
+    Config,
+    FeedConfig,
+    KpiConfig,
+    MetricRef,
+    TargetConfig,
+)
 from collector.contract import Granularity
 from collector.fiscal import fiscal_year_end, fiscal_year_of, fiscal_year_start
 from collector.forecast import forecast_value, on_track
@@ -63,6 +80,7 @@ __all__ = [
     "KpiState",
     "Outcome",
     "PeriodFigure",
+    "Rollup",
     "StatusWord",
     "TargetOutcome",
     "last_good_move",
@@ -104,6 +122,8 @@ class PeriodFigure:
     baseline_value: float
     progress: float | None
     arrived_at: float | None = None  # when its newest data was written
+    # A roll-up's ended period: the member organisations that have not reported it.
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,24 @@ class TargetOutcome:
     final_value: float | None
     final_progress: float | None
     known_at: float | None  # when the target year's figure arrived (None while pending)
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """What a rolled-up figure is made of."""
+
+    members: tuple[str, ...]
+    # The newest ended period that some members reported and others have not (after the
+    # reported one); None when the roll-up is complete as far as any member has reported.
+    incomplete: PeriodFigure | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.incomplete is None
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        return self.incomplete.missing if self.incomplete is not None else ()
 
 
 @dataclass(frozen=True)
@@ -148,10 +186,20 @@ class KpiState:
     overdue: bool
     outcomes: list[TargetOutcome] = field(default_factory=list)
     periods: list[PeriodFigure] = field(default_factory=list)
+    # The organisation whose figure this is, or the roll-up's label (`rollup` set).
+    org: str = "default"
+    rollup: Rollup | None = None
 
     @property
     def direction(self) -> int:
         return 1 if self.kpi.direction == "up" else -1
+
+    @property
+    def plan_applies(self) -> bool:
+        """Whether the KPI's baseline and targets are this figure's: not for a member's part of
+        a summed roll-up (the plan's total is the roll-up's), yes for a member's ratio."""
+        member = self.kpi.rollup is not None and self.rollup is None
+        return not (member and self.kpi.feed.kind != "ratio")
 
     @property
     def status_word(self) -> StatusWord:
@@ -179,13 +227,24 @@ class KpiState:
         return "on_track"
 
 
-def match_series(rows: Sequence[SeriesRow], ref: MetricRef | FeedConfig) -> list[int]:
+def match_series(
+    rows: Sequence[SeriesRow],
+    ref: MetricRef | FeedConfig,
+    orgs: Collection[str] | None = None,
+    org_of: dict[str, str] | None = None,
+) -> list[int]:
+    """The series a feed reference reads; with `orgs`, only those of these organisations (a
+    series' organisation is its source's in `org_of`, else the one stored with it). A source
+    named by a template's id matches its expansion in each organisation (`<org>.<id>`)."""
     labels = ref.labels.items()
+    suffix = f".{ref.source}"
+    org_of = org_of or {}
     return [
         row.id
         for row in rows
         if row.metric == ref.metric
-        and (ref.source is None or row.source == ref.source)
+        and (ref.source is None or row.source == ref.source or row.source.endswith(suffix))
+        and (orgs is None or org_of.get(row.source, row.org) in orgs)
         and labels <= row.labels.items()
     ]
 
@@ -234,6 +293,9 @@ class KpiCalculator:
         self.config = config
         self.tz: ZoneInfo = config.tz
         self.start_month, self.start_day = config.fiscal_start
+        self.org_of = config.source_orgs()
+        # One read of a set of series per compute_all: a roll-up reuses its members' reads.
+        self._read: dict[tuple[tuple[int, ...], float, float], _Series] = {}
 
     # -- calendar ----------------------------------------------------------------------------
 
@@ -332,6 +394,26 @@ class KpiCalculator:
     # -- data --------------------------------------------------------------------------------
 
     def _points(self, ids: list[int], as_of: float, factor: float) -> _Series:
+        key = (tuple(ids), as_of, factor)
+        if key not in self._read:
+            self._read[key] = self._read_points(ids, as_of, factor)
+        return self._read[key]
+
+    def _feed_data(
+        self, kpi: KpiConfig, rows: Sequence[SeriesRow], as_of: float, orgs: Collection[str] | None
+    ) -> list[_Series]:
+        """The feed's stored periods, one series per reference (numerator, denominator)."""
+        feed = kpi.feed
+        if feed.kind == "ratio":
+            assert feed.numerator is not None and feed.denominator is not None
+            return [
+                self._points(match_series(rows, ref, orgs, self.org_of), as_of, 1.0)
+                for ref in (feed.numerator, feed.denominator)
+            ]
+        factor = conversion_factor(feed.unit or kpi.unit, kpi.unit) or 1.0
+        return [self._points(match_series(rows, feed, orgs, self.org_of), as_of, factor)]
+
+    def _read_points(self, ids: list[int], as_of: float, factor: float) -> _Series:
         out = []
         for p in self.store.period_points(ids, end=int(as_of)):
             out.append(
@@ -372,17 +454,27 @@ class KpiCalculator:
         rows: Sequence[SeriesRow],
         as_of: float,
         fiscal_year: int | None = None,
+        org: str | None = None,
     ) -> KpiState:
+        """One KPI's state: of `org` (default: the KPI's own organisation), or for a roll-up
+        KPI without `org`, the rolled-up state over its members."""
         feed = kpi.feed
         factor = conversion_factor(feed.unit or kpi.unit, kpi.unit) or 1.0
         direction = 1 if kpi.direction == "up" else -1
-        if feed.kind == "ratio":
-            assert feed.numerator is not None and feed.denominator is not None
-            numerator = self._points(match_series(rows, feed.numerator), as_of, 1.0)
-            denominator = self._points(match_series(rows, feed.denominator), as_of, 1.0)
-            data = [numerator, denominator]
+        members: dict[str, list[_Series]] | None = None
+        if kpi.rollup is not None and org is None:
+            label = kpi.rollup.id
+            members = {
+                member: self._feed_data(kpi, rows, as_of, {member})
+                for member in self.config.rollup_members(kpi)
+            }
+            data = [
+                _merge([series[j] for series in members.values()]) for j in range(len(feed.refs()))
+            ]
         else:
-            data = [self._points(match_series(rows, feed), as_of, factor)]
+            label = org or kpi.org
+            # One organisation in the config: every series is its (as before organisations).
+            data = self._feed_data(kpi, rows, as_of, {label} if self.config.multi_org else None)
         newest = [series[-1] for series in data if series]
         granularity = newest[0].granularity if newest else Granularity.DAY
         cadence: Cadence = kpi.cadence or feed.default_cadence() or _cadence_of(granularity)
@@ -401,6 +493,14 @@ class KpiCalculator:
                 spans = self._spans(cadence, first, max(p.start for p in newest))
             for span in spans:
                 figure, done, arrived = self._figure(kpi, cadence, data, levels, span, as_of)
+                missing: tuple[str, ...] = ()
+                if members is not None and span.end <= as_of:
+                    missing = tuple(
+                        member
+                        for member, series in members.items()
+                        if not self._figure(kpi, cadence, series, [], span, as_of)[1]
+                    )
+                    done = done and not missing
                 if feed.kind == "ratio" and figure is not None:
                     figure *= factor
                 target = self.current_target(kpi, span.end - 1)
@@ -418,6 +518,7 @@ class KpiCalculator:
                         baseline_value=kpi.start_of(target).value,
                         progress=self._progress(kpi, target, figure),
                         arrived_at=arrived,
+                        missing=missing,
                     )
                 )
 
@@ -437,6 +538,19 @@ class KpiCalculator:
         )
         if running is not None and reported is not None and running.start <= reported.start:
             running = None
+        if running is not None and running.missing:
+            running = None  # an ended roll-up period short of members is no running figure
+        rollup: Rollup | None = None
+        if members is not None:
+            after = reported.start if reported is not None else float("-inf")
+            waiting = [
+                p
+                for p in periods
+                if p.missing
+                and len(p.missing) < len(members)
+                and (p.start > after or (p is reported and not p.complete))
+            ]
+            rollup = Rollup(tuple(members), waiting[-1] if waiting else None)
 
         value: float | None
         period_start = period_end = None
@@ -557,6 +671,8 @@ class KpiCalculator:
             overdue=overdue,
             outcomes=outcomes,
             periods=periods,
+            org=label,
+            rollup=rollup,
         )
 
     def _levels(
@@ -664,9 +780,38 @@ class KpiCalculator:
         rows: Sequence[SeriesRow] | None = None,
         fiscal_year: int | None = None,
     ) -> list[KpiState]:
+        """Every KPI's state; a roll-up KPI gives each member's state, then the rolled-up one."""
         if rows is None:
             rows = self.store.series_rows()
-        return [self.compute(kpi, rows, as_of, fiscal_year) for kpi in self.config.kpis]
+        self._read.clear()
+        states = []
+        for kpi in self.config.kpis:
+            if kpi.rollup is not None:
+                for member in self.config.rollup_members(kpi):
+                    states.append(self.compute(kpi, rows, as_of, fiscal_year, org=member))
+            states.append(self.compute(kpi, rows, as_of, fiscal_year))
+        self._read.clear()
+        return states
+
+
+def _merge(parts: list[_Series]) -> _Series:
+    """Several organisations' series as one: values of the same period added."""
+    added: dict[tuple[float, str], _Point] = {}
+    for series in parts:
+        for p in series:
+            seen = added.get((p.start, p.granularity))
+            added[(p.start, p.granularity)] = (
+                p
+                if seen is None
+                else _Point(
+                    p.start,
+                    p.end,
+                    p.granularity,
+                    seen.value + p.value,
+                    max(seen.arrived, p.arrived),
+                )
+            )
+    return _Series(sorted(added.values(), key=lambda p: (p.start, p.granularity)))
 
 
 def _cadence_of(granularity: str) -> Cadence:

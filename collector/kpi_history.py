@@ -41,15 +41,18 @@ def history_of(
     for state in states:
         history.kpis.append(_kpi_row(state, as_of, computed_at))
         kpi = state.kpi.id
+        org = state.org
         history.periods.extend(
             {
                 "kpi": kpi,
+                "org": org,
                 "period_start": p.start,
                 "period_end": p.end,
                 "fiscal_year": p.fiscal_year,
                 "label": p.label,
                 "value": p.value,
                 "complete": p.complete,
+                "missing": ",".join(p.missing) or None,
                 "expected": p.expected,
                 "baseline_value": p.baseline_value,
                 "target_value": p.target_value,
@@ -62,6 +65,7 @@ def history_of(
         history.outcomes.extend(
             {
                 "kpi": kpi,
+                "org": org,
                 "target_fiscal_year": o.fiscal_year,
                 "target_value": o.target_value,
                 "outcome": o.outcome,
@@ -73,7 +77,13 @@ def history_of(
         )
         # Every target's path, not only the current one's: a revised plan shows both lines.
         history.path.extend(
-            {"kpi": kpi, "target_fiscal_year": target.fiscal_year, "at": at, "value": value}
+            {
+                "kpi": kpi,
+                "org": org,
+                "target_fiscal_year": target.fiscal_year,
+                "at": at,
+                "value": value,
+            }
             for target in state.kpi.plan
             for at, value in calculator.path_points(state.kpi, target)
         )
@@ -84,6 +94,8 @@ def _kpi_row(state: KpiState, as_of: float, computed_at: float) -> Row:
     kpi = state.kpi
     return {
         "kpi": kpi.id,
+        "org": state.org,
+        "rollup": state.rollup is not None,
         "name_ja": kpi.name_ja,
         "name_en": kpi.name_en,
         "area": kpi.area,

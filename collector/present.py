@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 from rich.cells import cell_len
 
-from collector.config import SourceConfig
+from collector.config import Config, SourceConfig
 from collector.fiscal import REIWA_OFFSET, japanese_fiscal_year, reiwa_label
 from collector.kpi import KpiState, StatusWord
 from collector.storage import SourceHealth
@@ -170,15 +170,20 @@ def clip(text: str, cells: int, *, lines: int = 1) -> str:
         if len(wrapped) <= lines:
             return "\n".join(wrapped)
         return "\n".join([*wrapped[: lines - 1], clip(" ".join(wrapped[lines - 1 :]), cells)])
-    cells *= lines
-    if cell_len(text) <= cells:
-        return text
-    out = ""
+    # Line by line: a character two cells wide that does not fit a line's end starts the next.
+    rows = [""]
     for char in text:
-        if cell_len(out + char) > cells - 1:
+        if cell_len(rows[-1] + char) > cells:
+            rows.append("")
+        rows[-1] += char
+    if len(rows) <= lines:
+        return "".join(rows)
+    last = ""
+    for char in rows[lines - 1] + rows[lines]:
+        if cell_len(last + char) > cells - 1:
             break
-        out += char
-    return out + "…"
+        last += char
+    return "".join(rows[: lines - 1]) + last + "…"
 
 
 def fiscal_year_label(fy: int, lang: Lang = "en") -> str:
@@ -226,8 +231,24 @@ def _iso(ts: float | None, tz: ZoneInfo) -> str | None:
 def kpi_record(state: KpiState, tz: ZoneInfo) -> dict[str, Any]:
     """Everything `status --json` says about one KPI: raw numbers, ISO times with offsets."""
     kpi = state.kpi
+    rollup = state.rollup
     return {
         "id": kpi.id,
+        "org": state.org,
+        "rollup": None
+        if rollup is None
+        else {
+            "members": list(rollup.members),
+            "complete": rollup.complete,
+            "missing": list(rollup.missing),
+            "incomplete_period": None
+            if rollup.incomplete is None
+            else {
+                "label": rollup.incomplete.label,
+                "start": _iso(rollup.incomplete.start, tz),
+                "end": _iso(rollup.incomplete.end, tz),
+            },
+        },
         "name_ja": kpi.name_ja,
         "name_en": kpi.name_en,
         "area": kpi.area,
@@ -319,3 +340,26 @@ def source_note(record: dict[str, Any]) -> str:
     if record["last_error"]:
         notes.append(" ".join(str(record["last_error"]).split()))
     return "; ".join(notes)
+
+
+def org_label(state: KpiState, config: Config, lang: Lang) -> str:
+    """Whose figure a KPI state is, for people: the organisation's name, or the roll-up's
+    `合計（4団体）` / `total of 4`."""
+    if state.rollup is not None:
+        count = len(state.rollup.members)
+        return f"合計（{count}団体）" if lang == "ja" else f"total of {count}"
+    org = config.organisation(state.org)
+    if org is None:
+        return state.org
+    return str(org.name_ja if lang == "ja" else org.name_en)
+
+
+def rollup_note(state: KpiState, lang: Lang) -> str:
+    """`R7: momo 未着` / `FY2025: momo missing` for a roll-up waiting for members; else ''."""
+    rollup = state.rollup
+    if rollup is None or rollup.incomplete is None:
+        return ""
+    period = rollup.incomplete
+    label = short_fiscal_year(period.fiscal_year) if period.label.startswith("FY") else period.label
+    names = ",".join(rollup.missing)
+    return f"{label}未着:{names}" if lang == "ja" else f"{label} lacks {names}"

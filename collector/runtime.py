@@ -50,7 +50,7 @@ class Runtime:
     def store(self) -> Store:
         with self._lock:
             if self._store is None:
-                self._store = Store(self.storage_url)
+                self._store = Store(self.storage_url, orgs=self.loaded.source_orgs())
             return self._store
 
     @property
@@ -138,6 +138,8 @@ def configured_secrets(loaded: LoadedConfig, *urls: str) -> list[str]:
     passwords. Any of them may turn up in another source's error (a shared file, a proxy page)."""
     found = [s for settings in loaded.settings.values() for s in _secret_values(settings)]
     text = loaded.path.read_text(encoding="utf-8")
+    # Names templated per organisation (`${KEY_{{ORG}}}`) exist only once expanded.
+    text += "".join(str(source.settings) for source in loaded.config.sources)
     found += [
         value
         for name in set(ENV_REF.findall(text))

@@ -29,7 +29,7 @@ HOURS = "suffix: h"  # Grafana's own "h" unit turns 962 hours into "40.1 day"; r
 
 # Every KPI query of the overview is limited to the selected KPIs and, inside a repeated area
 # row, to that row's area; joining dxkpi_kpi_info also brings the Japanese name and the unit.
-KPI_INFO = 'dxkpi_kpi_info{area=~"$area", kpi=~"$kpi"}'
+KPI_INFO = 'dxkpi_kpi_info{area=~"$area", kpi=~"$kpi", org=~"$org"}'
 
 
 def query(expr: str, legend: str = "", *, instant: bool = False, table: bool = False) -> Json:
@@ -233,7 +233,7 @@ def kpi_overview() -> Json:
         stat(
             "目標達成見込み",
             "KPIs whose robust trend (Theil-Sen) reaches the target by the target date.",
-            [query(f"sum(dxkpi_kpi_on_track and on (kpi) {KPI_INFO})", instant=True)],
+            [query(f"sum(dxkpi_kpi_on_track and on (kpi, org) {KPI_INFO})", instant=True)],
             unit="short",
             defaults={"color": {"mode": "fixed", "fixedColor": "green"}},
         ),
@@ -246,7 +246,7 @@ def kpi_overview() -> Json:
             "KPIs forecast to miss their target (alert DxKpiPredictedToMissTarget).",
             [
                 query(
-                    f"count((dxkpi_kpi_on_track == 0) and on (kpi) {KPI_INFO}) or vector(0)",
+                    f"count((dxkpi_kpi_on_track == 0) and on (kpi, org) {KPI_INFO}) or vector(0)",
                     instant=True,
                 )
             ],
@@ -262,7 +262,8 @@ def kpi_overview() -> Json:
             "Catalogued KPIs without any value yet (alert DxKpiDataMissing).",
             [
                 query(
-                    f"count({KPI_INFO} unless on (kpi) dxkpi_kpi_value) or vector(0)", instant=True
+                    f"count({KPI_INFO} unless on (kpi, org) dxkpi_kpi_value) or vector(0)",
+                    instant=True,
                 )
             ],
             unit="short",
@@ -273,7 +274,7 @@ def kpi_overview() -> Json:
     )
 
     grid.row("分野: $area", repeat="area")
-    progress = f"* on (kpi) group_left (name_ja) {KPI_INFO}"
+    progress = f"* on (kpi, org) group_left (name_ja) {KPI_INFO}"
     grid.add(
         panel(
             "bargauge",
@@ -314,10 +315,13 @@ def kpi_overview() -> Json:
             "planned straight path, and where the forecast (robust Theil-Sen trend) says the KPI "
             "will be at the end of the target fiscal year.",
             [
-                query('dxkpi_kpi_progress_ratio{kpi=~"$kpi"}', "実績 (actual)"),
-                query('dxkpi_kpi_expected_progress_ratio{kpi=~"$kpi"}', "計画 (planned path)"),
+                query('dxkpi_kpi_progress_ratio{kpi=~"$kpi", org=~"$org"}', "実績 (actual)"),
                 query(
-                    'kpi:dxkpi_kpi_forecast_progress:ratio{kpi=~"$kpi"}',
+                    'dxkpi_kpi_expected_progress_ratio{kpi=~"$kpi", org=~"$org"}',
+                    "計画 (planned path)",
+                ),
+                query(
+                    'kpi:dxkpi_kpi_forecast_progress:ratio{kpi=~"$kpi", org=~"$org"}',
                     "目標年度末の予測 (forecast at target date)",
                 ),
             ],
@@ -348,11 +352,13 @@ def kpi_overview() -> Json:
         time={"from": "now-2y", "to": "now"},
         templating={
             "list": [
+                # The organisation (or a roll-up's label, e.g. `all`): per-org and rolled up.
+                variable("org", "団体 (organisation)", "label_values(dxkpi_kpi_info, org)"),
                 variable("area", "分野 (area)", "label_values(dxkpi_kpi_info, area)"),
                 variable(
                     "kpi",
                     "指標 (KPI)",
-                    'query_result(dxkpi_kpi_info{area=~"$area"})',
+                    'query_result(dxkpi_kpi_info{area=~"$area", org=~"$org"})',
                     # Value = the KPI id, shown text = its Japanese name (labels in any order).
                     regex=r'/^(?=.*\bkpi="(?<value>[^"]+)")(?=.*\bname_ja="(?<text>[^"]+)")/',
                 ),
@@ -373,7 +379,7 @@ KPI_TABLE_COLUMNS = (
 
 
 def kpi_table() -> Json:
-    join = f"* on (kpi) group_left (name_ja, unit) {KPI_INFO}"
+    join = f"* on (kpi, org) group_left (name_ja, unit) {KPI_INFO}"
     item = panel(
         "table",
         "実績・基準値・目標値",
@@ -458,16 +464,24 @@ def alert_list() -> Json:
 # --- KPI history (PostgreSQL) ----------------------------------------------------------------
 
 # The selected KPIs, in SQL: Grafana writes a multi-value variable as 'a','b'.
-SELECTED = "kpi IN ($kpi)"
+SELECTED = "kpi IN ($kpi) AND org IN ($org)"
 # Days until (negative) or past (positive) the next figure's due date.
-DAYS_OVERDUE = '(time() - dxkpi_kpi_next_data_due_timestamp_seconds{kpi=~"$kpi"}) / 86400'
+DAYS_OVERDUE = (
+    '(time() - dxkpi_kpi_next_data_due_timestamp_seconds{kpi=~"$kpi", org=~"$org"}) / 86400'
+)
 STALL_COLUMNS = (
     # (PromQL over the selected KPIs, column title)
-    ('dxkpi_kpi_stalled{kpi=~"$kpi"}', "停滞 (stalled)"),
-    ('dxkpi_kpi_periods_without_improvement{kpi=~"$kpi"}', "改善なしの期間数 (periods)"),
-    ('dxkpi_kpi_last_change_timestamp_seconds{kpi=~"$kpi"} * 1000', "最後の改善 (last good move)"),
+    ('dxkpi_kpi_stalled{kpi=~"$kpi", org=~"$org"}', "停滞 (stalled)"),
     (
-        'dxkpi_kpi_next_data_due_timestamp_seconds{kpi=~"$kpi"} * 1000',
+        'dxkpi_kpi_periods_without_improvement{kpi=~"$kpi", org=~"$org"}',
+        "改善なしの期間数 (periods)",
+    ),
+    (
+        'dxkpi_kpi_last_change_timestamp_seconds{kpi=~"$kpi", org=~"$org"} * 1000',
+        "最後の改善 (last good move)",
+    ),
+    (
+        'dxkpi_kpi_next_data_due_timestamp_seconds{kpi=~"$kpi", org=~"$org"} * 1000',
         "次の数値の期限 (next figure due)",
     ),
     (DAYS_OVERDUE, "期限超過日数 (days overdue)"),
@@ -482,7 +496,7 @@ OUTCOME_WORDS = {
 def stall_table() -> Json:
     """Stall and overdue state of the selected KPIs: where DxKpiStalled and DxKpiDataOverdue
     link to (grafana/README.md)."""
-    join = 'on (kpi) group_left (name_ja) dxkpi_kpi_info{kpi=~"$kpi"}'
+    join = 'on (kpi, org) group_left (name_ja) dxkpi_kpi_info{kpi=~"$kpi", org=~"$org"}'
     item = panel(
         "table",
         "停滞・データ遅延",
@@ -616,14 +630,14 @@ def figure_and_path() -> Json:
         [
             sql(
                 f"""
-                SELECT period_end AS time, '実績 (' || unit || ')' AS metric, value
+                SELECT period_end AS time, org || ': 実績 (' || unit || ')' AS metric, value
                 FROM dxkpi_kpi_periods_v WHERE {SELECTED} AND complete AND value IS NOT NULL
                 ORDER BY 1
                 """
             ),
             sql(
                 f"""
-                SELECT period_end AS time, '途中経過 (partial)' AS metric, value
+                SELECT period_end AS time, org || ': 途中経過 (partial)' AS metric, value
                 FROM dxkpi_kpi_periods_v
                 WHERE {SELECTED} AND NOT complete AND value IS NOT NULL
                 ORDER BY 1
@@ -631,14 +645,14 @@ def figure_and_path() -> Json:
             ),
             sql(
                 f"""
-                SELECT at AS time, '計画経路 (path to ' || target_fiscal_year_short || ')'
+                SELECT DISTINCT at AS time, '計画経路 (path to ' || target_fiscal_year_short || ')'
                        AS metric, value
                 FROM dxkpi_kpi_path_v WHERE {SELECTED} ORDER BY 1
                 """
             ),
             sql(
                 f"""
-                SELECT target_end AS time, '予測 (forecast)' AS metric, forecast AS value
+                SELECT target_end AS time, org || ': 予測 (forecast)' AS metric, forecast AS value
                 FROM dxkpi_kpis_v WHERE {SELECTED} AND forecast IS NOT NULL ORDER BY 1
                 """
             ),
@@ -668,18 +682,19 @@ def year_on_year() -> Json:
         [
             sql(
                 f"""
-                SELECT "年度 (FY)", "実績 (figure)", "途中経過 (partial)", "計画 (path)"
+                SELECT org AS "団体 (org)", "年度 (FY)", "実績 (figure)", "途中経過 (partial)",
+                       "計画 (path)"
                 FROM (
-                  SELECT DISTINCT ON (fiscal_year) fiscal_year,
+                  SELECT DISTINCT ON (org, fiscal_year) org, fiscal_year,
                          fiscal_year_short AS "年度 (FY)",
                          CASE WHEN complete THEN value END AS "実績 (figure)",
                          CASE WHEN NOT complete THEN value END AS "途中経過 (partial)",
                          expected AS "計画 (path)"
                   FROM dxkpi_kpi_periods_v
                   WHERE {SELECTED} AND value IS NOT NULL
-                  ORDER BY fiscal_year, period_end DESC
+                  ORDER BY org, fiscal_year, period_end DESC
                 ) AS years
-                ORDER BY fiscal_year
+                ORDER BY fiscal_year, org
                 """,
                 table=True,
             )
@@ -720,6 +735,11 @@ def kpi_history() -> Json:
         templating={
             "list": [
                 sql_variable(
+                    "org",
+                    "団体 (organisation)",
+                    "SELECT DISTINCT org AS __value, org AS __text FROM dxkpi_kpis_v ORDER BY 1",
+                ),
+                sql_variable(
                     "area",
                     "分野 (area)",
                     "SELECT DISTINCT area AS __value, area AS __text FROM dxkpi_kpis_v ORDER BY 1",
@@ -727,8 +747,9 @@ def kpi_history() -> Json:
                 sql_variable(
                     "kpi",
                     "指標 (KPI)",
-                    "SELECT kpi AS __value, name_ja AS __text FROM dxkpi_kpis_v "
-                    "WHERE area IN ($area) ORDER BY area, kpi",
+                    "SELECT kpi AS __value, min(name_ja) AS __text FROM dxkpi_kpis_v "
+                    "WHERE area IN ($area) AND org IN ($org) GROUP BY area, kpi "
+                    "ORDER BY area, kpi",
                 ),
             ]
         },
@@ -853,7 +874,7 @@ def operations() -> Json:
 
 def source_health() -> Json:
     grid = Grid()
-    selected = 'source=~"$source"'
+    selected = 'org=~"$org", source=~"$source"'
     grid.row("収集の状態 (collection status)")
     grid.add(
         panel(
@@ -978,7 +999,12 @@ def source_health() -> Json:
         time={"from": "now-7d", "to": "now"},
         templating={
             "list": [
-                variable("source", "データ元 (source)", "label_values(dxkpi_source_up, source)")
+                variable("org", "団体 (organisation)", "label_values(dxkpi_source_up, org)"),
+                variable(
+                    "source",
+                    "データ元 (source)",
+                    'label_values(dxkpi_source_up{org=~"$org"}, source)',
+                ),
             ]
         },
     )

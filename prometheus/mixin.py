@@ -15,7 +15,9 @@ today; warning: a KPI or source needs attention this week; info: for the monthly
 review; none: never notifies a person); `summary`/`description` in English and
 `summary_ja`/`description_ja` in Japanese, `dashboard_url` relative to Grafana's root URL and
 `runbook_url` relative to the repository's root. KPI alerts copy name_ja, name_en and area from
-dxkpi_kpi_info into their labels so notifications name the indicator and group by area.
+dxkpi_kpi_info into their labels so notifications name the indicator and group by area. Every
+dxkpi_* series has an `org` label (the organisation, or a roll-up's label): KPI expressions
+match on (kpi, org), so one organisation's figure is never compared with another's.
 
 Numbers in the text are made for people: the expression computes the figure to show (whole
 days, points of the baseline-to-target way) and the text prints it with `printf "%.0f"`, so
@@ -81,10 +83,17 @@ SNAPSHOT_STALE_AFTER = 30 * MINUTE
 SNAPSHOT_STALE_FOR = 5 * MINUTE
 
 KPI_LABELS = "name_ja, name_en, area"
-KPI_DASHBOARD = "/d/dxkpi-kpi-overview/dxkpi-kpi-overview?var-kpi={{ $labels.kpi }}"
+KPI_DASHBOARD = (
+    "/d/dxkpi-kpi-overview/dxkpi-kpi-overview?var-kpi={{ $labels.kpi }}&var-org={{ $labels.org }}"
+)
 # Stall and overdue state first, then the KPI's whole plan (grafana/generate.py).
-HISTORY_DASHBOARD = "/d/dxkpi-kpi-history/dxkpi-kpi-history?var-kpi={{ $labels.kpi }}"
-SOURCE_DASHBOARD = "/d/dxkpi-source-health/dxkpi-source-health?var-source={{ $labels.source }}"
+HISTORY_DASHBOARD = (
+    "/d/dxkpi-kpi-history/dxkpi-kpi-history?var-kpi={{ $labels.kpi }}&var-org={{ $labels.org }}"
+)
+SOURCE_DASHBOARD = (
+    "/d/dxkpi-source-health/dxkpi-source-health"
+    "?var-source={{ $labels.source }}&var-org={{ $labels.org }}"
+)
 HEALTH_DASHBOARD = "/d/dxkpi-source-health/dxkpi-source-health"
 
 # The alert's value printed as a whole number, and English plurals of it.
@@ -141,7 +150,7 @@ class Alert:
     def rule(self) -> dict[str, Any]:
         expr = self.expr.strip()
         if self.kpi:
-            expr = f"(\n{indent(expr)}\n)\n* on (kpi) group_left ({KPI_LABELS}) dxkpi_kpi_info"
+            expr = f"(\n{indent(expr)}\n)\n* on (kpi, org) group_left ({KPI_LABELS}) dxkpi_kpi_info"
         rule: dict[str, Any] = {"alert": self.name, "expr": expr + "\n"}
         if self.wait:
             rule["for"] = duration(self.wait)
@@ -177,7 +186,9 @@ def days_since(series: str) -> str:
 
 def kpi_query(metric: str, template: str, otherwise: str = "") -> str:
     """Prints another gauge of the same KPI inside an annotation (`.` is its value)."""
-    text = f"{{{{ with printf \"{metric}{{kpi='%s'}}\" $labels.kpi | query }}}}"
+    text = (
+        f"{{{{ with printf \"{metric}{{kpi='%s',org='%s'}}\" $labels.kpi $labels.org | query }}}}"
+    )
     text += f"{{{{ with . | first | value }}}}{template}{{{{ end }}}}"
     if otherwise:
         text += f"{{{{ else }}}}{otherwise}"
@@ -187,7 +198,7 @@ def kpi_query(metric: str, template: str, otherwise: str = "") -> str:
 BEHIND_PATH_RATIO = "kpi:dxkpi_kpi_progress_behind_path:ratio"
 FORECAST_PROGRESS_RATIO = "kpi:dxkpi_kpi_forecast_progress:ratio"
 INTERVALS_SINCE_SUCCESS = "source:dxkpi_source_intervals_since_success:ratio"
-NOT_ENDED = "unless on (kpi) dxkpi_kpi_target_period_ended == 1"
+NOT_ENDED = "unless on (kpi, org) dxkpi_kpi_target_period_ended == 1"
 
 RECORDING = [
     Recording(
@@ -224,8 +235,8 @@ ALERTS = [
         severity="warning",
         expr=f"""
 {days_since("dxkpi_kpi_last_change_timestamp_seconds")}
-and on (kpi) dxkpi_kpi_stalled == 1
-and on (kpi) dxkpi_kpi_progress_ratio < 1
+and on (kpi, org) dxkpi_kpi_stalled == 1
+and on (kpi, org) dxkpi_kpi_progress_ratio < 1
 """,
         wait=STALLED_FOR,
         summary=f"KPI {{{{ $labels.name_en }}}} has not improved for {n_units('day')}",
@@ -316,7 +327,7 @@ and on (kpi) dxkpi_kpi_progress_ratio < 1
         severity="warning",
         expr=f"""
 100 * (1 - {FORECAST_PROGRESS_RATIO})
-and on (kpi) (dxkpi_kpi_target_value - dxkpi_kpi_forecast_value) * dxkpi_kpi_direction > 0
+and on (kpi, org) (dxkpi_kpi_target_value - dxkpi_kpi_forecast_value) * dxkpi_kpi_direction > 0
 {NOT_ENDED}
 """,
         wait=PREDICTED_MISS_FOR,
@@ -359,7 +370,7 @@ and on (kpi) (dxkpi_kpi_target_value - dxkpi_kpi_forecast_value) * dxkpi_kpi_dir
         severity="warning",
         expr="""
 ceil((time() - dxkpi_kpi_next_data_due_timestamp_seconds) / 86400)
-and on (kpi) (time() - dxkpi_kpi_next_data_due_timestamp_seconds > 0)
+and on (kpi, org) (time() - dxkpi_kpi_next_data_due_timestamp_seconds > 0)
 """,
         wait=DATA_OVERDUE_FOR,
         summary=f"The next figure of KPI {{{{ $labels.name_en }}}} is {n_units('day')} overdue",
@@ -401,9 +412,9 @@ and on (kpi) (time() - dxkpi_kpi_next_data_due_timestamp_seconds > 0)
         severity="info",
         expr=f"""
 100 * dxkpi_kpi_target_final_progress_ratio
-  * on (kpi, target_fiscal_year) group_left (outcome)
+  * on (kpi, org, target_fiscal_year) group_left (outcome)
     dxkpi_kpi_target_outcome{{outcome!="pending"}}
-and on (kpi, target_fiscal_year)
+and on (kpi, org, target_fiscal_year)
   (time() - dxkpi_kpi_target_outcome_timestamp_seconds < {TARGET_NOTICE_WINDOW})
 """,
         wait=TARGET_NOTICE_FOR,
@@ -455,7 +466,7 @@ and on (kpi, target_fiscal_year)
         severity="warning",
         expr="""
 dxkpi_kpi_info
-unless on (kpi) (dxkpi_kpi_value or dxkpi_kpi_running_period_value)
+unless on (kpi, org) (dxkpi_kpi_value or dxkpi_kpi_running_period_value)
 """,
         wait=DATA_MISSING_FOR,
         kpi=False,  # the expression is dxkpi_kpi_info itself: its labels are there already

@@ -293,7 +293,13 @@ def selector(name: str, labels: tuple[tuple[str, str], ...]) -> str:
 
 def kpi_labels(config: Config) -> dict[str, dict[str, str]]:
     return {
-        k.id: {"kpi": k.id, "name_ja": k.name_ja, "name_en": k.name_en, "area": k.area}
+        k.id: {
+            "kpi": k.id,
+            "org": k.org,
+            "name_ja": k.name_ja,
+            "name_en": k.name_en,
+            "area": k.area,
+        }
         for k in config.kpis
     }
 
@@ -377,7 +383,7 @@ def test_rules_compare_timestamps_only_with_time() -> None:
 def test_the_fixture_year_looks_as_the_scenario_says(year: Series) -> None:
     # Guards the truth table's premises, read from the exporter's own output.
     def last(name: str, kpi: str) -> float | None:
-        return year[(name, (("kpi", kpi),))][-1]
+        return year[(name, (("kpi", kpi), ("org", "default")))][-1]
 
     assert last("dxkpi_kpi_stalled", "annual_flat") == 1
     assert last("dxkpi_kpi_stalled", "annual_on_plan") == 0

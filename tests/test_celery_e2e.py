@@ -270,7 +270,11 @@ class EmbeddedRun:
     def portal_up(self, what: str) -> str:
         """Wait until /metrics shows the portal source up; return the body."""
         body: str = wait_for(
-            lambda: (b := self.scrape()) and 'dxkpi_source_up{source="portal"} 1.0' in b and b,
+            lambda: (
+                (b := self.scrape())
+                and 'dxkpi_source_up{org="default",source="portal"} 1.0' in b
+                and b
+            ),
             timeout=90,
             what=what,
         )
@@ -289,7 +293,7 @@ def test_embedded_run_needs_no_redis_or_postgres(tmp_path: Path) -> None:
         body = run.portal_up("the embedded worker's first collection on /metrics")
     finally:
         run.stop()
-    assert 'dxkpi_portal_page_views{page="/top",source="portal"} 130.0' in body
+    assert 'dxkpi_portal_page_views{org="default",page="/top",source="portal"} 130.0' in body
     assert (tmp_path / "data-dir" / "dxkpi.sqlite").exists()
     assert (tmp_path / "data-dir" / "broker.db").exists()
 

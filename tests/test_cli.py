@@ -161,7 +161,7 @@ def test_read_only_commands_never_migrate_a_store_behind(
     caplog.set_level(logging.INFO)
     code, output = dxkpi(tmp_path, *command)
     assert code == 1
-    assert "is at schema revision 0001, this dxkpi needs 0004: run `dxkpi migrate`" in output
+    assert "is at schema revision 0001, this dxkpi needs 0005: run `dxkpi migrate`" in output
     assert len(output.strip().splitlines()) == 1
     assert [r.getMessage() for r in caplog.records if r.name.startswith("alembic")] == []
     with store_of(tmp_path).engine.connect() as connection:

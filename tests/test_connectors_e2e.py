@@ -562,7 +562,7 @@ def test_every_connector_collected_by_a_worker_into_postgres_and_exported(
         ]
         assert up == [1.0], (source.id, up)
         for expect in source.expect:
-            labels = {**expect.labels, "source": source.id}
+            labels = {**expect.labels, "source": source.id, "org": "default"}
             exported = [
                 s.value
                 for s in samples

@@ -138,6 +138,7 @@ def test_every_panel_and_variable_query_returns_rows_for_all_kpis(history: Histo
     variables = {
         "kpi": [kpi.id for kpi in config.kpis],
         "area": sorted({kpi.area for kpi in config.kpis}),
+        "org": [org.id for org in config.organisations],
     }
     queries = sql_queries()
     assert len(queries) >= 7
@@ -165,7 +166,7 @@ def test_every_repeated_panel_shows_each_kpi(history: History) -> None:
             rows = [
                 row
                 for sql in sqls
-                for row in run(history.reader, fill_in(sql, {"kpi": [kpi.id]}))[1]
+                for row in run(history.reader, fill_in(sql, {"kpi": [kpi.id], "org": [kpi.org]}))[1]
             ]
             assert rows, f"{panel}: nothing for {kpi.id}"
 

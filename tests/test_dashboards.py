@@ -81,6 +81,7 @@ DEFAULT_VARIABLES = {
     "__range_s": "3600",
     "area": ".+",
     "kpi": ".+",
+    "org": ".+",
     "source": ".+",
 }
 

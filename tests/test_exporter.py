@@ -57,8 +57,16 @@ def test_metrics_carry_raw_kpi_and_source_families(fed: tuple[Store, LoadedConfi
     store, loaded = fed
     text = Exporter(store, loaded, clock=lambda: NOW).rebuild().text.decode()
     got = samples(text)
-    assert got[("dxkpi_portal_page_views", (("page", "/top"), ("source", "portal")))] == 130
-    kpi = (("kpi", "portal_views"),)
+    assert (
+        got[
+            (
+                "dxkpi_portal_page_views",
+                (("org", "default"), ("page", "/top"), ("source", "portal")),
+            )
+        ]
+        == 130
+    )
+    kpi = (("kpi", "portal_views"), ("org", "default"))
     # FY2024 has only begun: no complete reported period yet, the year to date is partial
     assert ("dxkpi_kpi_value", kpi) not in got
     assert got[("dxkpi_kpi_running_period_value", kpi)] == 475
@@ -79,10 +87,26 @@ def test_metrics_carry_raw_kpi_and_source_families(fed: tuple[Store, LoadedConfi
     )
     info = [k for k in got if k[0] == "dxkpi_kpi_info"]
     assert dict(info[0][1])["name_ja"] == "ポータルPV"
-    src = (("source", "portal"),)
+    src = (("org", "default"), ("source", "portal"))
     assert got[("dxkpi_source_up", src)] == 1
-    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "success")))] == 1
-    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "failed")))] == 0
+    assert (
+        got[
+            (
+                "dxkpi_source_runs_total",
+                (("org", "default"), ("source", "portal"), ("status", "success")),
+            )
+        ]
+        == 1
+    )
+    assert (
+        got[
+            (
+                "dxkpi_source_runs_total",
+                (("org", "default"), ("source", "portal"), ("status", "failed")),
+            )
+        ]
+        == 0
+    )
     assert got[("dxkpi_source_interval_seconds", src)] == 3600
     assert ("dxkpi_source_last_success_timestamp_seconds", src) in got
 
@@ -113,8 +137,16 @@ def test_failed_run_shows_in_source_health(tmp_path: Path, sqlite_store: Store) 
     with pytest.raises(SourceDataError):
         collect_source(loaded, sqlite_store, "portal", window=WINDOW)
     got = samples(Exporter(sqlite_store, loaded, clock=lambda: NOW).rebuild().text.decode())
-    assert got[("dxkpi_source_up", (("source", "portal"),))] == 0
-    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "failed")))] == 1
+    assert got[("dxkpi_source_up", (("org", "default"), ("source", "portal")))] == 0
+    assert (
+        got[
+            (
+                "dxkpi_source_runs_total",
+                (("org", "default"), ("source", "portal"), ("status", "failed")),
+            )
+        ]
+        == 1
+    )
     assert ("dxkpi_kpi_value", (("kpi", "portal_views"),)) not in got  # no data: absent
     [health] = sqlite_store.source_health()
     assert health.last_error is not None and "pv.csv:2" in health.last_error
@@ -245,7 +277,7 @@ def test_summable_metrics_carry_exact_fiscal_year_and_month_totals(tmp_path: Pat
     collect_source(loaded, store, "portal", window=window)
     now = datetime(2024, 5, 20, tzinfo=TOKYO).timestamp()
     got = samples(Exporter(store, loaded, clock=lambda: now).rebuild().text.decode())
-    key = (("page", "/top"), ("source", "portal"))
+    key = (("org", "default"), ("page", "/top"), ("source", "portal"))
     assert got[("dxkpi_portal_page_views", key)] == 7  # the latest day
     assert got[("dxkpi_portal_page_views_fiscal_year_to_date", key)] == 107  # FY2024 from 1 April
     assert got[("dxkpi_portal_page_views_month_to_date", key)] == 7
@@ -394,11 +426,17 @@ def test_rebuilt_snapshot_equals_a_fresh_one_after_changes(
         assert served.text == fresh.text
         assert served.openmetrics == fresh.openmetrics
     got = samples(served.text.decode())
-    assert got[("dxkpi_portal_page_views", (("page", "/new"), ("source", "portal")))] == 1
-    assert got[("dxkpi_portal_page_views", (("page", "/top"), ("source", "portal")))] == 1e300
-    assert got[("dxkpi_portal_page_views", (("page", "/日本"), ("source", "portal")))] == 0.5
-    assert got[("dxkpi_portal_page_views", (("page", "/50%"), ("source", "portal")))] == 7
-    assert got[("dxkpi_portal_page_views", (("page", '/"q"'), ("source", "portal")))] == 6
+
+    def views(page: str) -> float:
+        return got[
+            ("dxkpi_portal_page_views", (("org", "default"), ("page", page), ("source", "portal")))
+        ]
+
+    assert views("/new") == 1
+    assert views("/top") == 1e300
+    assert views("/日本") == 0.5
+    assert views("/50%") == 7
+    assert views('/"q"') == 6
     assert parse_om(served.openmetrics.decode())  # the strict parser accepts it
 
 

@@ -636,7 +636,9 @@ def test_embedded_run_shows_a_pushed_figure_on_metrics_within_a_second(tmp_path:
         answer = push(receiver, {"metric": "paper_sheets", "period": "令和3年度", "value": 4200})
         assert answer.status_code == 200, answer.text
         accepted = time.monotonic()
-        while 'dxkpi_paper_sheets{source="dx_office"} 4200.0' not in _scrape(metrics_port):
+        while 'dxkpi_paper_sheets{org="default",source="dx_office"} 4200.0' not in _scrape(
+            metrics_port
+        ):
             assert time.monotonic() - accepted < 1.0, "not on /metrics within a second"
             time.sleep(0.02)
         # FY2021's page views, pushed as one fiscal-year figure: the KPI's reported period.

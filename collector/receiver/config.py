@@ -28,6 +28,8 @@ from collector.contract import MetricSpec
 from collector.durations import Duration
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
+# A source's id: plain, or `<organisation>.<template>` for a source expanded from a template.
+QUALIFIED_ID = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)?$"
 SECRET_FIELDS = {"webhooks": "secret", "clients": "token_sha256"}
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -39,7 +41,7 @@ class _Model(BaseModel):
 class WebhookConfig(_Model):
     # The source whose series the events feed: its connector verifies and reads them with the
     # same settings its pull uses. The URL is /webhooks/<source>.
-    source: str = Field(pattern=IDENTIFIER)
+    source: str = Field(pattern=QUALIFIED_ID)
     secret: SecretStr
     # A signed request older (or newer) than this is refused: a captured one cannot be replayed.
     replay_window: Duration = timedelta(minutes=5)

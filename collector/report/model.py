@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from collector.config import FeedConfig, LoadedConfig
+from collector.config import Config, FeedConfig, LoadedConfig
 from collector.kpi import KpiCalculator, KpiState, match_series
 from collector.present import (
     STATUS_WORDS,
@@ -28,7 +28,9 @@ from collector.present import (
     area_label,
     fiscal_year_label,
     format_moment,
+    org_label,
     period_label,
+    rollup_note,
     unit_label,
 )
 from collector.storage import SeriesRow, Store
@@ -176,6 +178,8 @@ class Report:
     states: list[KpiState]
     operations: list[Operation]
     sources: list[tuple[str, str]]  # (source id, connector) of the figures shown
+    # The organisations: with several, each row names whose figure it is.
+    config: Config | None = None
 
     def title(self, lang: Lang) -> str:
         return TITLES["title"][lang].format(year=fiscal_year_label(self.fiscal_year, lang))
@@ -208,20 +212,29 @@ class Report:
         period = period_label(state, lang)
         if state.value is not None and not state.complete:
             period += "（速報）" if lang == "ja" else " (partial)"
+        name = kpi.name_ja if lang == "ja" else kpi.name_en
+        if self.config is not None and (self.config.multi_org or state.rollup is not None):
+            mark = "：" if lang == "ja" else ": "
+            name = f"{org_label(state, self.config, lang)}{mark}{name}"
+        if state.rollup is not None and not state.rollup.complete:
+            period += f" ({rollup_note(state, lang)})"
+        plan = state.plan_applies  # a member's part of a summed roll-up has no plan of its own
         return {
             "area": area_label(kpi.area, lang),
-            "name": kpi.name_ja if lang == "ja" else kpi.name_en,
+            "name": name,
             "unit": unit_label(kpi.unit, lang),
-            "baseline": state.baseline_value,
-            "baseline_year": fiscal_year_label(state.baseline_fiscal_year, lang),
-            "target": state.target.value,
-            "target_year": fiscal_year_label(state.target.fiscal_year, lang),
+            "baseline": state.baseline_value if plan else None,
+            "baseline_year": fiscal_year_label(state.baseline_fiscal_year, lang) if plan else "",
+            "target": state.target.value if plan else None,
+            "target_year": fiscal_year_label(state.target.fiscal_year, lang) if plan else "",
             "value": state.value,
             "period": period,
-            "progress": state.progress,
-            "expected": state.expected_value,
-            "forecast": state.forecast,
-            "status": STATUS_WORDS[state.status_word][lang],
+            "progress": state.progress if plan else None,
+            "expected": state.expected_value if plan else None,
+            "forecast": state.forecast if plan else None,
+            "status": STATUS_WORDS[state.status_word][lang]
+            if plan
+            else ("内訳" if lang == "ja" else "part"),
         }
 
     def operation_cells(self, op: Operation, lang: Lang) -> Cells:
@@ -279,7 +292,7 @@ def build_report(store: Store, loaded: LoadedConfig, fiscal_year: int, as_of: fl
     feeding = {row.source for kpi in config.kpis for row in _fed_by(kpi.feed, rows)}
     feeding |= {op.source for op in operations}
     sources = [(s.id, s.connector) for s in config.sources if s.id in feeding]
-    return Report(fiscal_year, as_of, config.tz, states, operations, sources)
+    return Report(fiscal_year, as_of, config.tz, states, operations, sources, config)
 
 
 def _fed_by(feed: FeedConfig, rows: Sequence[SeriesRow]) -> list[SeriesRow]:

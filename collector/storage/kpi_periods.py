@@ -67,10 +67,15 @@ def read_kpi_history(store: Store) -> KpiHistory:
     """What the last refresh stored, ordered by KPI and time."""
     history = KpiHistory()
     order = {
-        "kpis": (kpis.c.kpi,),
-        "kpi_periods": (kpi_periods.c.kpi, kpi_periods.c.period_start),
-        "kpi_outcomes": (kpi_outcomes.c.kpi, kpi_outcomes.c.target_fiscal_year),
-        "kpi_path": (kpi_path.c.kpi, kpi_path.c.target_fiscal_year, kpi_path.c.at),
+        "kpis": (kpis.c.kpi, kpis.c.org),
+        "kpi_periods": (kpi_periods.c.kpi, kpi_periods.c.org, kpi_periods.c.period_start),
+        "kpi_outcomes": (kpi_outcomes.c.kpi, kpi_outcomes.c.org, kpi_outcomes.c.target_fiscal_year),
+        "kpi_path": (
+            kpi_path.c.kpi,
+            kpi_path.c.org,
+            kpi_path.c.target_fiscal_year,
+            kpi_path.c.at,
+        ),
     }
     with store.engine.connect() as connection:
         for table, rows in history.tables():

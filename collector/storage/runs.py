@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.sql.elements import TextClause
 
 from collector.redact import redact
-from collector.storage.schema import collection_runs, source_state
+from collector.storage.schema import collection_runs, series, source_state
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,7 @@ class RunsAndLeases:
     """The runs, cursors and leases half of `Store` (which sets `engine`)."""
 
     engine: Engine
+    orgs: Mapping[str, str]
     _known_sources: set[str]
 
     def _ensure_state(self, source: str) -> None:
@@ -175,6 +176,11 @@ class RunsAndLeases:
             return
         with self.engine.begin() as connection:
             connection.execute(_ENSURE_STATE, {"source": source})
+            # The source's series follow it when the config moves it to another organisation.
+            org = self.orgs.get(source, "default")
+            connection.execute(
+                update(series).where(series.c.source == source, series.c.org != org).values(org=org)
+            )
         self._known_sources.add(source)
 
     # -- runs ---------------------------------------------------------------------------

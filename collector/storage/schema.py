@@ -43,12 +43,15 @@ series = Table(
     metadata,
     Column("id", Id, primary_key=True, autoincrement=True),
     Column("source", String(128), nullable=False),
+    # The organisation of the source (migration 0005), for SQL readers; KPIs read it from config.
+    Column("org", String(64), nullable=False, server_default="default"),
     Column("metric", String(200), nullable=False),
     # Canonical JSON of the labels (sorted keys), so equal label sets compare equal as text.
     Column("labels", Text, nullable=False),
     Column("last_start", BigInteger),
     Column("last_value", Float),
     UniqueConstraint("source", "metric", "labels", name="uq_series_identity"),
+    Index("ix_series_org", "org"),
 )
 
 observations = Table(
@@ -111,6 +114,9 @@ kpis = Table(
     "kpis",
     metadata,
     Column("kpi", String(200), primary_key=True),
+    # The KPI's organisation, or a roll-up's label (`rollup` true); migration 0005.
+    Column("org", String(64), primary_key=True, server_default="default"),
+    Column("rollup", Boolean, nullable=False, server_default="0"),
     Column("name_ja", Text, nullable=False),
     Column("name_en", Text, nullable=False),
     Column("area", String(200), nullable=False),
@@ -143,12 +149,15 @@ kpi_periods = Table(
     "kpi_periods",
     metadata,
     Column("kpi", String(200), primary_key=True),
+    Column("org", String(64), primary_key=True, server_default="default"),
     Column("period_start", Float, primary_key=True),
     Column("period_end", Float, nullable=False),
     Column("fiscal_year", Integer, nullable=False),
     Column("label", String(32), nullable=False),
     Column("value", Float),
     Column("complete", Boolean, nullable=False),
+    # A roll-up's period: the member organisations that have not reported it (comma-separated).
+    Column("missing", Text),
     Column("expected", Float, nullable=False),
     Column("baseline_value", Float, nullable=False),
     Column("target_value", Float, nullable=False),
@@ -161,6 +170,7 @@ kpi_outcomes = Table(
     "kpi_outcomes",
     metadata,
     Column("kpi", String(200), primary_key=True),
+    Column("org", String(64), primary_key=True, server_default="default"),
     Column("target_fiscal_year", Integer, primary_key=True),
     Column("target_value", Float, nullable=False),
     Column("outcome", String(16), nullable=False),
@@ -173,6 +183,7 @@ kpi_path = Table(
     "kpi_path",
     metadata,
     Column("kpi", String(200), primary_key=True),
+    Column("org", String(64), primary_key=True, server_default="default"),
     Column("target_fiscal_year", Integer, primary_key=True),
     Column("at", Float, primary_key=True),
     Column("value", Float, nullable=False),

@@ -132,6 +132,7 @@ class SeriesRow:
     labels_json: str
     last_start: int | None
     last_value: float | None
+    org: str = "default"
 
     @property
     def labels(self) -> dict[str, str]:
@@ -175,8 +176,17 @@ def _head_revision() -> str | None:
 
 
 class Store(RunsAndLeases):
-    def __init__(self, url: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        orgs: Mapping[str, str] | None = None,
+    ) -> None:
         self.url = normalise_url(url)
+        # Each source's organisation (LoadedConfig.source_orgs), written on its series; a source
+        # not in it (a test's, a removed one) is `default`.
+        self.orgs: Mapping[str, str] = orgs or {}
         # When a value was written (`observations.updated_at`): when a figure arrived, which the
         # KPI layer reports (a target period's outcome is known once its figure is in).
         self.clock = clock
@@ -395,6 +405,7 @@ class Store(RunsAndLeases):
                         _PG_NEW_SERIES,
                         {
                             "source": source,
+                            "org": self.orgs.get(source, "default"),
                             "metrics": [metric for _, metric, _ in missing],
                             "labels": [labels for _, _, labels in missing],
                         },
@@ -402,10 +413,18 @@ class Store(RunsAndLeases):
                 else:
                     connection.execute(
                         text(
-                            "INSERT INTO series (source, metric, labels) "
-                            "VALUES (:source, :metric, :labels) ON CONFLICT DO NOTHING"
+                            "INSERT INTO series (source, org, metric, labels) "
+                            "VALUES (:source, :org, :metric, :labels) ON CONFLICT DO NOTHING"
                         ),
-                        [{"source": s, "metric": m, "labels": lab} for s, m, lab in missing],
+                        [
+                            {
+                                "source": s,
+                                "org": self.orgs.get(s, "default"),
+                                "metric": m,
+                                "labels": lab,
+                            }
+                            for s, m, lab in missing
+                        ],
                     )
                 found = connection.execute(
                     select(series.c.id, series.c.metric, series.c.labels).where(
@@ -453,6 +472,7 @@ class Store(RunsAndLeases):
                     labels_json=row.labels,
                     last_start=row.last_start,
                     last_value=row.last_value,
+                    org=shared.setdefault(row.org, row.org),
                 )
                 for row in connection.execute(select(series).order_by(series.c.id))
             ]
@@ -621,8 +641,8 @@ WHERE observations.value IS DISTINCT FROM EXCLUDED.value
 # Series in the order given (their ids follow it); labels may hold any text, so the arrays are
 # adapted by psycopg, not written as literals.
 _PG_NEW_SERIES = """
-INSERT INTO series (source, metric, labels)
-SELECT %(source)s, t.m, t.l FROM unnest(%(metrics)s::text[], %(labels)s::text[])
+INSERT INTO series (source, org, metric, labels)
+SELECT %(source)s, %(org)s, t.m, t.l FROM unnest(%(metrics)s::text[], %(labels)s::text[])
      WITH ORDINALITY AS t(m, l, i)
 ORDER BY t.i
 ON CONFLICT DO NOTHING
