@@ -119,6 +119,7 @@ def site(source_id: str, org: str, base_url: str, site_id: str) -> dict[str, Any
 def org_kpi(org: str, source_id: str) -> dict[str, Any]:
     return {
         "id": f"{org}_page_views",
+        "org": org,
         "name_ja": f"{org} のページビュー数",
         "name_en": f"Page views of {org}",
         "area": "bench",
@@ -152,10 +153,14 @@ def orgs_config(
             site(f"{HANGING_ORG}_site_{n}", HANGING_ORG, hanging_url, site_id)
             for n in range(1, count + 1)
         ]
+    ids = ["warmup", *orgs] + ([HANGING_ORG] if hanging is not None else [])
     config = {
         "data_dir": str(path.parent),
         "storage": {"url": url},
         "broker": {"url": broker},
+        "organisations": [
+            {"id": o, "name_ja": o, "name_en": o, "kind": "municipality"} for o in ids
+        ],
         "sources": sources,
         "kpis": kpis,
     }

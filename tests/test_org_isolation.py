@@ -56,8 +56,18 @@ def plausible_source(source_id: str, org: str, base_url: str) -> dict[str, Any]:
     }
 
 
+def organisations(ids: list[str]) -> list[dict[str, Any]]:
+    """Each organisation a municipality of the first one (kind and parent do not matter here)."""
+    top, *rest = ids
+    return [{"id": top, "name_ja": top, "name_en": top, "kind": "prefecture"}] + [
+        {"id": o, "name_ja": o, "name_en": o, "kind": "municipality", "parent": top} for o in rest
+    ]
+
+
 def write(path: Path, sources: list[dict[str, Any]]) -> Path:
-    path.write_text(yaml.safe_dump({"sources": sources}, sort_keys=False), encoding="utf-8")
+    orgs = list(dict.fromkeys(source["org"] for source in sources))
+    config = {"organisations": organisations(orgs), "sources": sources}
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
 
 
