@@ -40,6 +40,7 @@ console = Console(stderr=True)
 out = Console()
 
 NAME_WIDTH = 20  # `status`: cells of a KPI name per line, two lines at most
+ORG_WIDTH = 14  # `status` with several organisations: cells of an organisation's name
 RECOMMENDED_POOL = "threads"
 # Seconds a stopping worker lets running collections finish (below Docker's 10 s before SIGKILL).
 DEFAULT_STOP_TIMEOUT = 5.0
@@ -784,7 +785,7 @@ def status(
     from rich import box
     from rich.markup import escape
 
-    from collector.kpi import KpiCalculator
+    from collector.kpi import KpiCalculator, KpiState
     from collector.present import (
         STATUS_WORDS,
         Lang,
@@ -823,24 +824,27 @@ def status(
     language: Lang = "ja" if lang == "ja" else "en"
     when = _ts(moment, runtime)
     title = f"KPIs as of {when}" + (f", {short_fiscal_year(year)} (FY{year})" if year else "")
-    kpis = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    # Two lines a KPI at 80 columns: the name wraps to two lines (cut with … past that), the
-    # unit and the target year go under their numbers.
-    kpis.add_column("指標 / KPI" if language == "ja" else "KPI", width=NAME_WIDTH, overflow="fold")
-    kpis.add_column("period", no_wrap=True)
-    kpis.add_column("value", justify="right", no_wrap=True)
-    kpis.add_column("target", justify="right", no_wrap=True)
-    kpis.add_column("prog.", justify="right", no_wrap=True)
-    kpis.add_column("path", justify="right", no_wrap=True)
-    kpis.add_column("status", no_wrap=True)
     config = runtime.loaded.config
-    for state in states:
+
+    def kpi_table(table_title: str, first_column: str, width: int) -> Table:
+        table = Table(
+            title=table_title,
+            title_justify="left" if config.multi_org else "center",
+            box=box.SIMPLE_HEAD,
+            pad_edge=False,
+            collapse_padding=True,
+        )
+        table.add_column(first_column, width=width, overflow="fold")
+        table.add_column("period", no_wrap=True)
+        table.add_column("value", justify="right", no_wrap=True)
+        table.add_column("target", justify="right", no_wrap=True)
+        table.add_column("prog.", justify="right", no_wrap=True)
+        table.add_column("path", justify="right", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        return table
+
+    def kpi_row(state: KpiState, name: str, width: int, unit_line: bool) -> list[str]:
         kpi = state.kpi
-        name = kpi.name_ja if language == "ja" else kpi.name_en
-        if config.multi_org or state.rollup is not None:
-            # Whose figure it is comes first: 桜市: 県及び市町村の…, 合計（4団体）: …
-            mark = "：" if language == "ja" else ": "
-            name = f"{org_label(state, config, language)}{mark}{name}"
         word = STATUS_WORDS[state.status_word][language]
         note = ""
         if state.rollup is not None and not state.rollup.complete:
@@ -855,22 +859,58 @@ def status(
         if not state.complete and state.value is not None:
             value += "*"
         target, _ = split_value(state.target.value, kpi.unit)
-        target_cell = f"{target}\n[dim]{short_fiscal_year(state.target.fiscal_year)}[/dim]"
+        target_year = short_fiscal_year(state.target.fiscal_year)
         progress, path = format_ratio(state.progress), format_ratio(state.expected_progress)
         if not state.plan_applies:
             # A member's part of a summed roll-up: the plan's target is the roll-up's.
-            target_cell, progress, path = "-", "", ""
+            target, target_year, progress, path = "-", "", "", ""
             word = "内訳" if language == "ja" else "part"
-        kpis.add_row(
-            escape(clip(name, NAME_WIDTH, lines=2)),
+        if unit_line:
+            # Two lines a KPI: the unit and the target year go under their numbers.
+            value_cell = f"{value}\n[dim]{escape(unit)}[/dim]"
+            target_cell = f"{target}\n[dim]{target_year}[/dim]"
+        else:
+            # One line an organisation: the unit is in the KPI's heading.
+            value_cell = value
+            target_cell = f"{target} [dim]{target_year}[/dim]" if target_year else target
+        status_cell = f"{word}\n[dim]{escape(note)}[/dim]" if note or unit_line else word
+        return [
+            escape(clip(name, width, lines=2)),
             period_label(state, language, short=True),
-            f"{value}\n[dim]{escape(unit)}[/dim]",
+            value_cell,
             target_cell,
             progress,
             path,
-            f"{word}\n[dim]{note}[/dim]",
-        )
-    out.print(kpis)
+            status_cell,
+        ]
+
+    if not config.multi_org:
+        # Two lines a KPI at 80 columns: the name wraps to two lines (cut with … past that).
+        kpis = kpi_table(title, "指標 / KPI" if language == "ja" else "KPI", NAME_WIDTH)
+        for state in states:
+            name = state.kpi.name_ja if language == "ja" else state.kpi.name_en
+            kpis.add_row(*kpi_row(state, name, NAME_WIDTH, unit_line=True))
+        out.print(kpis)
+    else:
+        # Several organisations: a block per KPI, titled with its name and unit, a line per
+        # organisation (the roll-up last), so that the figures keep the width they need.
+        out.print(f"[b]{escape(title)}[/b]")
+        by_kpi: dict[str, list[KpiState]] = {}
+        for state in states:
+            by_kpi.setdefault(state.kpi.id, []).append(state)
+        for number, group in enumerate(by_kpi.values()):
+            kpi = group[0].kpi
+            name = kpi.name_ja if language == "ja" else kpi.name_en
+            _, unit = split_value(group[0].value or group[0].target.value, kpi.unit)
+            heading = f"{name}（{unit}）" if language == "ja" else f"{name} ({unit})"
+            table = kpi_table(
+                escape(heading), "団体 / org" if language == "ja" else "organisation", ORG_WIDTH
+            )
+            table.show_header = number == 0
+            for state in sorted(group, key=lambda s: s.rollup is not None):
+                label = org_label(state, config, language)
+                table.add_row(*kpi_row(state, label, ORG_WIDTH, unit_line=False))
+            out.print(table)
     if not any(state.value is not None for state in states):
         out.print(
             "No KPI has a complete reported period yet: collect the sources "

@@ -491,18 +491,17 @@ def test_status_sources_report_and_board_name_the_organisations(tmp_path: Path) 
         dxkpi("collect", f"{org}.procedures", "--since", "2022-04-01")
     status = dxkpi("status")
     assert all(cell_len(line) <= 80 for line in status.splitlines()), status
-    for text in (
-        "桜県：",
-        "桜市：",
-        "梅町：",
-        "桃村：",
-        "合計（4団体）：",
-        "合計（3団体）：",
+    # A block per KPI, titled with its name and unit; a line per organisation, the roll-up last.
+    blocks = status.split("県及び市町村の行政手続のオンライン利用率（%）")[1].split("市町村のオンライン")
+    rate = [line.split()[0] for line in blocks[0].splitlines() if line.strip()][2:]
+    assert rate[:5] == ["桜県", "桜市", "梅町", "桃村", "due"] and rate[5:] == [
+        "合計（4団体）",
         "R7未着:momo",
-    ):
-        assert text in status, (text, status)
+    ], status
+    assert "合計（3団体）" in blocks[1] and "R7未着:momo" in blocks[1], status
     english = dxkpi("status", "--lang", "en")
-    assert "total of 4: Online" in english and "R7 lacks momo" in english
+    assert "total of 4" in english and "R7 lacks momo" in english
+    assert "Online usage rate of prefectural" in english and "procedures (%)" in english
     records = json.loads((out := dxkpi("status", "--json"))[out.index("{") :])["kpis"]
     assert [(r["id"], r["org"]) for r in records if r["rollup"]] == [
         ("online_procedure_usage_rate", "all"),
