@@ -41,6 +41,27 @@ out = Console()
 
 NAME_WIDTH = 20  # `status`: cells of a KPI name per line, two lines at most
 ORG_WIDTH = 14  # `status` with several organisations: cells of an organisation's name
+
+ORG_OPTION = click.option(
+    "--org",
+    "orgs",
+    multiple=True,
+    metavar="ID",
+    help="Only this organisation's figures, or a roll-up's (its id, e.g. all) with its "
+    "members'; repeatable.",
+)
+
+
+def _org_scope(config: Config, orgs: tuple[str, ...]) -> set[str] | None:
+    """The org label values `--org` picks (None: every one); an unknown id is a usage error."""
+    if not orgs:
+        return None
+    try:
+        return config.org_scope(orgs)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--org") from None
+
+
 RECOMMENDED_POOL = "threads"
 # Seconds a stopping worker lets running collections finish (below Docker's 10 s before SIGKILL).
 DEFAULT_STOP_TIMEOUT = 5.0
@@ -773,9 +794,15 @@ def refresh_kpis(ctx: click.Context, as_of: str | None) -> None:
 @click.option("--as-of", "as_of", help="The figures as they stood then (ISO date or time).")
 @click.option("--lang", type=click.Choice(["ja", "en"]), default="ja", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@ORG_OPTION
 @click.pass_context
 def status(
-    ctx: click.Context, fiscal_year: str | None, as_of: str | None, lang: str, as_json: bool
+    ctx: click.Context,
+    fiscal_year: str | None,
+    as_of: str | None,
+    lang: str,
+    as_json: bool,
+    orgs: tuple[str, ...],
 ) -> None:
     """Each KPI's reported figure, target, progress and status; each source's health.
 
@@ -807,7 +834,10 @@ def status(
     tz = runtime.loaded.config.tz
     moment = _as_of(as_of, runtime)
     year = _fiscal_year_option(fiscal_year)
+    scope = _org_scope(runtime.loaded.config, orgs)
     states = KpiCalculator(store, runtime.loaded.config).compute_all(moment, fiscal_year=year)
+    states = [state for state in states if scope is None or state.org in scope]
+    listed = [s for s in runtime.loaded.config.sources if scope is None or s.org in scope]
     health = {h.source: h for h in store.source_health()}
     if as_json:
         records = {
@@ -815,8 +845,7 @@ def status(
             "fiscal_year": year,
             "kpis": [kpi_record(state, tz) for state in states],
             "sources": [
-                source_record(source, health.get(source.id), tz, time.time())
-                for source in runtime.loaded.config.sources
+                source_record(source, health.get(source.id), tz, time.time()) for source in listed
             ],
         }
         out.print_json(json.dumps(records, ensure_ascii=False))
@@ -923,7 +952,7 @@ def status(
     for column in ("connector", "last run", "last success"):
         sources.add_column(column, overflow="fold")
     sources.add_column("last error", overflow="fold", ratio=2)
-    for source in runtime.loaded.config.sources:
+    for source in listed:
         h = health.get(source.id)
         note = source_note(source_record(source, h, tz, time.time()))
         sources.add_row(
@@ -948,6 +977,7 @@ def status(
     "--output", "-o", type=click.Path(dir_okay=False), help="File to write (md/html: stdout)."
 )
 @click.option("--as-of", "as_of", help="The data as it stood then (ISO date or time).")
+@ORG_OPTION
 @click.pass_context
 def report(
     ctx: click.Context,
@@ -956,6 +986,7 @@ def report(
     fmt: str,
     output: str | None,
     as_of: str | None,
+    orgs: tuple[str, ...],
 ) -> None:
     """The council report: each KPI's figure for the fiscal year against its plan, and the
     year's operational totals (the same figures as `status --fiscal-year`)."""
@@ -971,8 +1002,11 @@ def report(
     from sqlalchemy.exc import DBAPIError
 
     runtime = _runtime(ctx)
+    scope = _org_scope(runtime.loaded.config, orgs)
     try:
-        built = build_report(runtime.store, runtime.loaded, year, _as_of(as_of, runtime))
+        built = build_report(
+            runtime.store, runtime.loaded, year, _as_of(as_of, runtime), orgs=scope
+        )
     except DBAPIError as exc:
         # A report only reads: a store without tables is told so, not migrated behind its back.
         reason = str(exc.orig).splitlines()[0] if exc.orig else type(exc).__name__

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -440,6 +440,26 @@ class Config(_Model):
         orgs = {client.id: top for client in self.receiver.clients}
         orgs.update((source.id, source.org) for source in self.sources)
         return orgs
+
+    def org_scope(self, wanted: Sequence[str]) -> set[str]:
+        """The `org` label values (organisations and roll-up ids) that `--org` picks: each
+        organisation asked for; a roll-up id, its figure and its members'. Raises ValueError
+        naming an unknown id and the known ones."""
+        rollups = {kpi.rollup.id: kpi for kpi in self.kpis if kpi.rollup is not None}
+        known = [org.id for org in self.organisations] + sorted(rollups)
+        scope: set[str] = set()
+        for org_id in wanted:
+            if org_id in rollups:
+                scope |= {org_id, *self.rollup_members(rollups[org_id])}
+            elif self.organisation(org_id) is not None:
+                scope.add(org_id)
+            else:
+                hint = difflib.get_close_matches(org_id, known, n=1)
+                also = f"did you mean {hint[0]!r}? " if hint else ""
+                raise ValueError(
+                    f"no organisation or roll-up {org_id!r}: {also}known: {', '.join(known)}"
+                )
+        return scope
 
     def rollup_members(self, kpi: KpiConfig) -> list[str]:
         """The organisations a roll-up KPI adds up, in declared order."""

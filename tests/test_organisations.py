@@ -492,7 +492,9 @@ def test_status_sources_report_and_board_name_the_organisations(tmp_path: Path) 
     status = dxkpi("status")
     assert all(cell_len(line) <= 80 for line in status.splitlines()), status
     # A block per KPI, titled with its name and unit; a line per organisation, the roll-up last.
-    blocks = status.split("県及び市町村の行政手続のオンライン利用率（%）")[1].split("市町村のオンライン")
+    blocks = status.split("県及び市町村の行政手続のオンライン利用率（%）")[1].split(
+        "市町村のオンライン"
+    )
     rate = [line.split()[0] for line in blocks[0].splitlines() if line.strip()][2:]
     assert rate[:5] == ["桜県", "桜市", "梅町", "桃村", "due"] and rate[5:] == [
         "合計（4団体）",
@@ -512,6 +514,37 @@ def test_status_sources_report_and_board_name_the_organisations(tmp_path: Path) 
         rolled["rollup"]["missing"] == ["momo"]
         and rolled["rollup"]["incomplete_period"]["label"] == "FY2025"
     )
+
+    # --org: one organisation's own figures and sources; a roll-up id, its figure and members'.
+    def orgs_of(*args: str) -> list[tuple[str, str]]:
+        out = dxkpi("status", "--json", *args)
+        records = json.loads(out[out.index("{") :])
+        return sorted({(r["org"], r["id"]) for r in records["kpis"]}) + sorted(
+            {("source", s["id"]) for s in records["sources"]}
+        )
+
+    assert orgs_of("--org", "ume") == [
+        ("ume", "municipal_online_applications"),
+        ("ume", "online_procedure_usage_rate"),
+        ("source", "ume.procedures"),
+    ]
+    municipalities = orgs_of("--org", "municipalities")
+    assert {org for org, _ in municipalities} == {
+        "municipalities",
+        "sakura_city",
+        "ume",
+        "momo",
+        "source",
+    } and ("sakura", "prefectural_online_applications") not in municipalities
+    unknown = CliRunner().invoke(
+        main,
+        ["--config", str(tmp_path / "config" / "dxkpi.yaml"), "status", "--org", "umee"],
+        env={"COLUMNS": "80", "DXKPI_DATA_DIR": str(tmp_path / "d")},
+    )
+    set_current(None)
+    assert unknown.exit_code == 2 and "did you mean 'ume'?" in unknown.output
+    ume_report = dxkpi("report", "--fiscal-year", "R6", "--format", "md", "--org", "ume")
+    assert "梅町" in ume_report and "桜市" not in ume_report and "合計（" not in ume_report
     sources = dxkpi("sources")
     assert all(f"{org}.procedures" in sources for org in ("sakura", "sakura_city", "ume", "momo"))
     report = dxkpi("report", "--fiscal-year", "R6", "--format", "md")

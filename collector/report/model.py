@@ -14,7 +14,7 @@ template read the same columns, so the three formats cannot disagree on what is 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -280,12 +280,22 @@ def number_text(value: float | None, unit: str, kind: CellKind = "number") -> st
     return f"{value:,.{decimals(value, unit)}f}"
 
 
-def build_report(store: Store, loaded: LoadedConfig, fiscal_year: int, as_of: float) -> Report:
-    """The report of `fiscal_year` as the stored data stood at `as_of` (unix seconds)."""
+def build_report(
+    store: Store,
+    loaded: LoadedConfig,
+    fiscal_year: int,
+    as_of: float,
+    orgs: Collection[str] | None = None,
+) -> Report:
+    """The report of `fiscal_year` as the stored data stood at `as_of` (unix seconds); with
+    `orgs`, only the figures (and sources) whose `org` label is one of them."""
     config = loaded.config
     calculator = KpiCalculator(store, config)
     rows = store.series_rows()
     states = calculator.compute_all(as_of, rows, fiscal_year=fiscal_year)
+    if orgs is not None:
+        states = [state for state in states if state.org in orgs]
+        rows = [row for row in rows if config.source_orgs().get(row.source) in orgs]
     start = calculator.fy_start(fiscal_year)
     end = min(calculator.fy_end(fiscal_year), as_of)
     operations = _operations(store, loaded, rows, int(start), int(end), config.tz)
