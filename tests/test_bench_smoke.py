@@ -16,22 +16,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+from bench.__main__ import BENCHMARKS
 from tests.conftest import PG_ADMIN_URL, unavailable
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHMARKS = {
-    "ingest",
-    "render",
-    "scrape",
-    "rss",
-    "ga4_backfill",
-    "fanout",
-    "orgs",
-    "receiver",
-    "files",
-}
 
 
 def test_every_benchmark_runs_at_a_tiny_scale(tmp_path: Path) -> None:
@@ -54,7 +44,7 @@ def test_every_benchmark_runs_at_a_tiny_scale(tmp_path: Path) -> None:
     )
     assert finished.returncode == 0, finished.stdout + finished.stderr
     results = json.loads(output.read_text())
-    assert set(results["benchmarks"]) == BENCHMARKS
+    assert set(results["benchmarks"]) == set(BENCHMARKS)
     for name, outcome in results["benchmarks"].items():
         status = outcome["status"]
         assert status == "ok" or status.startswith("not run: "), f"{name}: {status}"

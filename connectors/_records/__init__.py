@@ -27,7 +27,7 @@ from collector.contract import LABEL_NAME, Aggregation, Granularity, MetricSpec,
 from collector.errors import SourceDataError, excerpt
 from collector.fiscal import fiscal_year_of, period_end
 from connectors._tables.cells import cell_text, parse_moment, parse_number, parse_period_cell
-from connectors._tables.settings import MetricColumn
+from connectors._tables.settings import MetricColumn, finite_nonzero_scale
 
 __all__ = [
     "PeriodGranularity",
@@ -73,9 +73,7 @@ class RecordMetric(_Model):
     @field_validator("scale")
     @classmethod
     def _finite_nonzero(cls, scale: float) -> float:
-        if scale == 0 or scale != scale or abs(scale) == float("inf"):
-            raise ValueError("scale must be a finite, non-zero number")
-        return scale
+        return finite_nonzero_scale(scale)
 
     @model_validator(mode="after")
     def _counts_are_sums(self) -> RecordMetric:

@@ -28,6 +28,21 @@ def fold(text: str) -> str:
     return unicodedata.normalize("NFKC", text).strip().casefold()
 
 
+def finite_nonzero_scale(scale: float) -> float:
+    """A metric's `scale` (a factor to base units): a finite number other than zero."""
+    if scale == 0 or scale != scale or abs(scale) == float("inf"):
+        raise ValueError("scale must be a finite, non-zero number")
+    return scale
+
+
+def snake_case_label_names(labels: dict[str, str]) -> dict[str, str]:
+    """Label names (the keys) as Prometheus takes them, in dxkpi's snake_case."""
+    for name in labels:
+        if not LABEL_NAME.match(name):
+            raise ValueError(f"label name {name!r} must be snake_case: a-z, 0-9 and _")
+    return labels
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -59,9 +74,7 @@ class MetricColumn(_Model):
     @field_validator("scale")
     @classmethod
     def _finite_nonzero(cls, scale: float) -> float:
-        if scale == 0 or scale != scale or abs(scale) == float("inf"):
-            raise ValueError("scale must be a finite, non-zero number")
-        return scale
+        return finite_nonzero_scale(scale)
 
 
 class TableColumns(ConnectorSettings):
@@ -76,10 +89,7 @@ class TableColumns(ConnectorSettings):
     @field_validator("labels", "static_labels")
     @classmethod
     def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
-        for name in labels:
-            if not LABEL_NAME.match(name):
-                raise ValueError(f"label name {name!r} must be snake_case: a-z, 0-9 and _")
-        return labels
+        return snake_case_label_names(labels)
 
     def check_columns(self, needs: str) -> None:
         """ValueError unless a period column and metrics are set, consistently. `needs` opens

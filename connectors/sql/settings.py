@@ -10,9 +10,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from collector.contract import LABEL_NAME, ConnectorSettings
+from collector.contract import ConnectorSettings
 from collector.durations import Duration
-from connectors._tables.settings import MetricColumn
+from connectors._tables.settings import MetricColumn, snake_case_label_names
 from connectors.sql.guard import DIALECTS, check_select
 
 # The window's bounds, bound as dates: the only parameters a query may name.
@@ -74,10 +74,7 @@ class SqlSettings(ConnectorSettings):
     @field_validator("labels", "static_labels")
     @classmethod
     def _label_names(cls, labels: dict[str, str]) -> dict[str, str]:
-        for name in labels:
-            if not LABEL_NAME.match(name):
-                raise ValueError(f"label name {name!r} must be snake_case: a-z, 0-9 and _")
-        return labels
+        return snake_case_label_names(labels)
 
     @model_validator(mode="after")
     def _query_reads_only(self) -> SqlSettings:
