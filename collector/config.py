@@ -29,13 +29,13 @@ from pydantic import (
     model_validator,
 )
 
-from collector.contract import ConnectorSettings, MetricSpec, SourceContext
-from collector.durations import Duration, format_duration
-from collector.errors import ConfigError, ConfigProblem, DxkpiError
-from collector.fiscal import format_fiscal_year, parse_fiscal_year
-from collector.receiver.config import ReceiverConfig, check_receiver
-from collector.registry import load_connector
-from collector.units import conversion_factor, known_units
+from dxkpi.collector.contract import ConnectorSettings, MetricSpec, SourceContext
+from dxkpi.collector.durations import Duration, format_duration
+from dxkpi.collector.errors import ConfigError, ConfigProblem, DxkpiError
+from dxkpi.collector.fiscal import format_fiscal_year, parse_fiscal_year
+from dxkpi.collector.receiver.config import ReceiverConfig, check_receiver
+from dxkpi.collector.registry import load_connector
+from dxkpi.collector.units import conversion_factor, known_units
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WHOLE_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
@@ -220,7 +220,7 @@ class KpiConfig(_Model):
     # Per-FY values that override the straight line from baseline to target (non-linear path).
     milestones: dict[FiscalYear, float] = Field(default_factory=dict)
     # How long after a data period ends its figure is expected; default by the data's
-    # granularity (collector.kpi.DEFAULT_PUBLICATION_LAG). Later than that: DxKpiDataOverdue.
+    # granularity (dxkpi.collector.kpi.DEFAULT_PUBLICATION_LAG). Later than that: DxKpiDataOverdue.
     publication_lag: Duration | None = None
     # Period cadences: stalled when the last N reported periods made no move in the good direction.
     stall_periods: int = Field(default=1, ge=1)

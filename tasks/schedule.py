@@ -8,7 +8,7 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 
-from collector.config import Config, Schedule
+from dxkpi.collector.config import Config, Schedule
 
 
 def to_celery(entry: Schedule, timezone: str) -> Any:

@@ -19,7 +19,7 @@ import redis
 from celery import Celery
 from sqlalchemy.engine import make_url
 
-from collector.storage import Store
+from dxkpi.collector.storage import Store
 from tests.conftest import write_config
 from tests.tcp_proxy import TcpProxy
 from tests.test_celery_e2e import Worker, wait_for
@@ -103,7 +103,7 @@ def test_run_started_in_the_background_by_a_script_stops_on_sigint(tmp_path: Pat
             [
                 sys.executable,
                 "-m",
-                "collector",
+                "dxkpi.collector",
                 "--config",
                 str(config),
                 "--data-dir",

@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from collector.config import FeedConfig, LoadedConfig
-from collector.kpi import KpiCalculator, KpiState, match_series
-from collector.present import (
+from dxkpi.collector.config import FeedConfig, LoadedConfig
+from dxkpi.collector.kpi import KpiCalculator, KpiState, match_series
+from dxkpi.collector.present import (
     STATUS_WORDS,
     Lang,
     area_label,
@@ -31,8 +31,8 @@ from collector.present import (
     period_label,
     unit_label,
 )
-from collector.storage import SeriesRow, Store
-from collector.units import PERCENT_UNITS, RATIO_UNITS, conversion_factor
+from dxkpi.collector.storage import SeriesRow, Store
+from dxkpi.collector.units import PERCENT_UNITS, RATIO_UNITS, conversion_factor
 
 __all__ = [
     "KPI_COLUMNS",

@@ -18,13 +18,19 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import ClassVar, TypeVar
 
-from collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
-from collector.errors import FatalSourceError, RetryableSourceError
-from connectors.csvfile.problems import Problems
-from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
-from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
-from connectors.csvfile.settings import CsvFileSettings
-from connectors.csvfile.table import SeenKeys, read_table, table_metrics
+from dxkpi.collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
+from dxkpi.collector.errors import FatalSourceError, RetryableSourceError
+from dxkpi.connectors.csvfile.problems import Problems
+from dxkpi.connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
+from dxkpi.connectors.csvfile.runlog import (
+    RUN_LOG_METRICS,
+    Run,
+    RunKey,
+    read_runs,
+    run_observations,
+)
+from dxkpi.connectors.csvfile.settings import CsvFileSettings
+from dxkpi.connectors.csvfile.table import SeenKeys, read_table, table_metrics
 
 T = TypeVar("T")
 _GLOB_CHARACTERS = frozenset("*?[")

@@ -18,9 +18,9 @@ import charset_normalizer
 import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 
-from collector.errors import excerpt
-from connectors.csvfile.cells import is_blank
-from connectors.csvfile.settings import fold
+from dxkpi.collector.errors import excerpt
+from dxkpi.connectors.csvfile.cells import is_blank
+from dxkpi.connectors.csvfile.settings import fold
 
 # Tried strictly in this order before guessing: a valid UTF-8 file almost never decodes as CP932
 # by accident, and Shift_JIS files from Excel are CP932 (Microsoft's superset of Shift_JIS).

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from collector.contract import MetricSpec, Observation, Window
-from collector.errors import excerpt
-from connectors.csvfile.cells import cell_text, is_blank, parse_moment
-from connectors.csvfile.problems import Problems
-from connectors.csvfile.reading import Table, cell_at
-from connectors.csvfile.settings import CsvFileSettings, RunResult, fold
+from dxkpi.collector.contract import MetricSpec, Observation, Window
+from dxkpi.collector.errors import excerpt
+from dxkpi.connectors.csvfile.cells import cell_text, is_blank, parse_moment
+from dxkpi.connectors.csvfile.problems import Problems
+from dxkpi.connectors.csvfile.reading import Table, cell_at
+from dxkpi.connectors.csvfile.settings import CsvFileSettings, RunResult, fold
 
 log = logging.getLogger(__name__)
 

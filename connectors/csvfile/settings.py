@@ -16,8 +16,8 @@ from pydantic import (
     model_validator,
 )
 
-from collector.contract import LABEL_NAME, METRIC_NAME, Aggregation, ConnectorSettings
-from collector.durations import Duration
+from dxkpi.collector.contract import LABEL_NAME, METRIC_NAME, Aggregation, ConnectorSettings
+from dxkpi.collector.durations import Duration
 
 RunResult = Literal["successful", "faulted", "stopped"]
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 from typing import Any
 
-from collector.events import NumberedRow, UploadProblem
-from connectors.csvfile.cells import cell_text, is_blank, parse_number
-from connectors.csvfile.reading import FileProblem, text_of
+from dxkpi.collector.events import NumberedRow, UploadProblem
+from dxkpi.connectors.csvfile.cells import cell_text, is_blank, parse_number
+from dxkpi.connectors.csvfile.reading import FileProblem, text_of
 
 REQUIRED = ("metric", "period", "value")
 

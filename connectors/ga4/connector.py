@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from pydantic import Field, SecretStr, model_validator
 
-from collector.auth import JwtBearerToken
-from collector.contract import (
+from dxkpi.collector.auth import JwtBearerToken
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     ConnectorSettings,
@@ -29,9 +29,9 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import FatalSourceError, SourceDataError
-from collector.http import HttpClient, fetched_ahead, paginate_offset
-from connectors._google import service_account_info
+from dxkpi.collector.errors import FatalSourceError, SourceDataError
+from dxkpi.collector.http import HttpClient, fetched_ahead, paginate_offset
+from dxkpi.connectors._google import service_account_info
 
 log = logging.getLogger("dxkpi.connectors.ga4")
 T = TypeVar("T")

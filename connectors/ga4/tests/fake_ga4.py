@@ -28,7 +28,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 PROPERTY_ID = "351234567"
 CLIENT_EMAIL = "dxkpi-reader@pref-dx.iam.gserviceaccount.com"
