@@ -12,6 +12,9 @@ COPY pyproject.toml README.md ./
 COPY collector ./collector
 COPY tasks ./tasks
 COPY connectors ./connectors
+# dxkpi/ links to the three folders above: they install as dxkpi.collector, dxkpi.tasks and
+# dxkpi.connectors, the image's only top-level package.
+COPY dxkpi ./dxkpi
 RUN pip install . && rm -rf /build
 
 # An unprivileged user whose home is the data directory: named volumes mounted there (beat's

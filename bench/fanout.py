@@ -38,10 +38,10 @@ from bench.harness import (
     tail,
     write_config,
 )
-from collector.config import load_config
-from collector.runner import collect_source
-from collector.storage import Store
-from collector.testing import FakeRequest, FakeResponse, Handler, loopback_server
+from dxkpi.collector.config import load_config
+from dxkpi.collector.runner import collect_source
+from dxkpi.collector.storage import Store
+from dxkpi.collector.testing import FakeRequest, FakeResponse, Handler, loopback_server
 
 FULL_SOURCES = 200
 DELAY_SECONDS = 0.2
@@ -177,8 +177,13 @@ def run(bench: Bench) -> Outcome:
         import redis
         from celery import Celery
 
-        from collector.registry import load_connector
-        from connectors.zoom.tests.fake_zoom import ACCOUNT_ID, CLIENT_ID, CLIENT_SECRET, FakeZoom
+        from dxkpi.collector.registry import load_connector
+        from dxkpi.connectors.zoom.tests.fake_zoom import (
+            ACCOUNT_ID,
+            CLIENT_ID,
+            CLIENT_SECRET,
+            FakeZoom,
+        )
 
         load_connector("zoom")
     except Exception as exc:

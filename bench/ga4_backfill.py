@@ -35,9 +35,9 @@ from bench.harness import (
     tail,
     write_config,
 )
-from collector.contract import TOKYO
-from collector.storage import Store
-from collector.testing import loopback_server
+from dxkpi.collector.contract import TOKYO
+from dxkpi.collector.storage import Store
+from dxkpi.collector.testing import loopback_server
 
 FULL_PATHS = 2_000
 DAYS = 730
@@ -86,8 +86,8 @@ def store_write_rate(bench: Bench) -> float:
 
 def run(bench: Bench) -> Outcome:
     try:
-        from collector.registry import load_connector
-        from connectors.ga4.tests.fake_ga4 import PROPERTY_ID, FakeGa4, key_file, new_key
+        from dxkpi.collector.registry import load_connector
+        from dxkpi.connectors.ga4.tests.fake_ga4 import PROPERTY_ID, FakeGa4, key_file, new_key
 
         load_connector("ga4")
     except Exception as exc:

@@ -245,10 +245,10 @@ def free_port() -> int:
 
 
 def dxkpi_command(config: Path, *args: str, log_level: str | None = "WARNING") -> list[str]:
-    """`dxkpi --config X ...` as installed in this venv (or `python -m collector`); with
+    """`dxkpi --config X ...` as installed in this venv (or `python -m dxkpi.collector`); with
     `log_level=None`, at dxkpi's default level."""
     script = VENV_BIN / "dxkpi"
-    head = [str(script)] if script.exists() else [sys.executable, "-m", "collector"]
+    head = [str(script)] if script.exists() else [sys.executable, "-m", "dxkpi.collector"]
     level = ["--log-level", log_level] if log_level else []
     return [*head, "--config", str(config), *level, *args]
 
@@ -306,7 +306,8 @@ def py_spy(pid: int, output: Path, subprocesses: bool = False) -> Iterator[None]
             recorder.kill()
 
 
-OUR_CODE = ("collector/", "tasks/", "connectors/")
+# dxkpi/collector/... in a checkout (the links under dxkpi/) and in site-packages alike.
+OUR_CODE = ("dxkpi/",)
 
 
 def collapsed_profile(path: Path, top: int = 15) -> list[str]:

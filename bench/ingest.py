@@ -30,7 +30,7 @@ from sqlalchemy import Engine, event
 
 from bench.harness import Bench, Outcome, fmt, per_second
 from bench.workload import page_views
-from collector.storage import Store
+from dxkpi.collector.storage import Store
 
 FULL_SERIES = 10_000
 FULL_DAYS = 100

@@ -49,10 +49,10 @@ from bench.harness import (
     wait_for,
     write_config,
 )
-from collector.config import load_config
-from collector.exporter import Exporter
-from collector.storage import Store
-from collector.storage.notify import ChangeWaiter
+from dxkpi.collector.config import load_config
+from dxkpi.collector.exporter import Exporter
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.notify import ChangeWaiter
 
 SECRET = "bench-webhook-secret"
 FULL_FRESHNESS = 1_000

@@ -36,10 +36,10 @@ from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from bench.harness import Bench, Outcome, best_time, fmt_ms, timed
 from bench.workload import METRIC, page_path, value
-from collector.config import Config, LoadedConfig
-from collector.exporter import Snapshot, SnapshotBuilder
-from collector.exposition import SeriesFamily, SeriesLines, SeriesRenderer, escape_help
-from collector.storage import SeriesRow, Store, labels_key
+from dxkpi.collector.config import Config, LoadedConfig
+from dxkpi.collector.exporter import Snapshot, SnapshotBuilder
+from dxkpi.collector.exposition import SeriesFamily, SeriesLines, SeriesRenderer, escape_help
+from dxkpi.collector.storage import SeriesRow, Store, labels_key
 
 SIZES = (10_000, 100_000)
 SOURCE = "bench"

@@ -29,7 +29,7 @@ from bench.harness import (
     write_config,
 )
 from bench.workload import csv_source, page_views
-from collector.storage import Store
+from dxkpi.collector.storage import Store
 
 FULL_SERIES = 100_000
 TARGET_BYTES = 200_000_000

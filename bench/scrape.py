@@ -27,10 +27,10 @@ import psycopg
 from bench.harness import Bench, Outcome, best_time, fmt_ms, write_config
 from bench.ingest import libpq_url
 from bench.workload import csv_source, page_views, page_views_kpi
-from collector.config import load_config
-from collector.contract import TOKYO
-from collector.exporter import Exporter, make_server
-from collector.storage import Store
+from dxkpi.collector.config import load_config
+from dxkpi.collector.contract import TOKYO
+from dxkpi.collector.exporter import Exporter, make_server
+from dxkpi.collector.storage import Store
 
 FULL_SERIES = 1_000
 HISTORY_DAYS = 1_000

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from collector.contract import TOKYO, Granularity, Observation
+from dxkpi.collector.contract import TOKYO, Granularity, Observation
 
 METRIC = "bench_page_views"
 FIRST_DAY = datetime(2024, 4, 1, tzinfo=TOKYO)

@@ -25,9 +25,9 @@ import jwt
 import requests
 from pydantic import SecretStr
 
-from collector.contract import SourceContext, real_clock
-from collector.errors import RetryableSourceError, SourceAuthError
-from collector.http import HttpClient, TokenProvider
+from dxkpi.collector.contract import SourceContext, real_clock
+from dxkpi.collector.errors import RetryableSourceError, SourceAuthError
+from dxkpi.collector.http import HttpClient, TokenProvider
 
 __all__ = [
     "GOOGLE_TOKEN_URI",

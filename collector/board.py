@@ -35,8 +35,8 @@ from collector.present import (
     short_fiscal_year,
     split_value,
 )
-from collector.redact import redact
-from collector.storage import SourceHealth
+from dxkpi.collector.redact import redact
+from dxkpi.collector.storage import SourceHealth
 
 __all__ = ["LANGS", "Board", "Chart", "render_board"]
 
@@ -168,7 +168,7 @@ def render_board(board: Board, lang: Lang) -> bytes:
 @functools.cache
 def _template() -> jinja2.Template:
     environment = jinja2.Environment(
-        loader=jinja2.PackageLoader("collector", "templates"),
+        loader=jinja2.PackageLoader("dxkpi.collector", "templates"),
         autoescape=True,  # names, units and errors come from config files and sources
         trim_blocks=True,
         lstrip_blocks=True,

@@ -24,10 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError, ProgrammingError
 
-from collector.errors import ConfigError, DxkpiError, SourceError
-from collector.redact import redact
-from collector.runtime import Runtime, resolve, set_current
-from collector.storage import Store, require_current_schema
+from dxkpi.collector.errors import ConfigError, DxkpiError, SourceError
+from dxkpi.collector.redact import redact
+from dxkpi.collector.runtime import Runtime, resolve, set_current
+from dxkpi.collector.storage import Store, require_current_schema
 
 if TYPE_CHECKING:
     from collector.config import Config, SourceConfig
@@ -93,7 +93,7 @@ def _when(text: str | None, runtime: Runtime, *, default: datetime | None = None
     if text is None:
         assert default is not None
         return default
-    from collector.clock import parse_datetime
+    from dxkpi.collector.clock import parse_datetime
 
     try:
         return parse_datetime(text, runtime.loaded.config.tz)
@@ -232,7 +232,7 @@ def _child_args(ctx: click.Context, runtime: Runtime) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "collector",
+        "dxkpi.collector",
         "--config",
         str(runtime.loaded.path),
         "--data-dir",
@@ -256,7 +256,7 @@ def _describe(runtime: Runtime) -> None:
 @click.pass_context
 def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     """Everything in one: migrate, a Celery worker, beat, and the exporter (embedded default)."""
-    from collector.supervisor import sources_to_kick_off
+    from dxkpi.collector.supervisor import sources_to_kick_off
 
     # SIGINT is taken back from a script's `&` in main(), before the children start.
     runtime = _runtime(ctx)
@@ -275,7 +275,7 @@ def run(ctx: click.Context, listen: str | None, concurrency: int) -> None:
     ]
 
     try:
-        from tasks.app import app
+        from dxkpi.tasks.app import app
 
         last_success = {h.source: h.last_success_at for h in runtime.store.source_health()}
         due = sources_to_kick_off(runtime.loaded.config.sources, last_success, time.time())
@@ -368,10 +368,10 @@ def worker(
             ]
             for i in range(1, processes + 1)
         ]
-        from collector.supervisor import supervise
+        from dxkpi.collector.supervisor import supervise
 
         ctx.exit(supervise(commands))
-    from tasks.app import app
+    from dxkpi.tasks.app import app
 
     argv = ["worker", "--loglevel", ctx.obj["log_level"], "--pool", pool, "-Q", runtime.queue]
     argv += ["--concurrency", str(concurrency or RECOMMENDED_CONCURRENCY)]
@@ -437,7 +437,7 @@ def _quiet_celery_per_task_lines() -> None:
 def _import_connectors(runtime: Runtime) -> None:
     """Import the configured sources' connectors now rather than in a process's first runs (and
     before `gc.freeze`). One that fails to import is left to fail its own runs, as it would."""
-    from collector.registry import load_connector
+    from dxkpi.collector.registry import load_connector
 
     for name in sorted({source.connector for source in runtime.loaded.config.sources}):
         try:
@@ -480,9 +480,9 @@ def _bind(
     runtime: Runtime, listen: str | None, web_config: str | None = None
 ) -> tuple[Exporter, BoundedHTTPServer]:
     """The exporter and its listening socket; a busy or bad address is a one-line error."""
-    from collector import clock
-    from collector.exporter import Exporter, make_server, parse_listen
-    from collector.webserver import load_web_config
+    from dxkpi.collector import clock
+    from dxkpi.collector.exporter import Exporter, make_server, parse_listen
+    from dxkpi.collector.webserver import load_web_config
 
     address = listen or runtime.loaded.config.exporter.listen
     try:
@@ -531,9 +531,9 @@ def collect(
     ctx: click.Context, source: str, since: str | None, until: str | None, dry_run: bool
 ) -> None:
     """Collect one source now, in this process."""
-    from collector.contract import Window
-    from collector.present import format_exact
-    from collector.runner import collect_source
+    from dxkpi.collector.contract import Window
+    from dxkpi.collector.present import format_exact
+    from dxkpi.collector.runner import collect_source
 
     runtime = _runtime(ctx, read_only=True)
     now = datetime.now(UTC)
@@ -579,13 +579,13 @@ def collect(
 @click.pass_context
 def backfill(ctx: click.Context, source: str, since: str, until: str | None, enqueue: bool) -> None:
     """Collect a past range, split into the source API's allowed windows."""
-    from collector.runner import ReadAhead, backfill_windows, build_connector, collect_source
+    from dxkpi.collector.runner import ReadAhead, backfill_windows, build_connector, collect_source
 
     runtime = _runtime(ctx, read_only=not enqueue)  # the embedded broker lives in the data dir
     start = _when(since, runtime)
     end = _when(until, runtime, default=datetime.now(UTC))
     if enqueue:
-        from tasks.app import app
+        from dxkpi.tasks.app import app
 
         app.send_task("dxkpi.backfill", args=(source, start.isoformat(), end.isoformat()))
         out.print(f"queued backfill of {source} from {start.isoformat()} to {end.isoformat()}")
@@ -655,8 +655,8 @@ def backfill(ctx: click.Context, source: str, since: str, until: str | None, enq
 @click.pass_context
 def check_config(ctx: click.Context, file: str | None) -> None:
     """Validate a config file; list every problem with file:line and exit non-zero."""
-    from collector.config import load_config
-    from collector.runtime import EXAMPLE_CONFIG
+    from dxkpi.collector.config import load_config
+    from dxkpi.collector.runtime import EXAMPLE_CONFIG
 
     path = file or ctx.obj.get("config") or os.environ.get("DXKPI_CONFIG") or str(EXAMPLE_CONFIG)
     try:
@@ -684,7 +684,7 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def schema(ctx: click.Context) -> None:
     """Print the config's JSON Schema (for editors)."""
-    from collector.schema import config_schema
+    from dxkpi.collector.schema import config_schema
 
     out.print_json(json.dumps(config_schema(), ensure_ascii=False))
 
@@ -695,7 +695,7 @@ def schema(ctx: click.Context) -> None:
 def sources(ctx: click.Context, as_json: bool) -> None:
     """Each source: connector, schedule, last success and last error (and runs going too
     long, backfill gaps)."""
-    from collector.present import source_note, source_record
+    from dxkpi.collector.present import source_note, source_record
 
     runtime, store = _read_store(ctx)
     tz = runtime.loaded.config.tz
@@ -739,14 +739,14 @@ def _source_name(source: SourceConfig, config: Config) -> str:
 
 
 def _ts(ts: float | None, runtime: Runtime) -> str:
-    from collector.present import format_moment
+    from dxkpi.collector.present import format_moment
 
     return format_moment(ts, runtime.loaded.config.tz)
 
 
 def _as_of(text: str | None, runtime: Runtime) -> float:
     """--as-of, else the shared clock (DXKPI_AS_OF, else now)."""
-    from collector import clock
+    from dxkpi.collector import clock
 
     tz = runtime.loaded.config.tz
     try:
@@ -756,7 +756,7 @@ def _as_of(text: str | None, runtime: Runtime) -> float:
 
 
 def _fiscal_year_option(text: str | None) -> int | None:
-    from collector.fiscal import parse_fiscal_year
+    from dxkpi.collector.fiscal import parse_fiscal_year
 
     if text is None:
         return None
@@ -775,7 +775,7 @@ def refresh_kpis(ctx: click.Context, as_of: str | None) -> None:
     Workers do this after each collection that changed data and every 15 minutes; run it by
     hand after changing the KPIs in the config, or to chart the figures as they stood then.
     """
-    from collector.kpi_history import refresh_kpi_periods
+    from dxkpi.collector.kpi_history import refresh_kpi_periods
 
     runtime, store = _read_store(ctx)
     moment = _as_of(as_of, runtime)
@@ -992,8 +992,8 @@ def report(
     year's operational totals (the same figures as `status --fiscal-year`)."""
     from typing import cast
 
-    from collector.present import Lang
-    from collector.report import Format, build_report, render
+    from dxkpi.collector.present import Lang
+    from dxkpi.collector.report import Format, build_report, render
 
     year = _fiscal_year_option(fiscal_year)
     assert year is not None
@@ -1044,8 +1044,8 @@ def receiver(ctx: click.Context, listen: str | None) -> None:
 
 
 def _receiver_server(runtime: Runtime, listen: str | None) -> ReceiverServer:
-    from collector.exporter import parse_listen
-    from collector.receiver.serve import ReceiverServer
+    from dxkpi.collector.exporter import parse_listen
+    from dxkpi.collector.receiver.serve import ReceiverServer
 
     host, port = parse_listen(listen or runtime.loaded.config.receiver.listen)
     server = ReceiverServer(runtime.store, runtime.loaded, host, port)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from collector.contract import TOKYO
+from dxkpi.collector.contract import TOKYO
 
 __all__ = [
     "AS_OF_ENV",

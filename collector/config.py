@@ -320,7 +320,7 @@ class KpiConfig(_Model):
     # Per-FY values that override the straight line from baseline to target (non-linear path).
     milestones: dict[FiscalYear, float] = Field(default_factory=dict)
     # How long after a data period ends its figure is expected; default by the data's
-    # granularity (collector.kpi.DEFAULT_PUBLICATION_LAG). Later than that: DxKpiDataOverdue.
+    # granularity (dxkpi.collector.kpi.DEFAULT_PUBLICATION_LAG). Later than that: DxKpiDataOverdue.
     publication_lag: Duration | None = None
     # Period cadences: stalled when the last N reported periods made no move in the good direction.
     stall_periods: int = Field(default=1, ge=1)

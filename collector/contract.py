@@ -3,7 +3,7 @@
 A connector is built from its validated settings and a `SourceContext`, is given a `Window`
 (and the cursor it saved last time, if it keeps one), and yields `Observation`s, optionally
 interleaved with `Checkpoint`s. It raises `RetryableSourceError` or `FatalSourceError` from
-`collector.errors`. It never imports Celery, SQLAlchemy or prometheus-client: the core stores,
+`dxkpi.collector.errors`. It never imports Celery, SQLAlchemy or prometheus-client: the core stores,
 schedules and exports what it yields.
 """
 

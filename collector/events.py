@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import SecretStr
 
-from collector.contract import ConnectorSettings, Observation, SourceContext
+from dxkpi.collector.contract import ConnectorSettings, Observation, SourceContext
 
 
 @dataclass(frozen=True)

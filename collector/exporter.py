@@ -19,9 +19,9 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from collector.board import LANGS, Board, render_board
-from collector.config import LoadedConfig
-from collector.exposition import (
+from dxkpi.collector.board import LANGS, Board, render_board
+from dxkpi.collector.config import LoadedConfig
+from dxkpi.collector.exposition import (
     Chunk,
     Family,
     SeriesFamily,
@@ -30,11 +30,11 @@ from collector.exposition import (
     join_chunks,
     label_part,
 )
-from collector.kpi import KpiCalculator, KpiState
-from collector.redact import redact
-from collector.storage import SeriesRow, SourceHealth, Store
-from collector.storage.notify import ChangeWaiter
-from collector.webserver import make_server as make_server  # where it always was
+from dxkpi.collector.kpi import KpiCalculator, KpiState
+from dxkpi.collector.redact import redact
+from dxkpi.collector.storage import SeriesRow, SourceHealth, Store
+from dxkpi.collector.storage.notify import ChangeWaiter
+from dxkpi.collector.webserver import make_server as make_server  # where it always was
 
 log = logging.getLogger("dxkpi.exporter")
 

@@ -18,7 +18,7 @@ import unicodedata
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from collector.contract import TOKYO, Granularity
+from dxkpi.collector.contract import TOKYO, Granularity
 
 __all__ = [
     "ACCEPTED_FISCAL_YEAR_FORMS",

@@ -37,8 +37,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from collector.contract import SourceContext
-from collector.errors import (
+from dxkpi.collector.contract import SourceContext
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
@@ -79,7 +79,7 @@ logging.getLogger("urllib3.connectionpool").addFilter(_NoQueryStrings())
 _DELTA_SECONDS = re.compile(r"^\s*\d+(\.\d+)?\s*$")
 _VENDOR_MESSAGE_LIMIT = 200
 _LARGE_BODY_BYTES = 1_000_000
-# How much of an unexpected body an error quotes (escaped, see collector.errors.excerpt).
+# How much of an unexpected body an error quotes (escaped, see dxkpi.collector.errors.excerpt).
 _BODY_EXCERPT_BYTES = 32
 _HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TITLE_SEARCH_BYTES = 4096

@@ -15,10 +15,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from collector.config import Config
-from collector.kpi import KpiCalculator, KpiState
-from collector.storage import Store
-from collector.storage.kpi_periods import KpiHistory, Row, replace_kpi_history
+from dxkpi.collector.config import Config
+from dxkpi.collector.kpi import KpiCalculator, KpiState
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.kpi_periods import KpiHistory, Row, replace_kpi_history
 
 __all__ = ["history_of", "refresh_kpi_periods"]
 

@@ -14,11 +14,11 @@ from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
 
-from collector.contract import Connector
-from collector.errors import UnknownConnectorError
-from collector.events import AnyWebhookHandler, UploadParser, WebhookHandler
+from dxkpi.collector.contract import Connector
+from dxkpi.collector.errors import UnknownConnectorError
+from dxkpi.collector.events import AnyWebhookHandler, UploadParser, WebhookHandler
 
-BUILTIN_PACKAGE = "connectors"
+BUILTIN_PACKAGE = "dxkpi.connectors"
 ENTRY_POINT_GROUP = "dxkpi.connectors"
 
 
@@ -55,7 +55,7 @@ def load_connector(name: str) -> type[Connector]:  # type: ignore[type-arg]
     if not (isinstance(cls, type) and issubclass(cls, Connector)):
         raise TypeError(
             f"connector {name!r}: its package must set CONNECTOR to a subclass of "
-            "collector.contract.Connector"
+            "dxkpi.collector.contract.Connector"
         )
     return cls
 
@@ -73,7 +73,8 @@ def load_webhook(name: str) -> type[AnyWebhookHandler] | None:
         return None
     if not (isinstance(handler, type) and issubclass(handler, WebhookHandler)):
         raise TypeError(
-            f"connector {name!r}: WEBHOOK must be a subclass of collector.events.WebhookHandler"
+            f"connector {name!r}: WEBHOOK must be a subclass of "
+            "dxkpi.collector.events.WebhookHandler"
         )
     return handler
 

@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, SecretStr
 
-from collector.config import ENV_REF, LoadedConfig, load_config
-from collector.errors import DxkpiError
-from collector.redact import install_log_redaction, register_secrets, url_password
-from collector.storage import Store
+from dxkpi.collector.config import ENV_REF, LoadedConfig, load_config
+from dxkpi.collector.errors import DxkpiError
+from dxkpi.collector.redact import install_log_redaction, register_secrets, url_password
+from dxkpi.collector.storage import Store
 
 EXAMPLE_CONFIG = Path(__file__).parent / "example" / "dxkpi.yaml"
 

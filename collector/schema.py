@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from collector.config import Config
-from collector.registry import known_connectors, load_connector
+from dxkpi.collector.config import Config
+from dxkpi.collector.registry import known_connectors, load_connector
 
 
 def config_schema() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from collector.contract import (
+from dxkpi.collector.contract import (
     AnyConnector,
     Checkpoint,
     Connector,
@@ -27,7 +27,7 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import FatalSourceError, RetryableSourceError, SourceError
+from dxkpi.collector.errors import FatalSourceError, RetryableSourceError, SourceError
 
 
 @dataclass
@@ -227,7 +227,7 @@ class ConnectorContract:
     # -- the suite -------------------------------------------------------------------------
 
     def _cls(self) -> type[Connector]:  # type: ignore[type-arg]
-        from collector.registry import load_connector
+        from dxkpi.collector.registry import load_connector
 
         return load_connector(self.connector_name)
 
@@ -330,7 +330,7 @@ def days(first: datetime, count: int) -> Window:
 def running_receiver(store: Any, loaded: Any) -> Iterator[str]:
     """The real receiver (waitress) on a free loopback port for `store` and `loaded`; yields
     its base URL and stops it afterwards."""
-    from collector.receiver.serve import ReceiverServer
+    from dxkpi.collector.receiver.serve import ReceiverServer
 
     server = ReceiverServer(store, loaded, "127.0.0.1", 0)
     server.start()

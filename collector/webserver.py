@@ -63,11 +63,11 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from collector.errors import DxkpiError
-from collector.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
+from dxkpi.collector.errors import DxkpiError
+from dxkpi.collector.exposition import OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from collector.exporter import Exporter, Snapshot
+    from dxkpi.collector.exporter import Exporter, Snapshot
 
 log = logging.getLogger("dxkpi.exporter")
 

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from collector.kpi import BEHIND_PATH_THRESHOLD
+from dxkpi.collector.kpi import BEHIND_PATH_THRESHOLD
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "prometheus" / "rules"
@@ -55,7 +55,7 @@ DAY = 24 * HOUR
 # DxKpiBehindPath: the reported figure lags the planned path by more than this many points of
 # the baseline-to-target way (35 % done where 45 % is planned = 10 points). Smaller gaps are the
 # noise of yearly or monthly reporting. `dxkpi status` calls such a KPI "behind" by the same
-# constant, so it is read from collector.kpi, not written twice.
+# constant, so it is read from dxkpi.collector.kpi, not written twice.
 BEHIND_PATH_POINTS = round(100 * BEHIND_PATH_THRESHOLD)
 BEHIND_PATH_FOR = 3 * DAY
 # DxKpiStalled: dxkpi_kpi_stalled already counts reported periods (stall_periods) or waits

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from celery import Celery
 
-from collector.runtime import Runtime, current
-from tasks.schedule import beat_schedule
+from dxkpi.collector.runtime import Runtime, current
+from dxkpi.tasks.schedule import beat_schedule
 
 
 def transport_options(broker_url: str) -> dict[str, object]:
@@ -22,7 +22,9 @@ def transport_options(broker_url: str) -> dict[str, object]:
 def create_app(runtime: Runtime | None = None) -> Celery:
     runtime = runtime or current()
     config = runtime.loaded.config
-    app = Celery("dxkpi", broker=runtime.broker_url, include=["tasks.collect", "tasks.kpis"])
+    app = Celery(
+        "dxkpi", broker=runtime.broker_url, include=["dxkpi.tasks.collect", "dxkpi.tasks.kpis"]
+    )
     app.conf.update(
         task_ignore_result=True,
         result_backend=None,

@@ -14,10 +14,10 @@ import time
 
 from sqlalchemy.exc import DBAPIError
 
-from collector import clock
-from collector.kpi_history import refresh_kpi_periods
-from collector.runtime import current
-from tasks.app import app
+from dxkpi.collector import clock
+from dxkpi.collector.kpi_history import refresh_kpi_periods
+from dxkpi.collector.runtime import current
+from dxkpi.tasks.app import app
 
 log = logging.getLogger("dxkpi.tasks")
 

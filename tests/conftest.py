@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from collector.storage import Store
+from dxkpi.collector.storage import Store
 
 PG_ADMIN_URL = os.environ.get(
     "DXKPI_TEST_PG_ADMIN", "postgresql+psycopg://root@127.0.0.1:5432/postgres"

@@ -35,10 +35,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_dashboards import tool
 from test_rules import ALERTS, MIXIN, RULE_FILES
 
-from collector.config import Config, LoadedConfig, load_config
-from collector.contract import TOKYO, Granularity, Observation, Window
-from collector.exporter import Exporter
-from collector.storage import Store
+from dxkpi.collector.config import Config, LoadedConfig, load_config
+from dxkpi.collector.contract import TOKYO, Granularity, Observation, Window
+from dxkpi.collector.exporter import Exporter
+from dxkpi.collector.storage import Store
 
 T0 = datetime(2025, 10, 1, tzinfo=TOKYO)
 DAYS = 365
@@ -466,8 +466,8 @@ KPI_ALERTS = [a.name for a in MIXIN.ALERTS if a.group == "dxkpi-kpis"]
 
 
 def test_the_shipped_example_fires_only_what_the_readme_lists(tmp_path: Path) -> None:
-    from collector.runner import collect_source
-    from collector.runtime import EXAMPLE_CONFIG
+    from dxkpi.collector.runner import collect_source
+    from dxkpi.collector.runtime import EXAMPLE_CONFIG
 
     loaded = load_config(EXAMPLE_CONFIG)
     kpis = EXAMPLE_FISCAL_YEAR_KPIS + EXAMPLE_CONTINUOUS_KPIS

@@ -14,17 +14,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from pydantic import SecretStr
 
-from collector.auth import (
+from dxkpi.collector.auth import (
     CachedToken,
     ClientCredentialsToken,
     JwtBearerToken,
     StaticJwt,
     StaticToken,
 )
-from collector.contract import SourceContext
-from collector.errors import SourceAuthError
-from collector.http import HttpClient
-from collector.testing import FakeRequest, FakeResponse, loopback_server
+from dxkpi.collector.contract import SourceContext
+from dxkpi.collector.errors import SourceAuthError
+from dxkpi.collector.http import HttpClient
+from dxkpi.collector.testing import FakeRequest, FakeResponse, loopback_server
 
 NOW = datetime(2025, 4, 1, 3, 0, 0, tzinfo=UTC)
 CLIENT_SECRET = "cl1ent-s3cret-do-not-print"

@@ -1,6 +1,6 @@
 """The board page (`/`) of the shipped example, served by a real exporter and read in a real
 headless Chromium (Debian's chromium and chromium-driver through selenium): no console errors,
-one card per KPI whose figures are `collector.present`'s writing of the computed `KpiState`s,
+one card per KPI whose figures are `dxkpi.collector.present`'s writing of the computed `KpiState`s,
 English with `?lang=en`, one column on a phone. A screenshot is written under the test's
 tmp_path; with DXKPI_UPDATE_SCREENSHOT=1 also to docs/board.png for the README."""
 
@@ -18,14 +18,14 @@ from typing import Any
 
 import pytest
 
-from collector.board import Board, render_board
-from collector.clock import fixed_clock, parse_moment
-from collector.config import LoadedConfig, load_config
-from collector.contract import TOKYO
-from collector.exporter import Exporter, make_server
-from collector.kpi import KpiCalculator, KpiState
-from collector.present import STATUS_WORDS, Lang, format_value, label_for_people
-from collector.storage import SourceHealth, Store
+from dxkpi.collector.board import Board, render_board
+from dxkpi.collector.clock import fixed_clock, parse_moment
+from dxkpi.collector.config import LoadedConfig, load_config
+from dxkpi.collector.contract import TOKYO
+from dxkpi.collector.exporter import Exporter, make_server
+from dxkpi.collector.kpi import KpiCalculator, KpiState
+from dxkpi.collector.present import STATUS_WORDS, Lang, format_value, label_for_people
+from dxkpi.collector.storage import SourceHealth, Store
 from tests.conftest import unavailable
 from tests.test_exporter import get
 from tests.test_status import AS_OF, EXAMPLE, SOURCES, dxkpi
@@ -237,7 +237,15 @@ def test_dxkpi_exporter_serves_the_board(example: Path) -> None:
     """The command (and so `dxkpi run`, which serves through it) answers `/` with the board."""
     env = {**os.environ, "DXKPI_AS_OF": AS_OF, "PYTHONUNBUFFERED": "1"}
     config, data = example / "config" / "dxkpi.yaml", example / "d"
-    command = [sys.executable, "-m", "collector", "--config", str(config), "--data-dir", str(data)]
+    command = [
+        sys.executable,
+        "-m",
+        "dxkpi.collector",
+        "--config",
+        str(config),
+        "--data-dir",
+        str(data),
+    ]
     with subprocess.Popen(
         [*command, "exporter", "--listen", "127.0.0.1:0"],
         stderr=subprocess.PIPE,  # where the CLI's console writes

@@ -20,8 +20,8 @@ import pytest
 import redis
 from celery import Celery
 
-from collector.storage import Store
-from collector.storage.kpi_periods import read_kpi_history
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.kpi_periods import read_kpi_history
 from tests.conftest import write_config
 
 pytestmark = pytest.mark.slow
@@ -50,7 +50,7 @@ class Worker:
         self.log = log
         with log.open("wb") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "collector", "--config", str(config), "worker", *args],
+                [sys.executable, "-m", "dxkpi.collector", "--config", str(config), "worker", *args],
                 env=env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -245,7 +245,7 @@ class EmbeddedRun:
                 [
                     sys.executable,
                     "-m",
-                    "collector",
+                    "dxkpi.collector",
                     "--config",
                     str(config),
                     "--data-dir",

@@ -15,12 +15,12 @@ from click.testing import CliRunner
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 
-from collector.cli import main
-from collector.config import Config, load_config
-from collector.present import format_exact as exact
-from collector.runtime import current, resolve, set_current
-from collector.storage import Store
-from collector.supervisor import sources_to_kick_off
+from dxkpi.collector.cli import main
+from dxkpi.collector.config import Config, load_config
+from dxkpi.collector.present import format_exact as exact
+from dxkpi.collector.runtime import current, resolve, set_current
+from dxkpi.collector.storage import Store
+from dxkpi.collector.supervisor import sources_to_kick_off
 from tests.conftest import PAGE_VIEWS_CSV, write_config
 
 
@@ -375,7 +375,7 @@ def test_the_data_directory_is_created_for_every_process(
     """`dxkpi beat` on Redis and PostgreSQL still keeps its schedule file in the data dir."""
     monkeypatch.setenv("DXKPI_STORAGE_URL", "postgresql://dxkpi@127.0.0.1:1/dxkpi")
     monkeypatch.setenv("DXKPI_BROKER_URL", "redis://127.0.0.1:1/0")
-    from collector.runtime import resolve
+    from dxkpi.collector.runtime import resolve
 
     runtime = resolve(write_config(tmp_path), tmp_path / "not" / "yet")
     assert runtime.data_dir.is_dir()
@@ -414,9 +414,9 @@ def test_a_wrong_database_role_is_one_line_without_a_traceback(
 def test_a_store_without_tables_is_unhealthy_and_says_to_migrate(
     tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from collector.exporter import Exporter
-    from collector.runtime import resolve
-    from tasks.collect import collect
+    from dxkpi.collector.exporter import Exporter
+    from dxkpi.collector.runtime import resolve
+    from dxkpi.tasks.collect import collect
 
     store = Store(pg_url)  # a fresh, empty database
     loaded = load_config(write_config(tmp_path))

@@ -19,7 +19,7 @@ import click
 import pytest
 import yaml
 
-from collector.cli import main
+from dxkpi.collector.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"

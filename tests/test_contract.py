@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.contract import TOKYO, Window, next_midnight
+from dxkpi.collector.contract import TOKYO, Window, next_midnight
 
 BERLIN = ZoneInfo("Europe/Berlin")
 JUNE_2 = datetime(2025, 6, 2, tzinfo=TOKYO)

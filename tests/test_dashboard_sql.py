@@ -27,15 +27,15 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import InternalError, ProgrammingError
 from test_dashboards import sql_queries, substitute
 
-from collector.cli import main
-from collector.clock import parse_moment
-from collector.config import Config, load_config
-from collector.kpi import KpiCalculator
-from collector.kpi_history import refresh_kpi_periods
-from collector.runner import collect_source
-from collector.runtime import set_current
-from collector.storage import Store
-from collector.storage.kpi_periods import KpiHistory, read_kpi_history, replace_kpi_history
+from dxkpi.collector.cli import main
+from dxkpi.collector.clock import parse_moment
+from dxkpi.collector.config import Config, load_config
+from dxkpi.collector.kpi import KpiCalculator
+from dxkpi.collector.kpi_history import refresh_kpi_periods
+from dxkpi.collector.runner import collect_source
+from dxkpi.collector.runtime import set_current
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.kpi_periods import KpiHistory, read_kpi_history, replace_kpi_history
 from tests.conftest import PG_ADMIN_URL, reset_postgres, write_config
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -179,7 +179,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config))
 
-    dxkpi = [sys.executable, "-m", "collector", "--config", str(config)]
+    dxkpi = [sys.executable, "-m", "dxkpi.collector", "--config", str(config)]
     listen = f"127.0.0.1:{exporter_port}"
     run = start(
         [*dxkpi, "--data-dir", str(tmp / "data"), "run", "--listen", listen],

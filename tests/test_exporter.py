@@ -19,19 +19,19 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from collector.config import LoadedConfig, load_config
-from collector.contract import TOKYO, Observation, Window
-from collector.errors import SourceDataError
-from collector.exporter import Exporter, Snapshot, make_server
-from collector.exposition import (
+from dxkpi.collector.config import LoadedConfig, load_config
+from dxkpi.collector.contract import TOKYO, Observation, Window
+from dxkpi.collector.errors import SourceDataError
+from dxkpi.collector.exporter import Exporter, Snapshot, make_server
+from dxkpi.collector.exposition import (
     BLOCK_LINES,
     SeriesFamily,
     SeriesLines,
     SeriesRenderer,
     render_series,
 )
-from collector.runner import collect_source
-from collector.storage import Store
+from dxkpi.collector.runner import collect_source
+from dxkpi.collector.storage import Store
 from tests.conftest import IN_CI, write_config
 
 NOW = datetime(2024, 4, 4, 12, tzinfo=TOKYO).timestamp()
@@ -240,14 +240,14 @@ def test_healthz_fails_when_the_store_is_unreachable_without_leaking_the_passwor
 
 
 def test_exporter_binds_loopback_by_default() -> None:
-    from collector.config import ExporterConfig
+    from dxkpi.collector.config import ExporterConfig
 
     assert ExporterConfig().listen.startswith("127.0.0.1:")
 
 
 def test_shipped_example_passes_promtool(tmp_path: Path) -> None:
     """Every source of the shipped example collected, then the whole exposition linted."""
-    from collector.runtime import EXAMPLE_CONFIG
+    from dxkpi.collector.runtime import EXAMPLE_CONFIG
 
     promtool = shutil.which("promtool")
     if promtool is None:

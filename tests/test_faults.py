@@ -28,7 +28,7 @@ def test_run_started_in_the_background_by_a_script_stops_on_sigint(tmp_path: Pat
             [
                 sys.executable,
                 "-m",
-                "collector",
+                "dxkpi.collector",
                 "--config",
                 str(config),
                 "--data-dir",

@@ -3,8 +3,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from collector.contract import TOKYO, Granularity
-from collector.fiscal import (
+from dxkpi.collector.contract import TOKYO, Granularity
+from dxkpi.collector.fiscal import (
     fiscal_year_end,
     fiscal_year_of,
     fiscal_year_start,

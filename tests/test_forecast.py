@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from collector.forecast import MAX_POINTS, forecast_value, on_track
+from dxkpi.collector.forecast import MAX_POINTS, forecast_value, on_track
 
 DAY = 86_400.0
 MONTH = 30 * DAY

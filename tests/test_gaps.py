@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from collector.cli import main
-from collector.runtime import Runtime, resolve, set_current
-from collector.storage import Store
+from dxkpi.collector.cli import main
+from dxkpi.collector.runtime import Runtime, resolve, set_current
+from dxkpi.collector.storage import Store
 from tests.conftest import PAGE_VIEWS_CSV, write_config
 
 BAD_CSV = PAGE_VIEWS_CSV.replace("2024-04-02,/top,120", "2024-04-02,/top,x")
@@ -84,8 +84,8 @@ def runtime(tmp_path: Path) -> Iterator[Runtime]:
 def test_a_task_records_the_gap_and_a_later_scheduled_run_reads_it_again(
     runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tasks.app import app
-    from tasks.collect import collect
+    from dxkpi.tasks.app import app
+    from dxkpi.tasks.collect import collect
 
     # Queued tasks run at once, in this process: the gap's re-read is visible right away.
     monkeypatch.setitem(app.conf, "task_always_eager", True)

@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from collector.contract import SourceContext
-from collector.errors import (
+from dxkpi.collector.contract import SourceContext
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.http import (
+from dxkpi.collector.http import (
     HttpClient,
     RequestBudget,
     fetched_ahead,
@@ -29,7 +29,7 @@ from collector.http import (
     paginate_offset,
     parse_retry_after,
 )
-from collector.testing import FakeRequest, FakeResponse, context_for, loopback_server
+from dxkpi.collector.testing import FakeRequest, FakeResponse, context_for, loopback_server
 
 NOW = datetime(2025, 4, 1, 3, 0, 0, tzinfo=UTC)
 SECRET = "s3cr3t-VALUE-never-print-me"

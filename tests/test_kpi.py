@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from collector.config import Config
-from collector.contract import TOKYO, Granularity, Observation
-from collector.kpi import KpiCalculator, KpiState
-from collector.storage import Store
+from dxkpi.collector.config import Config
+from dxkpi.collector.contract import TOKYO, Granularity, Observation
+from dxkpi.collector.kpi import KpiCalculator, KpiState
+from dxkpi.collector.storage import Store
 
 
 def config(**kpi: Any) -> Config:

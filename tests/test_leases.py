@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from collector import runner
-from collector.config import load_config
-from collector.runtime import resolve, set_current
-from collector.storage import Store
+from dxkpi.collector import runner
+from dxkpi.collector.config import load_config
+from dxkpi.collector.runtime import resolve, set_current
+from dxkpi.collector.storage import Store
 from tests.conftest import write_config
 from tests.tcp_proxy import TcpProxy
 
@@ -56,8 +56,8 @@ def test_a_dead_holders_run_is_abandoned_and_the_next_run_closes_it(store: Store
 
 CHILD = """
 import sys, time
-from collector.runner import LeaseHeartbeat
-from collector.storage import Store
+from dxkpi.collector.runner import LeaseHeartbeat
+from dxkpi.collector.storage import Store
 
 store = Store(sys.argv[1])
 run = store.start_leased_run("src", "scheduled", "child", 2.0, lambda c, k: (0.0, 1.0))
@@ -99,7 +99,7 @@ def test_a_killed_worker_frees_its_source_within_its_lease(store: Store, tmp_pat
 
 
 def test_a_retry_takes_over_the_lease_its_own_attempt_left(tmp_path: Path) -> None:
-    from tasks.collect import collect
+    from dxkpi.tasks.collect import collect
 
     config = write_config(tmp_path)
     runtime = resolve(config, tmp_path / "data-dir")

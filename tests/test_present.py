@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from rich.cells import cell_len
 
-from collector.present import clip, fiscal_year_label, format_number, format_ratio, split_value
+from dxkpi.collector.present import (
+    clip,
+    fiscal_year_label,
+    format_number,
+    format_ratio,
+    split_value,
+)
 
 
 @pytest.mark.parametrize(

@@ -22,14 +22,14 @@ from pathlib import Path
 import pytest
 import requests
 
-from collector.config import LoadedConfig, load_config
-from collector.contract import Observation
-from collector.errors import ConfigError
-from collector.events import Accepted
-from collector.exporter import Exporter
-from collector.storage import Store
-from collector.storage.events import store_event
-from collector.testing import running_receiver
+from dxkpi.collector.config import LoadedConfig, load_config
+from dxkpi.collector.contract import Observation
+from dxkpi.collector.errors import ConfigError
+from dxkpi.collector.events import Accepted
+from dxkpi.collector.exporter import Exporter
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.events import store_event
+from dxkpi.collector.testing import running_receiver
 
 TOKEN = "push-token-Sup3rSecret"
 ZOOM_SECRET = "zoom-webhook-S3cret-token"
@@ -467,7 +467,7 @@ def test_a_slow_client_holds_no_worker_thread(
 
 
 def test_old_event_ids_are_forgotten(store: Store) -> None:
-    from collector.storage.events import forget_events
+    from dxkpi.collector.storage.events import forget_events
 
     event = Accepted("old", datetime.now(UTC), ())
     assert store_event(store, "zoom_main", event)
@@ -616,7 +616,7 @@ def test_embedded_run_shows_a_pushed_figure_on_metrics_within_a_second(tmp_path:
     with log.open("wb") as output:
         process = subprocess.Popen(
             [
-                *[sys.executable, "-m", "collector", "--config", str(config)],
+                *[sys.executable, "-m", "dxkpi.collector", "--config", str(config)],
                 *["--data-dir", str(tmp_path / "data"), "run"],
                 *["--listen", f"127.0.0.1:{metrics_port}"],
             ],

@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import pytest
 
-from collector.errors import SourceDataError
-from collector.runner import collect_source
-from collector.runtime import resolve
+from dxkpi.collector.errors import SourceDataError
+from dxkpi.collector.runner import collect_source
+from dxkpi.collector.runtime import resolve
 from tests.conftest import write_config
 
 # Short enough to survive the csvfile connector's excerpts whole: only redaction removes it.

@@ -18,7 +18,7 @@ import openpyxl
 import pytest
 import yaml
 
-from collector.present import AREA_NAMES, STATUS_WORDS, UNIT_NAMES
+from dxkpi.collector.present import AREA_NAMES, STATUS_WORDS, UNIT_NAMES
 from tests.test_status import AS_OF, EXAMPLE, SOURCES, dxkpi, fiscal_year, status_json
 
 SAMPLE = Path(__file__).parents[1] / "docs" / "council-report-sample.md"

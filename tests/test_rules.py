@@ -21,7 +21,7 @@ import pytest
 import yaml
 from test_dashboards import EXPORTED_METRICS, dashboard_uids, metric_names, recorded_names, tool
 
-from collector.exporter import kpi_families
+from dxkpi.collector.exporter import kpi_families
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS = ROOT / "prometheus"

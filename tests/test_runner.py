@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from collector.config import load_config
-from collector.contract import TOKYO
-from collector.runner import LEASE_TTL, collect_source
-from collector.storage import Store
+from dxkpi.collector.config import load_config
+from dxkpi.collector.contract import TOKYO
+from dxkpi.collector.runner import LEASE_TTL, collect_source
+from dxkpi.collector.storage import Store
 from tests.conftest import write_config
 
 NOW = datetime(2024, 4, 5, 9, tzinfo=TOKYO)

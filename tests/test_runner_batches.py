@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import load_config
-from collector.contract import TOKYO, Window
-from collector.errors import SourceError
-from collector.runner import WRITE_BATCH, ReadAhead, build_connector, collect_source
-from collector.storage import Store, WriteStats
+from dxkpi.collector.config import load_config
+from dxkpi.collector.contract import TOKYO, Window
+from dxkpi.collector.errors import SourceError
+from dxkpi.collector.runner import WRITE_BATCH, ReadAhead, build_connector, collect_source
+from dxkpi.collector.storage import Store, WriteStats
 from tests.conftest import write_config
 
 

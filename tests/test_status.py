@@ -17,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from rich.cells import cell_len
 
-from collector.cli import main
-from collector.runtime import set_current
+from dxkpi.collector.cli import main
+from dxkpi.collector.runtime import set_current
 
 EXAMPLE = Path(__file__).parents[1] / "collector" / "example"
 SOURCES = (

@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
-from collector.contract import TOKYO, Granularity, Observation
-from collector.storage import SchemaNotCurrentError, Store, require_current_schema
+from dxkpi.collector.contract import TOKYO, Granularity, Observation
+from dxkpi.collector.storage import SchemaNotCurrentError, Store, require_current_schema
 
 T0 = datetime(2024, 4, 1, tzinfo=TOKYO)
 
@@ -235,7 +235,7 @@ def test_migration_downgrade_and_upgrade_round_trip(pg_url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from collector.storage.store import MIGRATIONS
+    from dxkpi.collector.storage.store import MIGRATIONS
 
     store = Store(pg_url)
     store.migrate()

@@ -6,9 +6,9 @@ from datetime import timedelta
 
 from celery.schedules import crontab, schedule
 
-from collector.config import Config
-from tasks.collect import backoff
-from tasks.schedule import beat_schedule
+from dxkpi.collector.config import Config
+from dxkpi.tasks.collect import backoff
+from dxkpi.tasks.schedule import beat_schedule
 
 
 def test_one_entry_per_source_with_its_schedule() -> None:

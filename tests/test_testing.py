@@ -9,9 +9,9 @@ import pydantic
 import pytest
 import requests
 
-from collector.contract import TOKYO, Connector, ConnectorSettings, Observation, Window
-from collector.http import HttpClient
-from collector.testing import FakeClock, FakeResponse, SharedServer, build, context_for, days
+from dxkpi.collector.contract import TOKYO, Connector, ConnectorSettings, Observation, Window
+from dxkpi.collector.http import HttpClient
+from dxkpi.collector.testing import FakeClock, FakeResponse, SharedServer, build, context_for, days
 
 NOW = datetime(2025, 6, 20, 9, 0, tzinfo=TOKYO)
 SERVER = SharedServer()

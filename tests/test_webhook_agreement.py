@@ -19,13 +19,19 @@ from typing import Any
 import pytest
 import requests
 
-from collector.config import LoadedConfig, load_config
-from collector.contract import TOKYO, Window
-from collector.runner import collect_source
-from collector.storage import Store
-from collector.testing import loopback_server, running_receiver
-from connectors.uipath.tests.fake_orchestrator import FakeOrchestrator, job
-from connectors.zoom.tests.fake_zoom import ACCOUNT_ID, CLIENT_ID, CLIENT_SECRET, FakeZoom, Meeting
+from dxkpi.collector.config import LoadedConfig, load_config
+from dxkpi.collector.contract import TOKYO, Window
+from dxkpi.collector.runner import collect_source
+from dxkpi.collector.storage import Store
+from dxkpi.collector.testing import loopback_server, running_receiver
+from dxkpi.connectors.uipath.tests.fake_orchestrator import FakeOrchestrator, job
+from dxkpi.connectors.zoom.tests.fake_zoom import (
+    ACCOUNT_ID,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    FakeZoom,
+    Meeting,
+)
 
 ZOOM_SECRET = "zoom-webhook-secret-token"
 UIPATH_SECRET = "uipath-webhook-secret"

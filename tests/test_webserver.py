@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from collector.config import load_config
-from collector.contract import TOKYO
-from collector.exporter import Exporter, Snapshot
-from collector.exposition import SeriesRenderer
-from collector.storage import Store
-from collector.webserver import BoundedHTTPServer, make_server
+from dxkpi.collector.config import load_config
+from dxkpi.collector.contract import TOKYO
+from dxkpi.collector.exporter import Exporter, Snapshot
+from dxkpi.collector.exposition import SeriesRenderer
+from dxkpi.collector.storage import Store
+from dxkpi.collector.webserver import BoundedHTTPServer, make_server
 from tests.conftest import write_config
 from tests.test_exporter import series_family
 

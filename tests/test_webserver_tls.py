@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from collector.errors import DxkpiError
-from collector.exporter import Exporter
-from collector.webserver import load_web_config, make_server
+from dxkpi.collector.errors import DxkpiError
+from dxkpi.collector.exporter import Exporter
+from dxkpi.collector.webserver import load_web_config, make_server
 from tests.test_webserver import exporter  # noqa: F401  (the fixture)
 
 PASSWORD = "scrape-pw-5d2a"

@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.config import LoadedConfig
-from collector.contract import Observation
-from collector.events import (
+from dxkpi.collector.config import LoadedConfig
+from dxkpi.collector.contract import Observation
+from dxkpi.collector.events import (
     Accepted,
     AnyWebhookHandler,
     Rejected,
@@ -35,13 +35,13 @@ from collector.events import (
     UploadProblem,
     WebhookRequest,
 )
-from collector.receiver.batcher import EventWriter
-from collector.receiver.config import ClientConfig, ReceiverConfig
-from collector.receiver.push import check_rows, read_rows
-from collector.redact import redact
-from collector.registry import load_upload, load_webhook
-from collector.storage import Store
-from collector.storage.notify import changed
+from dxkpi.collector.receiver.batcher import EventWriter
+from dxkpi.collector.receiver.config import ClientConfig, ReceiverConfig
+from dxkpi.collector.receiver.push import check_rows, read_rows
+from dxkpi.collector.redact import redact
+from dxkpi.collector.registry import load_upload, load_webhook
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.notify import changed
 
 log = logging.getLogger("dxkpi.receiver")
 

@@ -14,10 +14,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-from collector.events import Accepted
-from collector.storage import Store
-from collector.storage.events import forget_events, store_events
-from collector.storage.notify import changed
+from dxkpi.collector.events import Accepted
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.events import forget_events, store_events
+from dxkpi.collector.storage.notify import changed
 
 log = logging.getLogger("dxkpi.receiver")
 

@@ -24,8 +24,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from collector.contract import MetricSpec
-from collector.durations import Duration
+from dxkpi.collector.contract import MetricSpec
+from dxkpi.collector.durations import Duration
 
 IDENTIFIER = r"^[a-z][a-z0-9_]*$"
 # A source's id: plain, or `<organisation>.<template>` for a source expanded from a template.
@@ -98,7 +98,7 @@ def check_receiver(loaded: Any, raw: dict[str, Any], problem: Any) -> None:
     """What the schema cannot see: secrets written inline, token hashes that are not SHA-256,
     webhooks of unknown sources or of connectors without webhooks, and client ids that clash
     with sources. Declares each client's metrics (as its source's) for the KPI checks."""
-    from collector.registry import load_webhook
+    from dxkpi.collector.registry import load_webhook
 
     receiver: ReceiverConfig = loaded.config.receiver
     raw_receiver = raw.get("receiver") or {}

@@ -2,7 +2,7 @@
 
 The body is one row, a list of rows, or `{"observations": [rows]}`; a row is
 `{"metric": "...", "labels": {...}, "period": "R3" | "2024-04" | "2024-04-01", "value": 12.5}`.
-Periods are read by `collector.fiscal.parse_period` (令和3年度, 2021年4月, FY2021 …). Every
+Periods are read by `dxkpi.collector.fiscal.parse_period` (令和3年度, 2021年4月, FY2021 …). Every
 problem of every row is collected, each naming the row and the field, and the request is
 refused whole: nothing of a request with one bad row is stored.
 """
@@ -15,10 +15,10 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from collector.contract import Observation
-from collector.events import Rejected, json_object
-from collector.fiscal import parse_period
-from collector.receiver.config import ClientConfig
+from dxkpi.collector.contract import Observation
+from dxkpi.collector.events import Rejected, json_object
+from dxkpi.collector.fiscal import parse_period
+from dxkpi.collector.receiver.config import ClientConfig
 
 # A refusal lists at most this many problems: enough to fix a file, short enough to read.
 MAX_LISTED = 20

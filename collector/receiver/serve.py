@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from collector.config import LoadedConfig
-from collector.receiver.app import Receiver
-from collector.storage import Store
+from dxkpi.collector.config import LoadedConfig
+from dxkpi.collector.receiver.app import Receiver
+from dxkpi.collector.storage import Store
 
 # Seconds a connection may sit idle (a stalled upload) before waitress closes it.
 CHANNEL_TIMEOUT = 30

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from collector.present import Lang
-from collector.report.model import Report, build_report
-from collector.report.text import render_text
-from collector.report.xlsx import write_xlsx
+from dxkpi.collector.present import Lang
+from dxkpi.collector.report.model import Report, build_report
+from dxkpi.collector.report.text import render_text
+from dxkpi.collector.report.xlsx import write_xlsx
 
 __all__ = ["FORMATS", "Format", "Report", "build_report", "render"]
 

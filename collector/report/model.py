@@ -33,8 +33,8 @@ from collector.present import (
     rollup_note,
     unit_label,
 )
-from collector.storage import SeriesRow, Store
-from collector.units import PERCENT_UNITS, RATIO_UNITS, conversion_factor
+from dxkpi.collector.storage import SeriesRow, Store
+from dxkpi.collector.units import PERCENT_UNITS, RATIO_UNITS, conversion_factor
 
 __all__ = [
     "KPI_COLUMNS",

@@ -14,8 +14,8 @@ from typing import Literal
 
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
-from collector.present import Lang
-from collector.report.model import Report, Table, number_text
+from dxkpi.collector.present import Lang
+from dxkpi.collector.report.model import Report, Table, number_text
 
 __all__ = ["TextFormat", "TextTable", "render_text", "text_table"]
 
@@ -54,7 +54,7 @@ def text_table(table: Table, lang: Lang, fiscal_year: int) -> TextTable:
 
 def _environment(fmt: TextFormat) -> Environment:
     env = Environment(
-        loader=PackageLoader("collector.report", "templates"),
+        loader=PackageLoader("dxkpi.collector.report", "templates"),
         autoescape=fmt == "html",
         undefined=StrictUndefined,
         trim_blocks=True,

@@ -16,9 +16,9 @@ from openpyxl.styles import Alignment, Border, Font, PatternFill, Side
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 
-from collector.present import Lang
-from collector.report.model import Column, Report, Table, decimals
-from collector.units import PERCENT_UNITS, RATIO_UNITS
+from dxkpi.collector.present import Lang
+from dxkpi.collector.report.model import Column, Report, Table, decimals
+from dxkpi.collector.units import PERCENT_UNITS, RATIO_UNITS
 
 __all__ = ["HEADER_ROW", "SHEET_NAMES", "number_format", "write_xlsx"]
 

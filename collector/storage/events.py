@@ -25,9 +25,9 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select, text
 
-from collector.events import Accepted
-from collector.storage.schema import collection_runs, observations
-from collector.storage.store import _PG_LATEST, Store
+from dxkpi.collector.events import Accepted
+from dxkpi.collector.storage.schema import collection_runs, observations
+from dxkpi.collector.storage.store import _PG_LATEST, Store
 
 Key = tuple[int, int, str]
 

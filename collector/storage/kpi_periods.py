@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import Table, delete, select, text
 
-from collector.storage.schema import kpi_outcomes, kpi_path, kpi_periods, kpis
-from collector.storage.store import Store
+from dxkpi.collector.storage.schema import kpi_outcomes, kpi_path, kpi_periods, kpis
+from dxkpi.collector.storage.store import Store
 
 __all__ = ["KpiHistory", "read_kpi_history", "replace_kpi_history"]
 

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from sqlalchemy import inspect, text
 from sqlalchemy.exc import OperationalError
 
-from collector.errors import DxkpiError
-from collector.redact import redact
-from collector.storage.store import MIGRATIONS, Store, sqlite_file
+from dxkpi.collector.errors import DxkpiError
+from dxkpi.collector.redact import redact
+from dxkpi.collector.storage.store import MIGRATIONS, Store, sqlite_file
 
 
 class SchemaNotCurrentError(DxkpiError):

@@ -42,9 +42,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, IntegrityError
 
-from collector.contract import Observation
-from collector.storage.runs import RunsAndLeases
-from collector.storage.schema import series, source_state
+from dxkpi.collector.contract import Observation
+from dxkpi.collector.storage.runs import RunsAndLeases
+from dxkpi.collector.storage.schema import series, source_state
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 

@@ -12,9 +12,9 @@ import unicodedata
 from datetime import date, datetime, time
 from zoneinfo import ZoneInfo
 
-from collector.contract import Granularity
-from collector.errors import excerpt
-from collector.fiscal import parse_period
+from dxkpi.collector.contract import Granularity
+from dxkpi.collector.errors import excerpt
+from dxkpi.collector.fiscal import parse_period
 
 # Cells that mean "no figure reported" in Japanese tables, after full-width folding.
 _NO_VALUE = {"", "-", "‐", "―", "—", "–", "ー"}

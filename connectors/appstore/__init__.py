@@ -1,6 +1,6 @@
 """App Store Connect connector: first-time downloads and updates per app per day."""
 
-from connectors.appstore._connector import AppStoreConnector, AppStoreSettings
+from dxkpi.connectors.appstore._connector import AppStoreConnector, AppStoreSettings
 
 CONNECTOR = AppStoreConnector
 

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from collector.auth import StaticJwt
-from collector.contract import (
+from dxkpi.collector.auth import StaticJwt
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     ConnectorSettings,
@@ -28,9 +28,9 @@ from collector.contract import (
     Window,
     next_midnight,
 )
-from collector.errors import FatalSourceError, SourceAuthError, SourceDataError
-from collector.http import HttpClient, looks_like_html
-from connectors.appstore._report import (
+from dxkpi.collector.errors import FatalSourceError, SourceAuthError, SourceDataError
+from dxkpi.collector.http import HttpClient, looks_like_html
+from dxkpi.connectors.appstore._report import (
     AppUnits,
     ReportFormatError,
     app_keys,

@@ -1,7 +1,7 @@
 """csvfile: KPI figures from CSV and .xlsx files, including RPA run logs (see README.md)."""
 
-from connectors.csvfile.connector import CsvFileConnector
-from connectors.csvfile.upload import parse_upload
+from dxkpi.connectors.csvfile.connector import CsvFileConnector
+from dxkpi.connectors.csvfile.upload import parse_upload
 
 CONNECTOR = CsvFileConnector
 

@@ -1,6 +1,6 @@
 """Google Analytics 4 connector: page views (optionally per page) and active users per day."""
 
-from connectors.ga4.connector import Ga4Connector, Ga4Settings
+from dxkpi.connectors.ga4.connector import Ga4Connector, Ga4Settings
 
 CONNECTOR = Ga4Connector
 

@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from pydantic import Field
 
-from collector.auth import JwtBearerToken
-from collector.contract import (
+from dxkpi.collector.auth import JwtBearerToken
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     Granularity,

@@ -1,6 +1,6 @@
 """Google Play connector: daily first-time downloads and uninstalls from the installs reports."""
 
-from connectors.googleplay._connector import GooglePlayConnector, GooglePlaySettings
+from dxkpi.connectors.googleplay._connector import GooglePlayConnector, GooglePlaySettings
 
 CONNECTOR = GooglePlayConnector
 

@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from collector.auth import JwtBearerToken
-from collector.contract import (
+from dxkpi.collector.auth import JwtBearerToken
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     ConnectorSettings,
@@ -32,10 +32,10 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import RetryableSourceError, SourceDataError
-from collector.http import HttpClient, looks_like_html, paginate_cursor
-from connectors._google import service_account_info
-from connectors.googleplay._report import InstallsReport, ReportFormatError, decode, parse
+from dxkpi.collector.errors import RetryableSourceError, SourceDataError
+from dxkpi.collector.http import HttpClient, looks_like_html, paginate_cursor
+from dxkpi.connectors._google import service_account_info
+from dxkpi.connectors.googleplay._report import InstallsReport, ReportFormatError, decode, parse
 
 log = logging.getLogger("dxkpi.connectors.googleplay")
 

@@ -1,6 +1,6 @@
 """Matomo connector: visits and page views per day from a self-hosted Matomo."""
 
-from connectors.matomo.connector import MatomoConnector, MatomoSettings
+from dxkpi.connectors.matomo.connector import MatomoConnector, MatomoSettings
 
 CONNECTOR = MatomoConnector
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from collector.contract import (
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     ConnectorSettings,
@@ -27,14 +27,14 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import (
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
     SourceError,
 )
-from collector.http import HttpClient
+from dxkpi.collector.http import HttpClient
 
 ENDPOINT = "index.php"
 # Which Matomo method and column feed each metric.

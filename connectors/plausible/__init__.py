@@ -1,6 +1,6 @@
 """Plausible connector: page views and visitors per day from Plausible Analytics."""
 
-from connectors.plausible.connector import PlausibleConnector, PlausibleSettings
+from dxkpi.connectors.plausible.connector import PlausibleConnector, PlausibleSettings
 
 CONNECTOR = PlausibleConnector
 

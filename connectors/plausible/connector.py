@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import Field, SecretStr
 
-from collector.contract import (
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     ConnectorSettings,
@@ -26,8 +26,8 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import SourceDataError
-from collector.http import HttpClient, RequestBudget
+from dxkpi.collector.errors import SourceDataError
+from dxkpi.collector.http import HttpClient, RequestBudget
 
 API_URL = "https://plausible.io"
 QUERY = "/api/v2/query"

@@ -1,7 +1,7 @@
 """UiPath Orchestrator connector: robot runs and manual time saved per process per day."""
 
-from connectors.uipath._connector import UiPathConnector, UiPathSettings
-from connectors.uipath.webhook import UiPathWebhook
+from dxkpi.connectors.uipath._connector import UiPathConnector, UiPathSettings
+from dxkpi.connectors.uipath.webhook import UiPathWebhook
 
 CONNECTOR = UiPathConnector
 

@@ -17,8 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 
-from collector.auth import ClientCredentialsToken
-from collector.contract import (
+from dxkpi.collector.auth import ClientCredentialsToken
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     ConnectorSettings,
@@ -28,8 +28,8 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import RetryableSourceError, SourceDataError, SourceError
-from collector.http import HttpClient, RequestBudget, paginate_odata
+from dxkpi.collector.errors import RetryableSourceError, SourceDataError, SourceError
+from dxkpi.collector.http import HttpClient, RequestBudget, paginate_odata
 
 log = logging.getLogger("dxkpi.connectors.uipath")
 

@@ -23,8 +23,8 @@ import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
-from collector.contract import Granularity, Observation
-from collector.events import (
+from dxkpi.collector.contract import Granularity, Observation
+from dxkpi.collector.events import (
     Accepted,
     Rejected,
     Reply,
@@ -36,7 +36,7 @@ from collector.events import (
     same_digest,
     unknown_event,
 )
-from connectors.uipath._connector import RESULTS, UiPathSettings
+from dxkpi.connectors.uipath._connector import RESULTS, UiPathSettings
 
 # Event type -> the job state it reports (the `result` label through RESULTS).
 EVENTS = {"job.completed": "Successful", "job.faulted": "Faulted", "job.stopped": "Stopped"}

@@ -1,7 +1,7 @@
 """Zoom connector: meetings, participants and meeting time per day, optionally per department."""
 
-from connectors.zoom.connector import ZoomConnector, ZoomSettings, duration_seconds
-from connectors.zoom.webhook import ZoomWebhook
+from dxkpi.connectors.zoom.connector import ZoomConnector, ZoomSettings, duration_seconds
+from dxkpi.connectors.zoom.webhook import ZoomWebhook
 
 CONNECTOR = ZoomConnector
 

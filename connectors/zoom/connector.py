@@ -20,8 +20,8 @@ from urllib.parse import quote
 
 from pydantic import Field, SecretStr, field_validator
 
-from collector.auth import ClientCredentialsToken
-from collector.contract import (
+from dxkpi.collector.auth import ClientCredentialsToken
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     ConnectorSettings,
@@ -31,8 +31,8 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import FatalSourceError, SourceDataError
-from collector.http import HttpClient, paginate_cursor
+from dxkpi.collector.errors import FatalSourceError, SourceDataError
+from dxkpi.collector.http import HttpClient, paginate_cursor
 
 API_URL = "https://api.zoom.us"
 OAUTH_URL = "https://zoom.us"

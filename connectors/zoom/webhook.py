@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from collector.contract import Granularity, Observation
-from collector.events import (
+from dxkpi.collector.contract import Granularity, Observation
+from dxkpi.collector.events import (
     Accepted,
     Rejected,
     Reply,
@@ -43,7 +43,7 @@ from collector.events import (
     same_digest,
     unknown_event,
 )
-from connectors.zoom.connector import ZoomSettings
+from dxkpi.connectors.zoom.connector import ZoomSettings
 
 EVENTS = ["endpoint.url_validation", "meeting.ended", "meeting.participant_joined"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from collector.storage.schema import metadata
+from dxkpi.collector.storage.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - only via `alembic` CLI with -x url=...

@@ -10,14 +10,14 @@ from typing import Any
 import jwt
 import pytest
 
-from collector.contract import TOKYO, Observation, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Observation, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeClock,
     FakeRequest,
@@ -28,8 +28,8 @@ from collector.testing import (
     days,
     observations,
 )
-from connectors.appstore import AppStoreConnector, AppStoreSettings
-from connectors.appstore.tests.fake_appstore import (
+from dxkpi.connectors.appstore import AppStoreConnector, AppStoreSettings
+from dxkpi.connectors.appstore.tests.fake_appstore import (
     TESTDATA,
     FakeAppStore,
     gone,

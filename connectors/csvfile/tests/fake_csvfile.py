@@ -13,10 +13,10 @@ from typing import Any
 
 import openpyxl
 
-from collector.contract import TOKYO, Observation, Window
-from collector.testing import context_for
-from connectors.csvfile import CsvFileConnector
-from connectors.csvfile.settings import CsvFileSettings
+from dxkpi.collector.contract import TOKYO, Observation, Window
+from dxkpi.collector.testing import context_for
+from dxkpi.connectors.csvfile import CsvFileConnector
+from dxkpi.connectors.csvfile.settings import CsvFileSettings
 
 Rows = Sequence[Sequence[object]]
 

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Granularity, MetricSpec, Observation, Window
-from collector.errors import FatalSourceError, RetryableSourceError, SourceDataError
-from collector.testing import ConnectorContract, observations
-from connectors.csvfile import CsvFileConnector
-from connectors.csvfile.tests.fake_csvfile import ALL_TIME, FileShare, by_key, window
+from dxkpi.collector.contract import TOKYO, Granularity, MetricSpec, Observation, Window
+from dxkpi.collector.errors import FatalSourceError, RetryableSourceError, SourceDataError
+from dxkpi.collector.testing import ConnectorContract, observations
+from dxkpi.connectors.csvfile import CsvFileConnector
+from dxkpi.connectors.csvfile.tests.fake_csvfile import ALL_TIME, FileShare, by_key, window
 
 DAY, MONTH, FY = Granularity.DAY, Granularity.MONTH, Granularity.FISCAL_YEAR
 
@@ -938,7 +938,7 @@ INVALID_SETTINGS: list[dict[str, Any]] = [
 def test_settings_errors_say_what_to_do() -> None:
     from pydantic import ValidationError
 
-    from connectors.csvfile.settings import CsvFileSettings
+    from dxkpi.connectors.csvfile.settings import CsvFileSettings
 
     with pytest.raises(ValidationError, match="store seconds \\(scale: 60\\)"):
         CsvFileSettings.model_validate(INVALID_SETTINGS[5])

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.config import SourceConfig
-from collector.contract import TOKYO, Granularity, Observation, SourceContext
-from collector.fiscal import fiscal_year_of
-from collector.registry import load_connector
-from collector.testing import observations
-from connectors.csvfile.tests.fake_csvfile import later_than_any_file, window
+from dxkpi.collector.config import SourceConfig
+from dxkpi.collector.contract import TOKYO, Granularity, Observation, SourceContext
+from dxkpi.collector.fiscal import fiscal_year_of
+from dxkpi.collector.registry import load_connector
+from dxkpi.collector.testing import observations
+from dxkpi.connectors.csvfile.tests.fake_csvfile import later_than_any_file, window
 
 EXAMPLE_YAML = Path(__file__).parents[1] / "example.yaml"
 CONFIG_FOLDER = Path(__file__).parents[3] / "collector" / "example"

@@ -13,14 +13,14 @@ from typing import Any
 import pydantic
 import pytest
 
-from collector.contract import TOKYO, Observation, SourceContext, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Observation, SourceContext, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeClock,
     FakeRequest,
@@ -31,8 +31,8 @@ from collector.testing import (
     days,
     observations,
 )
-from connectors.ga4 import Ga4Connector, Ga4Settings
-from connectors.ga4.tests.fake_ga4 import (
+from dxkpi.connectors.ga4 import Ga4Connector, Ga4Settings
+from dxkpi.connectors.ga4.tests.fake_ga4 import (
     CLIENT_EMAIL,
     PROPERTY_ID,
     FakeGa4,

@@ -30,7 +30,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 TESTDATA = Path(__file__).parent / "testdata"
 SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"

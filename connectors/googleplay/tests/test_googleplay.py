@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Checkpoint, Observation, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Checkpoint, Observation, Window
+from dxkpi.collector.errors import (
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeClock,
     FakeRequest,
@@ -25,8 +25,8 @@ from collector.testing import (
     context_for,
     observations,
 )
-from connectors.googleplay import GooglePlayConnector, GooglePlaySettings
-from connectors.googleplay.tests.fake_gcs import FakeGcs, new_service_account, utf16_csv
+from dxkpi.connectors.googleplay import GooglePlayConnector, GooglePlaySettings
+from dxkpi.connectors.googleplay.tests.fake_gcs import FakeGcs, new_service_account, utf16_csv
 
 KEY_FILE, PUBLIC_KEY = new_service_account()
 OTHER_KEY_FILE, _ = new_service_account()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 TOKEN = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 SITE_ID = 3

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Observation, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeResponse,
     SharedServer,
@@ -25,8 +25,14 @@ from collector.testing import (
     days,
     observations,
 )
-from connectors.matomo import MatomoConnector
-from connectors.matomo.tests.fake_matomo import PREFIX, SITE_ID, TOKEN, FakeMatomo, matomo_error
+from dxkpi.connectors.matomo import MatomoConnector
+from dxkpi.connectors.matomo.tests.fake_matomo import (
+    PREFIX,
+    SITE_ID,
+    TOKEN,
+    FakeMatomo,
+    matomo_error,
+)
 
 JUNE_2 = datetime(2025, 6, 2, tzinfo=TOKYO)
 SERVER = SharedServer()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 API_KEY = "pl-Stats-Key-0123456789abcdefXYZ"
 SITE_ID = "www.pref.example.jp"

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Observation, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeClock,
     FakeResponse,
@@ -26,8 +26,8 @@ from collector.testing import (
     days,
     observations,
 )
-from connectors.plausible import PlausibleConnector
-from connectors.plausible.tests.fake_plausible import (
+from dxkpi.connectors.plausible import PlausibleConnector
+from dxkpi.connectors.plausible.tests.fake_plausible import (
     API_KEY,
     SITE_ID,
     FakePlausible,

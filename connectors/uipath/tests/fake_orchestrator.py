@@ -26,7 +26,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 TESTDATA = Path(__file__).parent / "testdata"
 FOLDER_HEADER = "X-UIPATH-OrganizationUnitId"

@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Observation, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeClock,
     FakeRequest,
@@ -26,8 +26,8 @@ from collector.testing import (
     days,
     observations,
 )
-from connectors.uipath import UiPathConnector, UiPathSettings
-from connectors.uipath.tests.fake_orchestrator import FakeOrchestrator, job
+from dxkpi.connectors.uipath import UiPathConnector, UiPathSettings
+from dxkpi.connectors.uipath.tests.fake_orchestrator import FakeOrchestrator, job
 
 INVOICE = "請求書データ入力"
 RESIDENT = "住民票発行集計"

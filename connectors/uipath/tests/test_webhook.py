@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from collector.events import Accepted, Rejected, Reply, WebhookRequest
-from collector.testing import context_for
-from connectors.uipath import UiPathSettings, UiPathWebhook
+from dxkpi.collector.events import Accepted, Rejected, Reply, WebhookRequest
+from dxkpi.collector.testing import context_for
+from dxkpi.connectors.uipath import UiPathSettings, UiPathWebhook
 
 SECRET = "uipath-hook-secret"
 NOW = datetime(2026, 12, 3, 9, 0, tzinfo=UTC)

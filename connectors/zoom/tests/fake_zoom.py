@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 CLIENT_ID = "zoomClientId123"
 CLIENT_SECRET = "zoom-Client-S3cret-value-XYZ"

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from collector.contract import TOKYO, Observation, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Observation, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeClock,
     FakeRequest,
@@ -27,8 +27,8 @@ from collector.testing import (
     days,
     observations,
 )
-from connectors.zoom import ZoomConnector, duration_seconds
-from connectors.zoom.tests.fake_zoom import (
+from dxkpi.connectors.zoom import ZoomConnector, duration_seconds
+from dxkpi.connectors.zoom.tests.fake_zoom import (
     ACCOUNT_ID,
     CLIENT_ID,
     CLIENT_SECRET,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from collector.storage.schema import DROP_REVISION_TRIGGERS, REVISION_TRIGGERS
+from dxkpi.collector.storage.schema import DROP_REVISION_TRIGGERS, REVISION_TRIGGERS
 
 revision = "0001"
 down_revision = None

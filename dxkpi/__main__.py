@@ -1,0 +1,3 @@
+from dxkpi.collector.cli import main
+
+main()
