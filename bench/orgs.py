@@ -12,8 +12,8 @@ KPI per organisation (its first site's page views over the fiscal year).
   about two minutes). Measured: a real worker as the README recommends (`dxkpi worker --pool
   threads --concurrency 32 --processes <cores>`, default log level, default
   `DXKPI_ORG_CONCURRENCY`), over Redis and a PostgreSQL store, given one beat cycle: every
-  `dxkpi.collect` entry of `tasks.schedule.beat_schedule(config)` sent with its options, in the
-  schedule's order, once every worker process answers a ping and a warm-up task has run; wall
+  `dxkpi.collect` entry of `dxkpi.tasks.schedule.beat_schedule(config)` sent with its options, in
+  the schedule's order, once every worker process answers a ping and a warm-up task has run; wall
   time from the first send to the last run's `finished_at`. Target: serial / Celery >= 10.
   Starvation: `collection_runs` must hold exactly one scheduled run per source, successful.
   The worker's log gives the runs deferred by the per-organisation limit and the KPI history
@@ -63,11 +63,11 @@ from bench.harness import (
     tail,
     write_config,
 )
-from collector.config import LoadedConfig, load_config
-from collector.contract import Window
-from collector.runner import collect_source
-from collector.storage import Store
-from collector.testing import FakeRequest, FakeResponse, Handler, loopback_server
+from dxkpi.collector.config import LoadedConfig, load_config
+from dxkpi.collector.contract import Window
+from dxkpi.collector.runner import collect_source
+from dxkpi.collector.storage import Store
+from dxkpi.collector.testing import FakeRequest, FakeResponse, Handler, loopback_server
 
 FULL_ORGS = 60
 SOURCES_PER_ORG = 8
@@ -205,9 +205,9 @@ def read_side(config: Path, repeats: int, scrapes: int) -> dict[str, float]:
     from click.testing import CliRunner
 
     from bench.scrape import scrape
-    from collector.cli import main
-    from collector.exporter import Exporter
-    from collector.webserver import make_server
+    from dxkpi.collector.cli import main
+    from dxkpi.collector.exporter import Exporter
+    from dxkpi.collector.webserver import make_server
 
     loaded = load_config(config)
     assert loaded.config.storage.url is not None
@@ -267,7 +267,7 @@ def serial_sample(
 
 def send_beat_cycle(app: Any, loaded: LoadedConfig, sources: set[str]) -> int:
     """Every collect entry of the beat schedule for `sources`, as beat sends it."""
-    from tasks.schedule import beat_schedule
+    from dxkpi.tasks.schedule import beat_schedule
 
     sent = 0
     for entry in beat_schedule(loaded.config).values():
@@ -319,10 +319,10 @@ def run(bench: Bench) -> Outcome:
         import redis
         from celery import Celery
 
-        from collector.registry import load_connector
-        from connectors.plausible.tests.fake_plausible import SITE_ID, FakePlausible
-        from tasks.collect import DEFAULT_ORG_CONCURRENCY
-        from tasks.kpis import REFRESH_DELAY
+        from dxkpi.collector.registry import load_connector
+        from dxkpi.connectors.plausible.tests.fake_plausible import SITE_ID, FakePlausible
+        from dxkpi.tasks.collect import DEFAULT_ORG_CONCURRENCY
+        from dxkpi.tasks.kpis import REFRESH_DELAY
 
         load_connector("plausible")
     except Exception as exc:

@@ -20,9 +20,9 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
-from collector.config import Config, SourceConfig
-from collector.kpi import KpiState
-from collector.present import (
+from dxkpi.collector.config import Config, SourceConfig
+from dxkpi.collector.kpi import KpiState
+from dxkpi.collector.present import (
     STATUS_WORDS,
     Lang,
     fiscal_year_label,

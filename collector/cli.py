@@ -30,11 +30,11 @@ from dxkpi.collector.runtime import Runtime, resolve, set_current
 from dxkpi.collector.storage import Store, require_current_schema
 
 if TYPE_CHECKING:
-    from collector.config import Config, SourceConfig
-    from collector.contract import Window
-    from collector.exporter import Exporter
-    from collector.receiver.serve import ReceiverServer
-    from collector.webserver import BoundedHTTPServer
+    from dxkpi.collector.config import Config, SourceConfig
+    from dxkpi.collector.contract import Window
+    from dxkpi.collector.exporter import Exporter
+    from dxkpi.collector.receiver.serve import ReceiverServer
+    from dxkpi.collector.webserver import BoundedHTTPServer
 
 console = Console(stderr=True)
 out = Console()
@@ -453,7 +453,7 @@ def beat(ctx: click.Context) -> None:
     runtime = _runtime(ctx)
     _check_broker(runtime)
     _check_store(runtime)
-    from tasks.app import app
+    from dxkpi.tasks.app import app
 
     app.start(["beat", "--loglevel", ctx.obj["log_level"]])
 
@@ -812,8 +812,8 @@ def status(
     from rich import box
     from rich.markup import escape
 
-    from collector.kpi import KpiCalculator, KpiState
-    from collector.present import (
+    from dxkpi.collector.kpi import KpiCalculator, KpiState
+    from dxkpi.collector.present import (
         STATUS_WORDS,
         Lang,
         clip,

@@ -29,13 +29,13 @@ from pydantic import (
     model_validator,
 )
 
-from collector.contract import ConnectorSettings, MetricSpec, SourceContext
-from collector.durations import Duration, format_duration
-from collector.errors import ConfigError, ConfigProblem, DxkpiError
-from collector.fiscal import format_fiscal_year, parse_fiscal_year
-from collector.receiver.config import QUALIFIED_ID, ReceiverConfig, check_receiver
-from collector.registry import load_connector
-from collector.units import conversion_factor, known_units
+from dxkpi.collector.contract import ConnectorSettings, MetricSpec, SourceContext
+from dxkpi.collector.durations import Duration, format_duration
+from dxkpi.collector.errors import ConfigError, ConfigProblem, DxkpiError
+from dxkpi.collector.fiscal import format_fiscal_year, parse_fiscal_year
+from dxkpi.collector.receiver.config import QUALIFIED_ID, ReceiverConfig, check_receiver
+from dxkpi.collector.registry import load_connector
+from dxkpi.collector.units import conversion_factor, known_units
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WHOLE_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")

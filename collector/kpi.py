@@ -58,7 +58,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from collector.config import (
+from dxkpi.collector.config import (
     Cadence,
     Config,
     FeedConfig,
@@ -66,11 +66,11 @@ from collector.config import (
     MetricRef,
     TargetConfig,
 )
-from collector.contract import Granularity
-from collector.fiscal import fiscal_year_end, fiscal_year_of, fiscal_year_start
-from collector.forecast import forecast_value, on_track
-from collector.storage import SeriesRow, Store
-from collector.units import conversion_factor
+from dxkpi.collector.contract import Granularity
+from dxkpi.collector.fiscal import fiscal_year_end, fiscal_year_of, fiscal_year_start
+from dxkpi.collector.forecast import forecast_value, on_track
+from dxkpi.collector.storage import SeriesRow, Store
+from dxkpi.collector.units import conversion_factor
 
 __all__ = [
     "BEHIND_PATH_THRESHOLD",

@@ -18,11 +18,11 @@ from zoneinfo import ZoneInfo
 
 from rich.cells import cell_len
 
-from collector.config import Config, SourceConfig
-from collector.fiscal import REIWA_OFFSET, japanese_fiscal_year, reiwa_label
-from collector.kpi import KpiState, StatusWord
-from collector.storage import SourceHealth
-from collector.units import PERCENT_UNITS, RATIO_UNITS
+from dxkpi.collector.config import Config, SourceConfig
+from dxkpi.collector.fiscal import REIWA_OFFSET, japanese_fiscal_year, reiwa_label
+from dxkpi.collector.kpi import KpiState, StatusWord
+from dxkpi.collector.storage import SourceHealth
+from dxkpi.collector.units import PERCENT_UNITS, RATIO_UNITS
 
 __all__ = [
     "AREA_NAMES",

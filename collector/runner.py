@@ -18,12 +18,18 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import SecretStr
 
-from collector.config import LoadedConfig
-from collector.contract import AnyConnector, Checkpoint, ConnectorSettings, Observation, Window
-from collector.errors import RetryableSourceError, SourceError
-from collector.redact import redact
-from collector.registry import load_connector
-from collector.storage import OrgAtLimit, OrgShare, Store, WriteStats
+from dxkpi.collector.config import LoadedConfig
+from dxkpi.collector.contract import (
+    AnyConnector,
+    Checkpoint,
+    ConnectorSettings,
+    Observation,
+    Window,
+)
+from dxkpi.collector.errors import RetryableSourceError, SourceError
+from dxkpi.collector.redact import redact
+from dxkpi.collector.registry import load_connector
+from dxkpi.collector.storage import OrgAtLimit, OrgShare, Store, WriteStats
 
 log = logging.getLogger("dxkpi.runner")
 

@@ -41,7 +41,7 @@ def create_app(runtime: Runtime | None = None) -> Celery:
         beat_schedule=beat_schedule(config),
         # Keyed by queue and config: deployments sharing a data directory keep their own state.
         beat_schedule_filename=str(runtime.beat_state),
-        beat_scheduler="tasks.schedule:BeatScheduler",
+        beat_scheduler="dxkpi.tasks.schedule:BeatScheduler",
         worker_hijack_root_logger=False,
     )
     return app

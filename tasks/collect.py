@@ -10,12 +10,12 @@ from typing import Any
 from celery import Task, chain
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from collector.contract import Window
-from collector.errors import DxkpiError, FatalSourceError, RetryableSourceError
-from collector.runner import backfill_windows, build_connector, collect_source, who
-from collector.runtime import Runtime, current
-from tasks.app import app
-from tasks.kpis import request_refresh
+from dxkpi.collector.contract import Window
+from dxkpi.collector.errors import DxkpiError, FatalSourceError, RetryableSourceError
+from dxkpi.collector.runner import backfill_windows, build_connector, collect_source, who
+from dxkpi.collector.runtime import Runtime, current
+from dxkpi.tasks.app import app
+from dxkpi.tasks.kpis import request_refresh
 
 log = logging.getLogger("dxkpi.tasks")
 

@@ -12,8 +12,8 @@ from celery.beat import PersistentScheduler, ScheduleEntry, SchedulingError
 from celery.schedules import crontab, schedule
 from kombu.exceptions import OperationalError
 
-from collector.config import Config, Schedule
-from collector.redact import redact
+from dxkpi.collector.config import Config, Schedule
+from dxkpi.collector.redact import redact
 
 log = logging.getLogger("dxkpi.beat")
 

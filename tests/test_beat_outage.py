@@ -12,7 +12,7 @@ import pytest
 from celery import Celery
 from celery.beat import ScheduleEntry
 
-from tasks.schedule import BeatScheduler
+from dxkpi.tasks.schedule import BeatScheduler
 from tests.conftest import REDIS_URL
 from tests.tcp_proxy import TcpProxy
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from collector.cli import main
-from collector.config import load_config
-from collector.errors import ConfigError
-from collector.registry import known_connectors
-from collector.runtime import EXAMPLE_CONFIG
-from collector.schema import config_schema
+from dxkpi.collector.cli import main
+from dxkpi.collector.config import load_config
+from dxkpi.collector.errors import ConfigError
+from dxkpi.collector.registry import known_connectors
+from dxkpi.collector.runtime import EXAMPLE_CONFIG
+from dxkpi.collector.schema import config_schema
 from tests.conftest import write_config
 
 SCHEMA_FILE = Path(__file__).parents[1] / "schema" / "dxkpi-config.schema.json"

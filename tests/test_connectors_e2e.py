@@ -23,30 +23,35 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from collector.config import load_config
-from collector.contract import TOKYO
-from collector.exporter import Exporter
-from collector.storage import Store
-from collector.testing import Handler, loopback_server
-from connectors._google.fake_token import key_file as google_key_file
-from connectors.appstore.tests.fake_appstore import FakeAppStore, new_team_key, report, report_row
-from connectors.csvfile.tests.fake_csvfile import FileShare
-from connectors.ga4.tests.fake_ga4 import PROPERTY_ID, FakeGa4, key_file, new_key
-from connectors.googleplay.tests.fake_gcs import TESTDATA, FakeGcs, new_service_account
-from connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID, FakeSheets
-from connectors.httpjson.tests.fake_statsapi import PATH as STATS_PATH
-from connectors.httpjson.tests.fake_statsapi import TOKEN as STATS_TOKEN
-from connectors.httpjson.tests.fake_statsapi import FakeStatsApi
-from connectors.kintone.tests.fake_kintone import APP as KINTONE_APP
-from connectors.kintone.tests.fake_kintone import DOMAIN_TOKEN as KINTONE_TOKEN
-from connectors.kintone.tests.fake_kintone import FakeKintone
-from connectors.matomo.tests.fake_matomo import PREFIX, SITE_ID, FakeMatomo
-from connectors.matomo.tests.fake_matomo import TOKEN as MATOMO_TOKEN
-from connectors.plausible.tests.fake_plausible import SITE_ID as PLAUSIBLE_SITE
-from connectors.plausible.tests.fake_plausible import FakePlausible
-from connectors.uipath.tests.fake_orchestrator import FakeOrchestrator, recorded_jobs
-from connectors.zoom.tests.fake_zoom import ACCOUNT_ID, CLIENT_ID, FakeZoom
-from connectors.zoom.tests.fake_zoom import CLIENT_SECRET as ZOOM_SECRET
+from dxkpi.collector.config import load_config
+from dxkpi.collector.contract import TOKYO
+from dxkpi.collector.exporter import Exporter
+from dxkpi.collector.storage import Store
+from dxkpi.collector.testing import Handler, loopback_server
+from dxkpi.connectors._google.fake_token import key_file as google_key_file
+from dxkpi.connectors.appstore.tests.fake_appstore import (
+    FakeAppStore,
+    new_team_key,
+    report,
+    report_row,
+)
+from dxkpi.connectors.csvfile.tests.fake_csvfile import FileShare
+from dxkpi.connectors.ga4.tests.fake_ga4 import PROPERTY_ID, FakeGa4, key_file, new_key
+from dxkpi.connectors.googleplay.tests.fake_gcs import TESTDATA, FakeGcs, new_service_account
+from dxkpi.connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID, FakeSheets
+from dxkpi.connectors.httpjson.tests.fake_statsapi import PATH as STATS_PATH
+from dxkpi.connectors.httpjson.tests.fake_statsapi import TOKEN as STATS_TOKEN
+from dxkpi.connectors.httpjson.tests.fake_statsapi import FakeStatsApi
+from dxkpi.connectors.kintone.tests.fake_kintone import APP as KINTONE_APP
+from dxkpi.connectors.kintone.tests.fake_kintone import DOMAIN_TOKEN as KINTONE_TOKEN
+from dxkpi.connectors.kintone.tests.fake_kintone import FakeKintone
+from dxkpi.connectors.matomo.tests.fake_matomo import PREFIX, SITE_ID, FakeMatomo
+from dxkpi.connectors.matomo.tests.fake_matomo import TOKEN as MATOMO_TOKEN
+from dxkpi.connectors.plausible.tests.fake_plausible import SITE_ID as PLAUSIBLE_SITE
+from dxkpi.connectors.plausible.tests.fake_plausible import FakePlausible
+from dxkpi.connectors.uipath.tests.fake_orchestrator import FakeOrchestrator, recorded_jobs
+from dxkpi.connectors.zoom.tests.fake_zoom import ACCOUNT_ID, CLIENT_ID, FakeZoom
+from dxkpi.connectors.zoom.tests.fake_zoom import CLIENT_SECRET as ZOOM_SECRET
 from tests import test_celery_e2e
 from tests.conftest import IN_CI
 from tests.test_celery_e2e import wait_for

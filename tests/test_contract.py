@@ -65,11 +65,11 @@ def test_days_that_dst_makes_shorter_or_longer_end_at_the_next_midnight(
 
 def test_every_builtin_connector_runs_the_shared_contract_suite() -> None:
     """A connector folder is registered by its folder name; its tests must subclass
-    `collector.testing.ConnectorContract` for it, or the contract is never checked."""
+    `dxkpi.collector.testing.ConnectorContract` for it, or the contract is never checked."""
     import ast
     from pathlib import Path
 
-    from collector.registry import _builtin_names
+    from dxkpi.collector.registry import _builtin_names
 
     root = Path(__file__).parents[1] / "connectors"
     contracted = set()

@@ -45,9 +45,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from collector.storage import Store
-from collector.testing import FakeRequest, FakeResponse, loopback_server
-from connectors.matomo.tests.fake_matomo import TOKEN, FakeMatomo
+from dxkpi.collector.storage import Store
+from dxkpi.collector.testing import FakeRequest, FakeResponse, loopback_server
+from dxkpi.connectors.matomo.tests.fake_matomo import TOKEN, FakeMatomo
 from tests.own_services import OwnPostgres, OwnRedis
 from tests.test_celery_e2e import free_port
 
@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TZ = ZoneInfo("Asia/Tokyo")
 LEASE_SECONDS = 6
 QUEUE = "dxkpi-faults"
-WRITE_BATCH = 25_000  # collector.runner.WRITE_BATCH: a stored count is a multiple of it
+WRITE_BATCH = 25_000  # dxkpi.collector.runner.WRITE_BATCH: a stored count is a multiple of it
 BULK_DAYS, BULK_PAGES = 20, 3_000  # 60,000 rows: three batches
 # Hang guards, not timings: a recovery slower than these is a hang.
 GUARD = 90.0
@@ -124,7 +124,7 @@ class Process:
         self.killed = False  # by the test, on purpose
         with log.open("ab") as output:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "collector", *args],
+                [sys.executable, "-m", "dxkpi.collector", *args],
                 env=env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -308,7 +308,7 @@ class Site:
     def status(self) -> tuple[int, dict[str, Any], str]:
         """`dxkpi status --json`: (exit code, sources by id, output when it failed)."""
         done = subprocess.run(
-            [sys.executable, "-m", "collector", "status", "--json"],
+            [sys.executable, "-m", "dxkpi.collector", "status", "--json"],
             env=self.env,
             capture_output=True,
             text=True,

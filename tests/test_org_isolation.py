@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from collector.testing import FakeRequest, FakeResponse, loopback_server
-from connectors.plausible.tests.fake_plausible import SITE_ID, FakePlausible
+from dxkpi.collector.testing import FakeRequest, FakeResponse, loopback_server
+from dxkpi.connectors.plausible.tests.fake_plausible import SITE_ID, FakePlausible
 from tests.test_celery_e2e import cluster, wait_for  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.slow
@@ -157,10 +157,10 @@ def test_a_credential_is_sent_only_to_its_own_organisations_endpoint(org_cluster
 
 def test_errors_name_the_organisation(tmp_path: Path) -> None:
     """A failed run's error and the runner's log line say whose source it is."""
-    from collector.config import load_config
-    from collector.errors import SourceAuthError
-    from collector.runner import collect_source
-    from collector.storage import Store
+    from dxkpi.collector.config import load_config
+    from dxkpi.collector.errors import SourceAuthError
+    from dxkpi.collector.runner import collect_source
+    from dxkpi.collector.storage import Store
 
     fake = FakePlausible(keys={"some-other-key"})
     with loopback_server(fake) as (url, _):
@@ -188,7 +188,7 @@ def test_a_burst_of_runs_queues_one_kpi_history_refresh_not_one_per_run(
 ) -> None:
     """480 runs in a cycle used to queue 480 refreshes (each recomputes every KPI, one at a
     time behind a table lock); runs that change data within `REFRESH_DELAY` share one."""
-    from tasks.kpis import REFRESH_DELAY
+    from dxkpi.tasks.kpis import REFRESH_DELAY
 
     start, client, store, tmp = org_cluster
     with loopback_server(FakePlausible(keys={KEYS["a"]})) as (url, _):
@@ -208,8 +208,8 @@ def test_a_burst_of_runs_queues_one_kpi_history_refresh_not_one_per_run(
 def test_an_unknown_source_among_hundreds_is_named_with_a_suggestion(
     tmp_path: Path, org_keys: dict[str, str]
 ) -> None:
-    from collector.config import load_config
-    from collector.errors import DxkpiError
+    from dxkpi.collector.config import load_config
+    from dxkpi.collector.errors import DxkpiError
 
     sources = [
         plausible_source(f"{org}_site_{i}", org, "http://127.0.0.1:9")
@@ -229,7 +229,7 @@ def test_an_unknown_source_among_hundreds_is_named_with_a_suggestion(
 def test_the_store_lets_an_organisation_hold_at_most_its_share_of_leases(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
-    from collector.storage import OrgAtLimit, OrgShare, Store
+    from dxkpi.collector.storage import OrgAtLimit, OrgShare, Store
 
     store: Store = request.getfixturevalue(backend)
     a = OrgShare("a", ("a1", "a2", "a3"), limit=2)

@@ -16,16 +16,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from sqlalchemy import select
 
-from collector.clock import parse_moment
-from collector.config import Config, load_config
-from collector.contract import TOKYO, Granularity, Observation, Window
-from collector.errors import ConfigError, SourceError
-from collector.exporter import Exporter
-from collector.fiscal import fiscal_year_of
-from collector.kpi import KpiCalculator, KpiState
-from collector.runner import collect_source
-from collector.storage import Store
-from collector.storage.schema import series
+from dxkpi.collector.clock import parse_moment
+from dxkpi.collector.config import Config, load_config
+from dxkpi.collector.contract import TOKYO, Granularity, Observation, Window
+from dxkpi.collector.errors import ConfigError, SourceError
+from dxkpi.collector.exporter import Exporter
+from dxkpi.collector.fiscal import fiscal_year_of
+from dxkpi.collector.kpi import KpiCalculator, KpiState
+from dxkpi.collector.runner import collect_source
+from dxkpi.collector.storage import Store
+from dxkpi.collector.storage.schema import series
 
 EXAMPLE = Path(__file__).parent.parent / "collector" / "example" / "prefecture"
 
@@ -465,8 +465,8 @@ def test_status_sources_report_and_board_name_the_organisations(tmp_path: Path) 
     from click.testing import CliRunner
     from rich.cells import cell_len
 
-    from collector.cli import main
-    from collector.runtime import set_current
+    from dxkpi.collector.cli import main
+    from dxkpi.collector.runtime import set_current
 
     shutil.copytree(EXAMPLE, tmp_path / "config")
 

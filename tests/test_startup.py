@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from collector.testing import FakeRequest, FakeResponse, loopback_server
+from dxkpi.collector.testing import FakeRequest, FakeResponse, loopback_server
 from tests.conftest import write_config
 from tests.test_celery_e2e import wait_for
 
@@ -38,7 +38,7 @@ def dxkpi_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def command(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "collector", "--config", str(config), *args]
+    return [sys.executable, "-m", "dxkpi.collector", "--config", str(config), *args]
 
 
 def run_to_exit(config: Path, env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -194,8 +194,8 @@ def test_beat_makes_its_data_directory_and_keys_its_state_by_deployment(
 def test_two_deployments_sharing_a_data_directory_keep_their_own_beat_state(
     tmp_path: Path,
 ) -> None:
-    from collector.runtime import resolve
-    from tasks.app import create_app
+    from dxkpi.collector.runtime import resolve
+    from dxkpi.tasks.app import create_app
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -20,9 +20,9 @@ from datetime import datetime
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from collector.config import Config, FeedConfig, LoadedConfig
-from collector.kpi import KpiCalculator, KpiState, match_series
-from collector.present import (
+from dxkpi.collector.config import Config, FeedConfig, LoadedConfig
+from dxkpi.collector.kpi import KpiCalculator, KpiState, match_series
+from dxkpi.collector.present import (
     STATUS_WORDS,
     Lang,
     area_label,

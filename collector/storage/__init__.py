@@ -1,9 +1,9 @@
 """Storage: SQLAlchemy Core tables, Alembic migrations, and the `Store` that writes and reads
 (`store.py`) and keeps runs, cursors and leases (`runs.py`)."""
 
-from collector.storage.revision import SchemaNotCurrentError, require_current_schema
-from collector.storage.runs import Gap, OrgAtLimit, OrgShare, SourceHealth
-from collector.storage.store import (
+from dxkpi.collector.storage.revision import SchemaNotCurrentError, require_current_schema
+from dxkpi.collector.storage.runs import Gap, OrgAtLimit, OrgShare, SourceHealth
+from dxkpi.collector.storage.store import (
     PeriodPoint,
     SeriesRow,
     Store,

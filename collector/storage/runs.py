@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, text, update
 from sqlalchemy.sql.elements import TextClause
 
-from collector.redact import redact
-from collector.storage.schema import collection_runs, series, source_state
+from dxkpi.collector.redact import redact
+from dxkpi.collector.storage.schema import collection_runs, series, source_state
 
 
 @dataclass(frozen=True)

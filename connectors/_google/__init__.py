@@ -1,7 +1,7 @@
 """Code the Google connectors (ga4, googleplay, gsheets) share. Not a connector: the registry
 skips folders whose name starts with "_"."""
 
-from connectors._google.service_account import (
+from dxkpi.connectors._google.service_account import (
     ServiceAccountSettings,
     load_key,
     service_account_info,

@@ -20,7 +20,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 CLIENT_EMAIL = "dxkpi-reader@pref-dx.iam.gserviceaccount.com"
 KEY_ID = "f3a9c0e1b2d4"

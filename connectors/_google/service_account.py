@@ -9,8 +9,8 @@ from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 
-from collector.contract import ConnectorSettings, SourceContext
-from collector.errors import FatalSourceError
+from dxkpi.collector.contract import ConnectorSettings, SourceContext
+from dxkpi.collector.errors import FatalSourceError
 
 
 def service_account_info(text: str, where: str) -> dict[str, Any]:

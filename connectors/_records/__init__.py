@@ -23,11 +23,18 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from collector.contract import LABEL_NAME, Aggregation, Granularity, MetricSpec, Observation, Window
-from collector.errors import SourceDataError, excerpt
-from collector.fiscal import fiscal_year_of, period_end
-from connectors._tables.cells import cell_text, parse_moment, parse_number, parse_period_cell
-from connectors._tables.settings import MetricColumn, finite_nonzero_scale
+from dxkpi.collector.contract import (
+    LABEL_NAME,
+    Aggregation,
+    Granularity,
+    MetricSpec,
+    Observation,
+    Window,
+)
+from dxkpi.collector.errors import SourceDataError, excerpt
+from dxkpi.collector.fiscal import fiscal_year_of, period_end
+from dxkpi.connectors._tables.cells import cell_text, parse_moment, parse_number, parse_period_cell
+from dxkpi.connectors._tables.settings import MetricColumn, finite_nonzero_scale
 
 __all__ = [
     "PeriodGranularity",

@@ -9,15 +9,15 @@ from datetime import date, datetime, time
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-from collector.contract import Granularity as G
-from collector.contract import MetricSpec, Observation, Window
-from collector.errors import excerpt
-from collector.fiscal import period_end
-from connectors._tables.cells import cell_text, parse_number, parse_period_cell
-from connectors._tables.problems import Problems
-from connectors._tables.rows import Table, cell_at
-from connectors._tables.settings import TableColumns
-from connectors._tables.spool import Duplicate, TableSpool
+from dxkpi.collector.contract import Granularity as G
+from dxkpi.collector.contract import MetricSpec, Observation, Window
+from dxkpi.collector.errors import excerpt
+from dxkpi.collector.fiscal import period_end
+from dxkpi.connectors._tables.cells import cell_text, parse_number, parse_period_cell
+from dxkpi.connectors._tables.problems import Problems
+from dxkpi.connectors._tables.rows import Table, cell_at
+from dxkpi.connectors._tables.settings import TableColumns
+from dxkpi.connectors._tables.spool import Duplicate, TableSpool
 
 _ORDER = {G.DAY: 0, G.MONTH: 1, G.FISCAL_YEAR: 2}
 _NAMES = {G.DAY: "a day", G.MONTH: "a month", G.FISCAL_YEAR: "a fiscal year"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collector.errors import SourceDataError
+from dxkpi.collector.errors import SourceDataError
 
 MAX_LISTED = 20
 

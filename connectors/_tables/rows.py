@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from collector.errors import excerpt
-from connectors._tables.cells import is_blank
-from connectors._tables.settings import fold
+from dxkpi.collector.errors import excerpt
+from dxkpi.connectors._tables.cells import is_blank
+from dxkpi.connectors._tables.settings import fold
 
 
 class TableProblem(Exception):

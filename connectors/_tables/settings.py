@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from collector.contract import LABEL_NAME, METRIC_NAME, Aggregation, ConnectorSettings
+from dxkpi.collector.contract import LABEL_NAME, METRIC_NAME, Aggregation, ConnectorSettings
 
 # Words promtool's lint flags in metric names: values must be in base units (seconds, ratios).
 _NON_BASE_UNITS = {

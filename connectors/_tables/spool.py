@@ -17,7 +17,7 @@ from datetime import date, datetime, time
 from types import TracebackType
 from zoneinfo import ZoneInfo
 
-from collector.contract import Granularity as G
+from dxkpi.collector.contract import Granularity as G
 
 # Rows buffered before they go to SQLite, and observations read back at a time.
 BATCH = 20_000

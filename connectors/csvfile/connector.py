@@ -20,14 +20,20 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import ClassVar, TypeVar
 
-from collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
-from collector.errors import FatalSourceError, RetryableSourceError
-from connectors._tables.mapping import read_table, spooled_observations, table_metrics
-from connectors._tables.problems import Problems
-from connectors._tables.spool import TableSpool
-from connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
-from connectors.csvfile.runlog import RUN_LOG_METRICS, Run, RunKey, read_runs, run_observations
-from connectors.csvfile.settings import CsvFileSettings
+from dxkpi.collector.contract import Checkpoint, Connector, MetricSpec, Observation, Window
+from dxkpi.collector.errors import FatalSourceError, RetryableSourceError
+from dxkpi.connectors._tables.mapping import read_table, spooled_observations, table_metrics
+from dxkpi.connectors._tables.problems import Problems
+from dxkpi.connectors._tables.spool import TableSpool
+from dxkpi.connectors.csvfile.reading import FileProblem, Table, csv_table, xlsx_table
+from dxkpi.connectors.csvfile.runlog import (
+    RUN_LOG_METRICS,
+    Run,
+    RunKey,
+    read_runs,
+    run_observations,
+)
+from dxkpi.connectors.csvfile.settings import CsvFileSettings
 
 T = TypeVar("T")
 _GLOB_CHARACTERS = frozenset("*?[")

@@ -18,9 +18,9 @@ import openpyxl
 from openpyxl.utils.exceptions import InvalidFileException
 from openpyxl.worksheet._read_only import ReadOnlyWorksheet
 
-from collector.errors import excerpt
-from connectors._tables.rows import Table, header_of, numbered
-from connectors._tables.rows import TableProblem as FileProblem
+from dxkpi.collector.errors import excerpt
+from dxkpi.connectors._tables.rows import Table, header_of, numbered
+from dxkpi.connectors._tables.rows import TableProblem as FileProblem
 
 __all__ = ["FileProblem", "Table", "csv_table", "text_of", "xlsx_table"]
 

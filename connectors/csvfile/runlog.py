@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from collector.contract import MetricSpec, Observation, Window
-from collector.errors import excerpt
-from connectors._tables.cells import cell_text, is_blank, parse_moment
-from connectors._tables.problems import Problems
-from connectors._tables.rows import Table, cell_at
-from connectors.csvfile.settings import CsvFileSettings, RunResult, fold
+from dxkpi.collector.contract import MetricSpec, Observation, Window
+from dxkpi.collector.errors import excerpt
+from dxkpi.connectors._tables.cells import cell_text, is_blank, parse_moment
+from dxkpi.connectors._tables.problems import Problems
+from dxkpi.connectors._tables.rows import Table, cell_at
+from dxkpi.connectors.csvfile.settings import CsvFileSettings, RunResult, fold
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from pydantic import (
     model_validator,
 )
 
-from collector.durations import Duration
-from connectors._tables.settings import TableColumns, fold
+from dxkpi.collector.durations import Duration
+from dxkpi.connectors._tables.settings import TableColumns, fold
 
 __all__ = ["CsvFileSettings", "RunLogColumns", "RunResult", "fold"]
 

@@ -13,9 +13,9 @@ import csv
 import io
 from typing import Any
 
-from collector.events import NumberedRow, UploadProblem
-from connectors._tables.cells import cell_text, is_blank, parse_number
-from connectors.csvfile.reading import FileProblem, text_of
+from dxkpi.collector.events import NumberedRow, UploadProblem
+from dxkpi.connectors._tables.cells import cell_text, is_blank, parse_number
+from dxkpi.connectors.csvfile.reading import FileProblem, text_of
 
 REQUIRED = ("metric", "period", "value")
 

@@ -27,9 +27,9 @@ from dxkpi.collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import SourceDataError
-from collector.http import HttpClient, fetched_ahead, paginate_offset
-from connectors._google import ServiceAccountSettings, load_key
+from dxkpi.collector.errors import SourceDataError
+from dxkpi.collector.http import HttpClient, fetched_ahead, paginate_offset
+from dxkpi.connectors._google import ServiceAccountSettings, load_key
 
 log = logging.getLogger("dxkpi.connectors.ga4")
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """gsheets: KPI figures from a range of a Google Sheets spreadsheet (see README.md)."""
 
-from connectors.gsheets.connector import GsheetsConnector, GsheetsSettings
+from dxkpi.connectors.gsheets.connector import GsheetsConnector, GsheetsSettings
 
 CONNECTOR = GsheetsConnector
 

@@ -22,8 +22,8 @@ from urllib.parse import quote
 import requests
 from pydantic import Field, model_validator
 
-from collector.auth import JwtBearerToken
-from collector.contract import (
+from dxkpi.collector.auth import JwtBearerToken
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     MetricSpec,
@@ -31,14 +31,14 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import FatalSourceError, SourceDataError
-from collector.http import HttpClient
-from connectors._google import ServiceAccountSettings, load_key
-from connectors._tables.mapping import read_table, spooled_observations, table_metrics
-from connectors._tables.problems import Problems
-from connectors._tables.rows import Table, TableProblem, header_of, numbered
-from connectors._tables.settings import TableColumns
-from connectors._tables.spool import TableSpool
+from dxkpi.collector.errors import FatalSourceError, SourceDataError
+from dxkpi.collector.http import HttpClient
+from dxkpi.connectors._google import ServiceAccountSettings, load_key
+from dxkpi.connectors._tables.mapping import read_table, spooled_observations, table_metrics
+from dxkpi.connectors._tables.problems import Problems
+from dxkpi.connectors._tables.rows import Table, TableProblem, header_of, numbered
+from dxkpi.connectors._tables.settings import TableColumns
+from dxkpi.connectors._tables.spool import TableSpool
 
 API_URL = "https://sheets.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/spreadsheets.readonly"

@@ -1,7 +1,7 @@
 """httpjson: figures from any JSON endpoint, extracted with JMESPath (see README.md)."""
 
-from connectors.httpjson.connector import HttpJsonConnector
-from connectors.httpjson.settings import HttpJsonSettings
+from dxkpi.connectors.httpjson.connector import HttpJsonConnector
+from dxkpi.connectors.httpjson.settings import HttpJsonSettings
 
 CONNECTOR = HttpJsonConnector
 

@@ -22,7 +22,7 @@ from urllib.parse import urljoin, urlsplit
 import jmespath
 import requests
 
-from collector.contract import (
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     Granularity,
@@ -31,12 +31,18 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import SourceDataError, excerpt
-from collector.fiscal import period_end
-from collector.http import HttpClient
-from connectors._records import RecordProblems, RecordTable, metric_specs, period_of, window_periods
-from connectors._tables.cells import cell_text
-from connectors.httpjson.settings import HttpJsonSettings
+from dxkpi.collector.errors import SourceDataError, excerpt
+from dxkpi.collector.fiscal import period_end
+from dxkpi.collector.http import HttpClient
+from dxkpi.connectors._records import (
+    RecordProblems,
+    RecordTable,
+    metric_specs,
+    period_of,
+    window_periods,
+)
+from dxkpi.connectors._tables.cells import cell_text
+from dxkpi.connectors.httpjson.settings import HttpJsonSettings
 
 log = logging.getLogger("dxkpi.connectors.httpjson")
 

@@ -10,8 +10,8 @@ import jmespath
 from jmespath.exceptions import JMESPathError
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from collector.contract import ConnectorSettings
-from connectors._records import PeriodGranularity, RecordMetric, check_mapping
+from dxkpi.collector.contract import ConnectorSettings
+from dxkpi.connectors._records import PeriodGranularity, RecordMetric, check_mapping
 
 # What a parameter template may name: the window, widened to whole periods, in the source's
 # timezone. `{start:%Y-%m-%d}` formats with strftime.

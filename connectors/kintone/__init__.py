@@ -1,7 +1,7 @@
 """kintone: figures kept in a kintone app's records, through the REST API (see README.md)."""
 
-from connectors.kintone.connector import KintoneConnector
-from connectors.kintone.settings import KintoneSettings
+from dxkpi.connectors.kintone.connector import KintoneConnector
+from dxkpi.connectors.kintone.settings import KintoneSettings
 
 CONNECTOR = KintoneConnector
 

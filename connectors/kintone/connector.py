@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import requests
 
-from collector.contract import (
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     Granularity,
@@ -38,7 +38,7 @@ from collector.contract import (
     SourceContext,
     Window,
 )
-from collector.errors import (
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
@@ -46,10 +46,16 @@ from collector.errors import (
     SourceError,
     excerpt,
 )
-from collector.fiscal import period_end
-from collector.http import HttpClient
-from connectors._records import RecordProblems, RecordTable, metric_specs, period_of, window_periods
-from connectors.kintone.settings import KintoneSettings
+from dxkpi.collector.fiscal import period_end
+from dxkpi.collector.http import HttpClient
+from dxkpi.connectors._records import (
+    RecordProblems,
+    RecordTable,
+    metric_specs,
+    period_of,
+    window_periods,
+)
+from dxkpi.connectors.kintone.settings import KintoneSettings
 
 log = logging.getLogger("dxkpi.connectors.kintone")
 

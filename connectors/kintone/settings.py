@@ -7,8 +7,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 
-from collector.contract import ConnectorSettings
-from connectors._records import PeriodGranularity, RecordMetric, check_mapping
+from dxkpi.collector.contract import ConnectorSettings
+from dxkpi.connectors._records import PeriodGranularity, RecordMetric, check_mapping
 
 # The window, the order and the paging are the connector's: a query may only narrow records.
 _OWN_CLAUSES = re.compile(r"\b(order\s+by|limit|offset)\b", re.IGNORECASE)

@@ -1,6 +1,6 @@
 """sql: KPI figures from a read-only SELECT against an organisation's own database (README.md)."""
 
-from connectors.sql.connector import SqlConnector
+from dxkpi.connectors.sql.connector import SqlConnector
 
 CONNECTOR = SqlConnector
 

@@ -12,7 +12,7 @@ The contract with the database, and its traps:
   the day after its last (a half-open range: `WHERE day >= :since AND day < :until`).
 - Every row is read and checked before anything is yielded, so a bad row stores nothing.
 - Drivers put the host, user and database in their messages, never the password; messages are
-  still scrubbed of it (`collector.redact`), and of the URL's, should a driver ever quote it.
+  still scrubbed of it (`dxkpi.collector.redact`), and of the URL's, should a driver ever quote it.
 
 SQLAlchemy here is only the way to the source's database (any dialect's driver by URL); the
 store is none of this connector's business.
@@ -33,7 +33,7 @@ from sqlalchemy.exc import DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import Date
 
-from collector.contract import (
+from dxkpi.collector.contract import (
     Checkpoint,
     Connector,
     Granularity,
@@ -43,17 +43,17 @@ from collector.contract import (
     Window,
     next_midnight,
 )
-from collector.errors import (
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
     SourceError,
 )
-from collector.redact import redact
-from connectors._tables.cells import cell_text, parse_number
-from connectors._tables.mapping import overlaps, period_of
-from connectors.sql.settings import SqlSettings, parse_url
+from dxkpi.collector.redact import redact
+from dxkpi.connectors._tables.cells import cell_text, parse_number
+from dxkpi.connectors._tables.mapping import overlaps, period_of
+from dxkpi.connectors.sql.settings import SqlSettings, parse_url
 
 # How many bad rows one error lists.
 MAX_LISTED = 10

@@ -10,10 +10,10 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from collector.contract import ConnectorSettings
-from collector.durations import Duration
-from connectors._tables.settings import MetricColumn, snake_case_label_names
-from connectors.sql.guard import DIALECTS, check_select
+from dxkpi.collector.contract import ConnectorSettings
+from dxkpi.collector.durations import Duration
+from dxkpi.connectors._tables.settings import MetricColumn, snake_case_label_names
+from dxkpi.connectors.sql.guard import DIALECTS, check_select
 
 # The window's bounds, bound as dates: the only parameters a query may name.
 PARAMETERS = ("since", "until")

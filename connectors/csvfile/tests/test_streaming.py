@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from collector.contract import Observation
-from connectors._tables.spool import BATCH
-from connectors.csvfile.reading import csv_table
-from connectors.csvfile.tests.fake_csvfile import FileShare, window
-from connectors.csvfile.tests.test_csvfile import run, run_until_error, views_source
+from dxkpi.collector.contract import Observation
+from dxkpi.connectors._tables.spool import BATCH
+from dxkpi.connectors.csvfile.reading import csv_table
+from dxkpi.connectors.csvfile.tests.fake_csvfile import FileShare, window
+from dxkpi.connectors.csvfile.tests.test_csvfile import run, run_until_error, views_source
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -86,7 +86,7 @@ COLLECT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    from connectors.csvfile.tests.fake_csvfile import ALL_TIME, FileShare
+    from dxkpi.connectors.csvfile.tests.fake_csvfile import ALL_TIME, FileShare
 
     def hwm():
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -141,7 +141,7 @@ def test_opening_a_workbook_does_not_parse_its_sheet_into_memory(tmp_path: Path)
 
     import openpyxl
 
-    from connectors.csvfile.reading import xlsx_table
+    from dxkpi.connectors.csvfile.reading import xlsx_table
 
     path = tmp_path / "views.xlsx"
     book = openpyxl.Workbook(write_only=True)

@@ -23,8 +23,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from collector.testing import FakeRequest, FakeResponse
-from connectors._google.fake_token import (
+from dxkpi.collector.testing import FakeRequest, FakeResponse
+from dxkpi.connectors._google.fake_token import (
     CLIENT_EMAIL,
     FakeTokenEndpoint,
     google_error,

@@ -25,8 +25,8 @@ from urllib.parse import unquote
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from collector.testing import FakeRequest, FakeResponse
-from connectors._google.fake_token import FakeTokenEndpoint, google_error
+from dxkpi.collector.testing import FakeRequest, FakeResponse
+from dxkpi.connectors._google.fake_token import FakeTokenEndpoint, google_error
 
 SPREADSHEET_ID = "1qA2zXkq7sJp9YdVb3RmT0nHc8LwEeFgUiOp4KsD5aBc"
 SCOPE = "https://www.googleapis.com/auth/spreadsheets.readonly"

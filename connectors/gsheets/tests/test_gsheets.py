@@ -13,14 +13,14 @@ from typing import Any
 import pydantic
 import pytest
 
-from collector.contract import TOKYO, Granularity, Observation, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Granularity, Observation, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeClock,
     FakeResponse,
@@ -29,9 +29,9 @@ from collector.testing import (
     context_for,
     observations,
 )
-from connectors._google.fake_token import CLIENT_EMAIL, google_error, key_file, new_key
-from connectors.gsheets import GsheetsConnector, GsheetsSettings
-from connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID, FakeSheets
+from dxkpi.connectors._google.fake_token import CLIENT_EMAIL, google_error, key_file, new_key
+from dxkpi.connectors.gsheets import GsheetsConnector, GsheetsSettings
+from dxkpi.connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID, FakeSheets
 
 NOW = datetime(2026, 5, 20, 9, 0, tzinfo=TOKYO)
 ALL_TIME = Window(datetime(2000, 1, 1, tzinfo=TOKYO), datetime(2100, 1, 1, tzinfo=TOKYO))
@@ -342,7 +342,7 @@ def test_declared_metrics_follow_the_settings(sheets: Server) -> None:
 def test_the_example_config_is_valid_and_reads_the_fake_sheet(sheets: Server) -> None:
     import yaml
 
-    from connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID as EXAMPLE_ID
+    from dxkpi.connectors.gsheets.tests.fake_gsheets import SPREADSHEET_ID as EXAMPLE_ID
 
     (entry,) = yaml.safe_load(
         (Path(__file__).parents[1] / "example.yaml").read_text(encoding="utf-8")

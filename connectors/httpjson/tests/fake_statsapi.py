@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from collector.fiscal import parse_period
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.fiscal import parse_period
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 TOKEN = "eapp-Token-9f8e7d6c5b4a39281706XYZ"
 PATH = "/api/v1/stats/applications"

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from collector.config import load_config
-from collector.contract import TOKYO, Granularity, Observation, Window
-from collector.errors import (
+from dxkpi.collector.config import load_config
+from dxkpi.collector.contract import TOKYO, Granularity, Observation, Window
+from dxkpi.collector.errors import (
     ConfigError,
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeResponse,
     SharedServer,
@@ -29,8 +29,8 @@ from collector.testing import (
     loopback_server,
     observations,
 )
-from connectors.httpjson import HttpJsonConnector
-from connectors.httpjson.tests.fake_statsapi import PATH, TOKEN, FakeStatsApi
+from dxkpi.connectors.httpjson import HttpJsonConnector
+from dxkpi.connectors.httpjson.tests.fake_statsapi import PATH, TOKEN, FakeStatsApi
 
 SERVER = SharedServer()
 _serving = SERVER.module_fixture()

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.testing import FakeRequest, FakeResponse
+from dxkpi.collector.testing import FakeRequest, FakeResponse
 
 DOMAIN_TOKEN = "kt-AppToken-0123456789abcdefghijKLMNOPQ"
 LOGIN = "dx-office"

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from collector.config import load_config
-from collector.contract import TOKYO, Granularity, Observation, Window
-from collector.errors import (
+from dxkpi.collector.config import load_config
+from dxkpi.collector.contract import TOKYO, Granularity, Observation, Window
+from dxkpi.collector.errors import (
     ConfigError,
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import (
+from dxkpi.collector.testing import (
     ConnectorContract,
     FakeResponse,
     SharedServer,
@@ -28,8 +28,8 @@ from collector.testing import (
     context_for,
     observations,
 )
-from connectors.kintone import KintoneConnector
-from connectors.kintone.tests.fake_kintone import (
+from dxkpi.connectors.kintone import KintoneConnector
+from dxkpi.connectors.kintone.tests.fake_kintone import (
     APP,
     DOMAIN_TOKEN,
     LOGIN,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.sql.tests import databases
+from dxkpi.connectors.sql.tests import databases
 from tests.conftest import unavailable
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy import create_engine, text
 
-from collector.testing import build, context_for
-from connectors.sql import SqlConnector
+from dxkpi.collector.testing import build, context_for
+from dxkpi.connectors.sql import SqlConnector
 
 PG_ADMIN = os.environ.get(
     "DXKPI_TEST_PG_ADMIN", "postgresql+psycopg://root@127.0.0.1:5432/postgres"

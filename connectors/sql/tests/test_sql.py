@@ -12,17 +12,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from collector.contract import TOKYO, Granularity, Window
-from collector.errors import (
+from dxkpi.collector.contract import TOKYO, Granularity, Window
+from dxkpi.collector.errors import (
     FatalSourceError,
     RetryableSourceError,
     SourceAuthError,
     SourceDataError,
 )
-from collector.testing import ConnectorContract, days, observations
-from connectors.sql import SqlConnector
-from connectors.sql.settings import SqlSettings
-from connectors.sql.tests.databases import PASSWORD, Database, query
+from dxkpi.collector.testing import ConnectorContract, days, observations
+from dxkpi.connectors.sql import SqlConnector
+from dxkpi.connectors.sql.settings import SqlSettings
+from dxkpi.connectors.sql.tests.databases import PASSWORD, Database, query
 
 JUNE_2 = datetime(2025, 6, 2, tzinfo=TOKYO)
 TWO_DAYS = days(JUNE_2, 2)  # June 2 and 3: :since 2025-06-02, :until 2025-06-04
@@ -356,7 +356,7 @@ def _config(tmp_path: Path, db: Database, password: str) -> Path:
 def test_the_password_comes_from_the_environment(
     tmp_path: Path, pg_db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from collector.config import load_config
+    from dxkpi.collector.config import load_config
 
     monkeypatch.setenv("CITY_DB_PASSWORD", PASSWORD)
     loaded = load_config(_config(tmp_path, pg_db, "${CITY_DB_PASSWORD}"))
@@ -365,8 +365,8 @@ def test_the_password_comes_from_the_environment(
 
 
 def test_an_inline_password_is_a_config_error(tmp_path: Path, pg_db: Database) -> None:
-    from collector.config import load_config
-    from collector.errors import ConfigError
+    from dxkpi.collector.config import load_config
+    from dxkpi.collector.errors import ConfigError
 
     with pytest.raises(ConfigError, match="secrets are never written inline") as caught:
         load_config(_config(tmp_path, pg_db, PASSWORD))

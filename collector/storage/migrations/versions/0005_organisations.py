@@ -186,4 +186,6 @@ def downgrade() -> None:
     with op.batch_alter_table("series") as batch:
         batch.drop_column("org")
     # 0003 created them: the same statements again.
-    importlib.import_module("collector.storage.migrations.versions.0003_kpi_history").upgrade()
+    importlib.import_module(
+        "dxkpi.collector.storage.migrations.versions.0003_kpi_history"
+    ).upgrade()
