@@ -242,9 +242,9 @@ def test_the_wheel_installs_beside_a_tasks_module_and_runs(tmp_path: Path) -> No
         assert process.poll() is None, f"`dxkpi run` ended early:\n{said[-3000:]}"
         body = scrape(port)
         wanted = (
-            'dxkpi_source_up{source="annual_indicators"} 1.0',
-            'dxkpi_source_up{source="copy_paper"} 1.0',
-            'dxkpi_kpi_value{kpi="online_procedure_usage_rate"}',
+            'dxkpi_source_up{org="fukushima",source="annual_indicators"} 1.0',
+            'dxkpi_source_up{org="fukushima",source="copy_paper"} 1.0',
+            'dxkpi_kpi_value{kpi="online_procedure_usage_rate",org="fukushima"}',
         )
         return body if all(w in body for w in wanted) else ""
 
