@@ -268,4 +268,4 @@ def test_the_wheel_installs_beside_a_tasks_module_and_runs(tmp_path: Path) -> No
     assert "instead of dxkpi." not in text and "Traceback" not in text
     assert "celery@" in text, "no Celery worker started"
     assert code == 0, f"`dxkpi run` ended with {code} on SIGTERM"
-    assert 'dxkpi_kpi_value{kpi="online_procedure_usage_rate"} 0.' in body
+    assert 'dxkpi_kpi_value{kpi="online_procedure_usage_rate",org="fukushima"} 0.' in body
