@@ -1,14 +1,40 @@
-"""The exporter's HTTP server: a fixed pool of threads that clients cannot exhaust or stall.
+"""The exporter's HTTP server: idle clients cost a socket, not a thread, and cannot stall it.
 
-    at most `max_connections` served at once   one pooled thread each; beyond that a new
-                                               connection is answered 503 at once and closed
-    `timeout` seconds per read or write        a client that sends nothing (half-open, a TLS
-                                               hello on the plain port) or stops reading is
-                                               dropped, freeing its thread
-    listen backlog `backlog`                   bursts of connections queue in the kernel
-    HTTP/1.1 keep-alive                        Prometheus reuses its connection between scrapes
-    a client that went away                    (broken pipe, reset, timeout) is logged at DEBUG
-    GET and HEAD                               /metrics, /healthz, /
+One thread runs a selector (epoll) over the listening socket and every open connection. It
+accepts, does each TLS handshake and reads each request head (line and headers) without
+blocking, into a buffer of the connection's own. Only a complete head goes, with its socket, to
+a fixed pool of threads, which answers that one request; a kept-alive connection then goes back
+to the selector to wait for its next request. So a client that connects and says nothing, or
+never finishes its request, or stalls its TLS handshake, holds a file descriptor and a few kB,
+and a scrape arriving meanwhile is answered at once (as Go's net/http exporters do).
+
+    `max_connections` (32) pooled threads    requests answered at once; a complete request
+                                             beyond them is answered 503 at once and closed
+    `max_open` (4096) open connections       idle ones included; beyond it the connection
+                                             idle the longest is closed to make room (counted
+                                             in dxkpi_exporter_connections_evicted_total).
+                                             Capped below the open-file limit, which
+                                             `dxkpi exporter` raises to the hard limit at start
+    `timeout` (5 s) for a request head       from accept (or from the previous answer, kept
+                                             alive) to the head's end, handshake included: a
+                                             slow or silent client, a TLS hello on the plain
+                                             port, is closed then; answers are written by the
+                                             pool under the same timeout per write
+    a head over 64 kB                        answered 431 and closed
+    listen backlog `backlog` (512)           bursts of connections queue in the kernel
+    HTTP/1.1 keep-alive, pipelining          Prometheus reuses its connection between scrapes
+    a client that went away                  (broken pipe, reset, timeout) is logged at DEBUG
+    GET and HEAD                             /metrics, /healthz, /; a request with a body is
+                                             answered, then its connection closed
+
+Why not waitress (the receiver's server, which also buffers whole requests in one select/poll
+loop before handing them to threads): it has no TLS, and the exporter-toolkit web config
+needs TLS and client certificates; a TLS-terminating proxy in front would be one more process
+to run. The selector here is ~200 lines of the standard library (`selectors`, `ssl`'s
+non-blocking `do_handshake`), and request parsing stays `http.server`'s.
+
+Not covered: a client that sends complete requests and then never reads the answers holds a
+pooled thread for up to `timeout` per write; 32 such clients make scrapes 503 for that long.
 
 `/metrics` is the exporter's snapshot plus the server's own process, Python, scrape and
 rebuild metrics from a prometheus-client registry. `/healthz` says only "ok" or what is wrong in
@@ -26,8 +52,8 @@ TLS and basic auth come from a web config file in the format of Prometheus' expo
     basic_auth_users:
       prometheus: $2y$10$...           # bcrypt hashes (htpasswd -nBC 10 prometheus)
 
-The TLS handshake happens in the connection's pooled thread under the same timeout, so plain
-HTTP or a stalled handshake on the TLS port costs nothing else.
+The TLS handshake happens in the selector (`do_handshake()` until it stops asking to read or
+write), so plain HTTP or a stalled handshake on the TLS port costs no thread either.
 """
 
 from __future__ import annotations
@@ -264,19 +290,17 @@ def default_registry(exporter: Exporter, stats: ServerStats) -> CollectorRegistr
 
 def raise_open_file_limit() -> int:
     """The soft limit on open files raised to the hard one, so thousands of idle sockets fit
-    (a server's start does this; Go does it for every program). Returns the soft limit now."""
+    (Go raises it for every program at start). Returns the soft limit now."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY:
-        hard = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else soft
-    if soft != resource.RLIM_INFINITY and soft < hard:
-        try:
-            resource.setrlimit(
-                resource.RLIMIT_NOFILE, (hard, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
-            )
-            soft = hard
-        except (ValueError, OSError) as error:
-            log.debug("cannot raise the open-file limit from %s: %s", soft, error)
-    return soft
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard  # Linux's default nr_open
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as error:
+        log.debug("cannot raise the open-file limit from %s: %s", soft, error)
+        return soft
+    return target
 
 
 class _Connection:
@@ -367,6 +391,7 @@ class BoundedHTTPServer(HTTPServer):
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
+        self._closed = False
         super().__init__(address, handler)
         for sock in (self.socket, self._wake_r, self._wake_w):
             sock.setblocking(False)
@@ -418,7 +443,9 @@ class BoundedHTTPServer(HTTPServer):
             if full and not self._evict_oldest():
                 with self.stats.lock:
                     self.stats.refused += 1
-                self._answer_and_close(_Connection(sock, address, handshaking=False), _REFUSAL)
+                # (On the TLS port it is just closed: no handshake, no 503 to read.)
+                refused = _Connection(sock, address, handshaking=self.tls is not None)
+                self._answer_and_close(refused, _REFUSAL)
                 continue
             handshaking = self.tls is not None
             if self.tls is not None:
@@ -523,7 +550,7 @@ class BoundedHTTPServer(HTTPServer):
             with self.stats.lock:
                 self.stats.active -= 1
             self._slots.release()
-        if keep and not self._stop.is_set():
+        if keep and not self._closed:
             self._returned.append(conn)
             self._wake()
         else:
@@ -556,6 +583,7 @@ class BoundedHTTPServer(HTTPServer):
         log.exception("error serving %s", client_address)
 
     def server_close(self) -> None:
+        self._closed = True
         super().server_close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         for conn in list(self._waiting):
