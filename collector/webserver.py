@@ -437,6 +437,8 @@ class BoundedHTTPServer(HTTPServer):
                     return
                 continue
             sock.setblocking(False)
+            # Headers and body are separate writes: sent at once, not held for an ACK (as Go does).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self.stats.lock:
                 self.stats.open += 1
                 full = self.stats.open > self.max_open
