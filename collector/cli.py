@@ -482,7 +482,7 @@ def _bind(
     """The exporter and its listening socket; a busy or bad address is a one-line error."""
     from dxkpi.collector import clock
     from dxkpi.collector.exporter import Exporter, make_server, parse_listen
-    from dxkpi.collector.webserver import load_web_config
+    from dxkpi.collector.webserver import load_web_config, raise_open_file_limit
 
     address = listen or runtime.loaded.config.exporter.listen
     try:
@@ -492,6 +492,7 @@ def _bind(
     tz = runtime.loaded.config.tz
     exp = Exporter(runtime.store, runtime.loaded, clock=lambda: clock.now(tz))
     web = load_web_config(web_config) if web_config else None
+    raise_open_file_limit()  # idle clients cost a descriptor each, not a thread
     try:
         server = make_server(exp, host, port, web=web)
     except OSError as exc:

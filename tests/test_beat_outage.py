@@ -54,3 +54,6 @@ def test_a_broker_outage_is_two_lines_not_a_traceback_per_entry(
     assert "reachable again" in ours[1].getMessage()
     assert "6 entries were not queued" in ours[1].getMessage()
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    # Celery's own "Sending due task" line stays: operators read it to see beat working.
+    sent = [r.getMessage() for r in caplog.records if r.name == "celery.beat"]
+    assert sent.count("Scheduler: Sending due task collect-s1 (dxkpi.collect)") == 3

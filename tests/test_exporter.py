@@ -176,13 +176,14 @@ def test_a_run_whose_lease_expired_shows_at_the_next_refresh(
     sqlite_store.start_leased_run("portal", "scheduled", "killed", 60, lambda c, k: (0.0, 1.0))
     exporter = Exporter(sqlite_store, loaded)
     exporter.refresh()
-    up = ("dxkpi_source_up", (("source", "portal"),))
+    up = ("dxkpi_source_up", (("org", "default"), ("source", "portal")))
     assert samples(exporter.snapshot.text.decode())[up] == 1  # type: ignore[union-attr]
     sqlite_store.acquire_lease("portal", "killed", -1)  # what an unrenewed lease becomes
     exporter.refresh()
     got = samples(exporter.snapshot.text.decode())  # type: ignore[union-attr]
     assert got[up] == 0
-    assert got[("dxkpi_source_runs_total", (("source", "portal"), ("status", "abandoned")))] == 1
+    abandoned = (("org", "default"), ("source", "portal"), ("status", "abandoned"))
+    assert got[("dxkpi_source_runs_total", abandoned)] == 1
     rebuilds = exporter.rebuilds
     exporter.refresh()
     assert exporter.rebuilds == rebuilds, "rebuilt again with nothing changed"

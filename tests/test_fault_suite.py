@@ -330,6 +330,7 @@ class Site:
         status, body = self.get("/metrics")
         if status != 200:
             return None
+        labels = {"org": "default", **labels}  # the suite's config declares no organisations
         wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
         match = re.search(rf"^{name}\{{{re.escape(wanted)}\}} (\S+)$", body, re.M)
         return float(match.group(1)) if match else None
@@ -640,7 +641,8 @@ def test_3000_half_open_clients_on_the_exporter(site: Site) -> None:
     port = site.exporter_port
     [exporter] = [p for p in site.processes if p.name == "exporter"]
     lines_before = exporter.text().count("\n")
-    clients: list[socket.socket] = []
+    clients: list[tuple[socket.socket, float]] = []
+    started = time.time()
     try:
         for _ in range(3000):
             client = socket.socket()
@@ -648,39 +650,58 @@ def test_3000_half_open_clients_on_the_exporter(site: Site) -> None:
             with contextlib.suppress(OSError):
                 client.connect(("127.0.0.1", port))
                 client.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # never finished
-            clients.append(client)
+            clients.append((client, time.time()))
         opened = time.time()
         first = site.get("/metrics", timeout=30)
         first_took = time.time() - opened
         proc = Path(f"/proc/{exporter.process.pid}/status").read_text()
         threads = int(re.findall(r"^Threads:\s+(\d+)", proc, re.M)[0])
-        answered = wait_for(
-            lambda: (r := site.get("/metrics", timeout=30))[0] == 200 and r,
-            what="a scrape answered 200 with the clients still connected",
-        )
-        recovery = time.time() - opened
+        open_now = re.search(r"^dxkpi_exporter_connections_open (\S+)$", first[1], re.M)
+        # None was dropped to make room for the scrape: each half-open client stays connected
+        # until 5 s after it connected (the exporter's request-head timeout). Connecting them
+        # all may take longer than that on a loaded machine: those of the last 4 s are checked.
+        checked = time.time()
+        recent = [client for client, at in clients if checked - at < 4.0]
+        alive = sum(1 for client in recent if still_open(client))
     finally:
-        for client in clients:
+        for client, _at in clients:
             client.close()
     print(
-        f"3,000 half-open clients: first scrape {first[0]} after {first_took * 1000:.0f} ms, "
-        f"200 after {recovery:.1f} s; exporter threads {threads}"
+        f"3,000 half-open clients connected in {opened - started:.1f} s; a scrape meanwhile "
+        f"{first[0]} after {first_took * 1000:.0f} ms; exporter threads {threads}; open "
+        f"connections {open_now and open_now.group(1)}; of the {len(recent)} clients of the last "
+        f"4 s, {alive} still connected after it"
     )
     assert exporter.alive()
+    assert first[0] == 200, f"a scrape during 3,000 half-open clients was answered {first[0]}"
+    assert first_took < GUARD
     assert threads < 100, f"{threads} threads for 3,000 clients"
-    assert 'dxkpi_source_up{source="steady"} 1' in answered[1]
+    assert len(recent) >= 500, "connecting took too long to tell anything"
+    assert alive == len(recent)
+    assert open_now is not None and float(open_now.group(1)) >= len(recent)
+    assert 'dxkpi_source_up{org="default",source="steady"} 1' in first[1]
     log = exporter.text()
     assert "Traceback" not in log
     assert log.count("\n") - lines_before < 50, "the exporter logged per client"
-    assert recovery < GUARD
     OUTCOMES["clients"] = Outcome(
         "3,000 half-open clients (a request never finished) on the exporter",
-        "a normal scrape meanwhile; the exporter's threads, log and liveness",
-        f"a bounded pool (under 100 threads, not 3,000); a scrape is answered "
-        f"{'503 at once' if first[0] == 503 else str(first[0])} while the pool is full, then 200 "
-        "once the idle clients time out (5 s); no traceback",
-        recovery,
+        "a normal scrape meanwhile; the exporter's threads, open connections, log and liveness",
+        "each idle client holds a socket, not a thread (under 100 threads, not 3,000); the "
+        "scrape is answered 200 at once, the clients still connected (each closed 5 s after "
+        "it connected); no traceback",
+        first_took,
     )
+
+
+def still_open(client: socket.socket) -> bool:
+    """The server has not closed this connection (nothing to read, no EOF)."""
+    client.setblocking(False)
+    try:
+        return client.recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
 
 
 # -- the README's table ---------------------------------------------------------------------

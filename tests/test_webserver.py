@@ -61,23 +61,104 @@ def scrape(address: tuple[str, int], method: str = "GET", path: str = "/metrics"
         connection.close()
 
 
-def test_half_open_clients_get_no_thread_each_and_cannot_stall_the_server(
+def own_gauge(body: str, name: str) -> float:
+    """The value of the server's own (unlabelled) sample `name`."""
+    samples = [s.value for f in parse_text(body) for s in f.samples if s.name == name]
+    assert len(samples) == 1, f"{name}: {samples}"
+    return samples[0]
+
+
+def scrape_body(address: tuple[str, int]) -> tuple[int, str]:
+    connection = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def half_open(address: tuple[str, int], n: int) -> list[socket.socket]:
+    """`n` clients: half say nothing, half send a request head that never ends."""
+    clients = []
+    for i in range(n):
+        client = socket.create_connection(address)
+        if i % 2:
+            client.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        clients.append(client)
+    return clients
+
+
+def test_a_scrape_during_300_half_open_clients_is_answered_200_at_once(
     address: tuple[str, int],
 ) -> None:
     threads = threading.active_count()
-    idle = [socket.create_connection(address) for _ in range(300)]  # connect, then say nothing
+    idle = half_open(address, 300)
     try:
         time.sleep(0.3)
-        assert threading.active_count() <= threads + 8, "a thread per connection"
         started = time.monotonic()
-        status = scrape(address)
-        assert time.monotonic() - started < 1.0, "a scrape must never wait behind idle clients"
-        assert status in (200, 503)
-        time.sleep(1.5)  # the idle ones time out and free their threads
-        assert scrape(address) == 200
+        status, body = scrape_body(address)
+        took = time.monotonic() - started
+        assert status == 200, "a scrape waited behind (or was refused for) idle clients"
+        assert took < 1.0, "hang guard: the idle clients time out after 1 s"
+        # They were still connected, each a descriptor and not a thread (pool of 8).
+        assert own_gauge(body, "dxkpi_exporter_connections_open") >= 300
+        assert threading.active_count() <= threads + 8, "a thread per connection"
+        time.sleep(1.5)  # the idle ones time out and are closed
+        status, body = scrape_body(address)
+        assert status == 200
+        assert own_gauge(body, "dxkpi_exporter_connections_open") == 1
     finally:
         for connection in idle:
             connection.close()
+
+
+def test_beyond_the_open_connection_cap_the_oldest_idle_client_goes(exporter: Exporter) -> None:
+    server = make_server(exporter, "127.0.0.1", 0, max_connections=4, max_open=50)
+    for address in serve(server):
+        idle = half_open(address, 300)
+        try:
+            time.sleep(0.3)
+            status, body = scrape_body(address)
+            assert status == 200
+            assert own_gauge(body, "dxkpi_exporter_connections_open") <= 50
+            assert own_gauge(body, "dxkpi_exporter_connections_evicted_total") >= 250
+            idle[0].settimeout(5)
+            assert idle[0].recv(100) == b"", "the oldest idle client is closed"
+            idle[-1].settimeout(0.2)
+            with pytest.raises(TimeoutError):
+                idle[-1].recv(100)  # the newest is still waiting for its request's end
+        finally:
+            for connection in idle:
+                connection.close()
+
+
+def test_pipelined_requests_an_oversized_head_and_a_body_nobody_reads(
+    address: tuple[str, int],
+) -> None:
+    with socket.create_connection(address) as client:
+        client.settimeout(5)
+        client.sendall(
+            b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answers = b""
+        while answers.count(b"HTTP/1.1 ") < 2:
+            chunk = client.recv(4096)
+            assert chunk, f"closed after {answers!r}"
+            answers += chunk
+        assert answers.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 404 " in answers
+    with socket.create_connection(address) as client:
+        client.settimeout(5)
+        head = b"GET /metrics HTTP/1.1\r\nX: "
+        client.sendall(head + b"a" * (65537 - len(head)))  # one byte over: all of it is read
+        assert client.recv(4096).startswith(b"HTTP/1.1 431 ")
+    with socket.create_connection(address) as client:
+        client.settimeout(5)
+        client.sendall(b"GET /healthz HTTP/1.1\r\nContent-Length: 5\r\n\r\nGET /")
+        answer = b""
+        while chunk := client.recv(4096):  # answered, then closed: the body is not a request
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1") == 1
 
 
 def test_a_tls_hello_on_the_plain_port_is_dropped_at_the_timeout(address: tuple[str, int]) -> None:

@@ -143,6 +143,27 @@ def test_tls_with_basic_auth(exporter: Exporter, pki: Path) -> None:  # noqa: F8
         assert get(port, context, PASSWORD) == 200
 
 
+def test_stalled_tls_handshakes_hold_no_thread(exporter: Exporter, pki: Path) -> None:  # noqa: F811
+    """Handshakes run in the server's selector: 200 clients that stop mid-handshake (a bare
+    connect, or half a ClientHello) leave the pool free for a real scrape."""
+    hello = bytes.fromhex("160301002a0100002603035f") + bytes(10)  # a ClientHello, cut short
+    for port in serve(exporter, web_config(pki)):
+        threads = threading.active_count()
+        stalled = []
+        try:
+            for i in range(200):
+                client = socket.create_connection(("127.0.0.1", port))
+                if i % 2:
+                    client.sendall(hello)
+                stalled.append(client)
+            time.sleep(0.3)
+            assert get(port, client_context(pki), PASSWORD) == 200
+            assert threading.active_count() <= threads + 32, "a thread per handshake"
+        finally:
+            for client in stalled:
+                client.close()
+
+
 def test_minimum_version_and_client_certificates(exporter: Exporter, pki: Path) -> None:  # noqa: F811
     config = web_config(
         pki,
