@@ -92,6 +92,20 @@ def environment(name: str, value: str) -> Iterator[None]:
             os.environ[name] = old
 
 
+def redis_broker() -> tuple[str, bool, Any]:
+    """The broker URL (`pick_redis_database`), whether it was chosen, and a client that
+    answered a ping; NotRun when Redis is unreachable."""
+    import redis
+
+    try:
+        broker, chosen = pick_redis_database(REDIS_URL)
+        client = redis.Redis.from_url(broker, socket_connect_timeout=2)
+        client.ping()
+    except redis.RedisError as exc:
+        raise NotRun(f"Redis at {REDIS_URL} is unreachable ({exc})") from None
+    return broker, chosen, client
+
+
 def pick_redis_database(url: str) -> tuple[str, bool]:
     """(`url`, False) if it names a database; else (an empty one chosen at random, True).
 
@@ -174,7 +188,6 @@ def wait_nodes(
 
 def run(bench: Bench) -> Outcome:
     try:
-        import redis
         from celery import Celery
 
         from dxkpi.collector.registry import load_connector
@@ -188,12 +201,7 @@ def run(bench: Bench) -> Outcome:
         load_connector("zoom")
     except Exception as exc:
         raise NotRun(f"the Zoom connector, its fake or Celery is not available ({exc!r})") from None
-    try:
-        broker, chosen = pick_redis_database(REDIS_URL)
-        redis_client = redis.Redis.from_url(broker, socket_connect_timeout=2)
-        redis_client.ping()
-    except redis.RedisError as exc:
-        raise NotRun(f"Redis at {REDIS_URL} is unreachable ({exc})") from None
+    broker, chosen, redis_client = redis_broker()
 
     outcome = Outcome("fanout")
     n_sources = bench.size(FULL_SOURCES, minimum=4)

@@ -25,7 +25,15 @@ from typing import Any
 
 import openpyxl
 
-from bench.harness import Bench, Outcome, child_env, dxkpi_command, tail, write_config
+from bench.harness import (
+    Bench,
+    Outcome,
+    child_env,
+    dxkpi_command,
+    proc_status_kib,
+    tail,
+    write_config,
+)
 
 MB = 1_000_000
 FULL_CSV_BYTES = 200 * MB
@@ -126,13 +134,10 @@ def peak_collecting(folder: Path, name: str, url: str, log: Path) -> dict[str, A
     peak_kb = 0
     with log.open("wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=child_env())
-        status_file = Path(f"/proc/{process.pid}/status")
         while process.poll() is None:
             # VmHWM only grows; the last reading before exit is the peak, to within 20 ms.
-            with contextlib.suppress(OSError):
-                for line in status_file.read_text().splitlines():
-                    if line.startswith("VmHWM:"):
-                        peak_kb = max(peak_kb, int(line.split()[1]))
+            with contextlib.suppress(OSError, RuntimeError):  # exited between poll and read
+                peak_kb = max(peak_kb, proc_status_kib(process.pid, "VmHWM"))
             time.sleep(0.02)
     seconds = time.perf_counter() - started
     if process.returncode != 0:

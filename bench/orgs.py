@@ -43,13 +43,12 @@ from bench.fanout import (
     PROCESSES,
     clear_queue,
     environment,
-    pick_redis_database,
+    redis_broker,
     tree_cpu_seconds,
     wait_nodes,
     wait_runs,
 )
 from bench.harness import (
-    REDIS_URL,
     Bench,
     NotRun,
     Outcome,
@@ -316,7 +315,6 @@ def hanging(handler: Handler, released: threading.Event) -> Handler:
 
 def run(bench: Bench) -> Outcome:
     try:
-        import redis
         from celery import Celery
 
         from dxkpi.collector.registry import load_connector
@@ -329,12 +327,7 @@ def run(bench: Bench) -> Outcome:
         raise NotRun(
             f"the Plausible connector, its fake or Celery is unavailable ({exc!r})"
         ) from None
-    try:
-        broker, chosen = pick_redis_database(REDIS_URL)
-        redis_client = redis.Redis.from_url(broker, socket_connect_timeout=2)
-        redis_client.ping()
-    except redis.RedisError as exc:
-        raise NotRun(f"Redis at {REDIS_URL} is unreachable ({exc})") from None
+    broker, chosen, redis_client = redis_broker()
 
     outcome = Outcome("orgs")
     orgs = [org_id(i) for i in range(1, bench.size(FULL_ORGS, minimum=2) + 1)]

@@ -295,7 +295,8 @@ def build_report(
     states = calculator.compute_all(as_of, rows, fiscal_year=fiscal_year)
     if orgs is not None:
         states = [state for state in states if state.org in orgs]
-        rows = [row for row in rows if config.source_orgs().get(row.source) in orgs]
+        owner = config.source_orgs()
+        rows = [row for row in rows if owner.get(row.source) in orgs]
     start = calculator.fy_start(fiscal_year)
     end = min(calculator.fy_end(fiscal_year), as_of)
     operations = _operations(store, loaded, rows, int(start), int(end), config.tz)

@@ -43,6 +43,19 @@ def snake_case_label_names(labels: dict[str, str]) -> dict[str, str]:
     return labels
 
 
+def distinct_metrics_and_labels(
+    metrics: list[MetricColumn], labels: dict[str, str], static_labels: dict[str, str]
+) -> None:
+    """ValueError if two metrics share a name, or a label is both read and static."""
+    names = [m.name for m in metrics]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"metric names must be unique; repeated: {', '.join(duplicates)}")
+    clash = sorted(set(labels) & set(static_labels))
+    if clash:
+        raise ValueError(f"labels and static_labels both define {', '.join(clash)}")
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -98,10 +111,4 @@ class TableColumns(ConnectorSettings):
             raise ValueError(f"{needs} `period_column`: the header of the date column")
         if not self.metrics:
             raise ValueError(f"{needs} at least one entry in `metrics`")
-        names = [m.name for m in self.metrics]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"metric names must be unique; repeated: {', '.join(duplicates)}")
-        clash = sorted(set(self.labels) & set(self.static_labels))
-        if clash:
-            raise ValueError(f"labels and static_labels both define {', '.join(clash)}")
+        distinct_metrics_and_labels(self.metrics, self.labels, self.static_labels)

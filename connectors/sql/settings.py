@@ -12,7 +12,11 @@ from sqlalchemy.exc import ArgumentError
 
 from dxkpi.collector.contract import ConnectorSettings
 from dxkpi.collector.durations import Duration
-from dxkpi.connectors._tables.settings import MetricColumn, snake_case_label_names
+from dxkpi.connectors._tables.settings import (
+    MetricColumn,
+    distinct_metrics_and_labels,
+    snake_case_label_names,
+)
 from dxkpi.connectors.sql.guard import DIALECTS, check_select
 
 # The window's bounds, bound as dates: the only parameters a query may name.
@@ -85,13 +89,7 @@ class SqlSettings(ConnectorSettings):
                 f"the query names :{', :'.join(unknown)}; only :since and :until (the window's"
                 " first day and the day after its last) are bound"
             )
-        names = [m.name for m in self.metrics]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"metric names must be unique; repeated: {', '.join(duplicates)}")
-        clash = sorted(set(self.labels) & set(self.static_labels))
-        if clash:
-            raise ValueError(f"labels and static_labels both define {', '.join(clash)}")
+        distinct_metrics_and_labels(self.metrics, self.labels, self.static_labels)
         return self
 
     @property
